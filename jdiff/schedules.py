@@ -1,0 +1,288 @@
+"""Noise schedules on continuous time t in [0, 1] (data at t=0, prior at t=1).
+
+Every schedule gives ``alpha(t)`` and ``sigma(t)`` with ``x_t = alpha(t) * x0 + sigma(t) * eps``, the
+log signal-to-noise ratio ``logsnr(t) = 2 log(alpha / sigma)`` (Kingma et al. 2021, eq. 3), and its inverse
+``t_of_logsnr``. Variance-preserving (VP) schedules have ``alpha^2 + sigma^2 = 1`` and are written through
+``logsnr`` alone: ``alpha^2 = sigmoid(logsnr)``, ``sigma^2 = sigmoid(-logsnr)``. Variance-exploding (VE,
+NCSN) and EDM schedules have ``alpha = 1``.
+
+Schedules are small frozen dataclasses: hashable, so they can be closed over or passed as static
+arguments to ``jax.jit``; their methods are pure ``jax.numpy`` functions of ``t`` (scalar or array).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdiff import _checks
+
+
+def _log_sigmoid(x):
+  return -jax.nn.softplus(-x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Base class. Subclasses implement ``logsnr`` and ``t_of_logsnr`` (VP) or ``sigma`` (VE)."""
+
+  variance_preserving = True
+
+  def logsnr(self, t):
+    raise NotImplementedError
+
+  def t_of_logsnr(self, logsnr):
+    raise NotImplementedError
+
+  def alpha(self, t):
+    return jnp.sqrt(jax.nn.sigmoid(self.logsnr(t)))
+
+  def sigma(self, t):
+    return jnp.sqrt(jax.nn.sigmoid(-self.logsnr(t)))
+
+  def alpha_sigma(self, t):
+    return self.alpha(t), self.sigma(t)
+
+  def sigma_tilde(self, t):
+    """Noise level of the scaled variable ``x_t / alpha``: ``sigma / alpha = exp(-logsnr / 2)``."""
+    return jnp.exp(-0.5 * self.logsnr(t))
+
+  def t_of_sigma_tilde(self, sigma_tilde):
+    return self.t_of_logsnr(-2.0 * jnp.log(sigma_tilde))
+
+  def prior_std(self) -> float:
+    """Standard deviation of ``x_1`` for unit-variance data: ``sqrt(alpha(1)^2 + sigma(1)^2)``."""
+    a, s = self.alpha_sigma(jnp.float32(1.0))
+    return float(jnp.sqrt(a * a + s * s))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Variance-preserving schedules
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearSchedule(Schedule):
+  """DDPM's linear-beta schedule (Ho et al. 2020, Sec. 4) as a continuous VP process.
+
+  The discrete process has ``beta_i = linspace(beta_start, beta_end, num_steps)`` and
+  ``alpha_bar_i = prod_{j<=i} (1 - beta_j)`` at ``t_i = i / num_steps``. The continuous process has a
+  piecewise-constant rate ``beta(t) = -num_steps * log(1 - beta_i)`` on ``((i-1)/N, i/N]``, so that
+  ``log alpha_bar(t)`` is piecewise linear and equals the discrete table exactly at the grid points: the
+  discrete N-step DDPM is a view of this continuous schedule. ``logsnr(0) = +inf`` (``sigma(0) = 0``).
+  """
+
+  beta_start: float = 1e-4
+  beta_end: float = 0.02
+  num_steps: int = 1000
+
+  def _table(self):
+    # float64 table on the host, cast once: -log(alpha_bar) at t = i / N, i = 0..N (increasing).
+    betas = np.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=np.float64)
+    neg_log_abar = np.concatenate([[0.0], -np.cumsum(np.log1p(-betas))])
+    grid = np.arange(self.num_steps + 1, dtype=np.float64) / self.num_steps
+    return jnp.asarray(neg_log_abar, jnp.float32), jnp.asarray(grid, jnp.float32)
+
+  def discrete_alphas_cumprod(self) -> np.ndarray:
+    """The discrete table ``alpha_bar_i``, i = 1..N (Ho et al. 2020, eq. 4), in float64."""
+    betas = np.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=np.float64)
+    return np.cumprod(1.0 - betas)
+
+  def neg_log_alpha_bar(self, t):
+    nla, grid = self._table()
+    return jnp.interp(t, grid, nla)
+
+  def logsnr(self, t):
+    nla = self.neg_log_alpha_bar(t)
+    # logsnr = log(abar / (1 - abar)) = -log(expm1(nla)); +inf at t = 0.
+    return -jnp.log(jnp.expm1(nla))
+
+  def t_of_logsnr(self, logsnr):
+    nla_tab, grid = self._table()
+    nla = jax.nn.softplus(-logsnr)  # -log sigmoid(logsnr)
+    return jnp.interp(nla, nla_tab, grid)
+
+  def alpha(self, t):
+    return jnp.exp(-0.5 * self.neg_log_alpha_bar(t))
+
+  def sigma(self, t):
+    return jnp.sqrt(-jnp.expm1(-self.neg_log_alpha_bar(t)))
+
+
+@dataclasses.dataclass(frozen=True)
+class VPSDESchedule(Schedule):
+  """The VP SDE of Song et al. 2021 (eq. 11) with linear ``beta(t) = beta_min + t (beta_max - beta_min)``.
+
+  ``log alpha_bar(t) = -(beta_min t + (beta_max - beta_min) t^2 / 2)``. This is the smooth limit of DDPM's
+  linear schedule with ``beta_min = N beta_start``, ``beta_max = N beta_end``; it differs from the
+  1000-step table by up to ~7% in alpha_bar at t=1 (``log(1-b)`` vs ``-b``); use ``LinearSchedule`` to
+  match DDPM checkpoints.
+  """
+
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+
+  def _nla(self, t):
+    return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t
+
+  def logsnr(self, t):
+    return -jnp.log(jnp.expm1(self._nla(t)))
+
+  def t_of_logsnr(self, logsnr):
+    nla = jax.nn.softplus(-logsnr)
+    a = 0.5 * (self.beta_max - self.beta_min)
+    b = self.beta_min
+    # Solve a t^2 + b t - nla = 0 for t >= 0, in the cancellation-free form.
+    return 2.0 * nla / (b + jnp.sqrt(b * b + 4.0 * a * nla))
+
+  def alpha(self, t):
+    return jnp.exp(-0.5 * self._nla(t))
+
+  def sigma(self, t):
+    return jnp.sqrt(-jnp.expm1(-self._nla(t)))
+
+
+@dataclasses.dataclass(frozen=True)
+class CosineSchedule(Schedule):
+  """Cosine schedule (Nichol & Dhariwal 2021, eq. 17): ``alpha_bar(t) = f(t)/f(0)``,
+  ``f(t) = cos^2(pi/2 * (t + s)/(1 + s))``.
+
+  ``alpha_bar(1) = 0`` exactly, so logsnr is clamped below at ``logsnr_min`` (the role of the paper's
+  clipping of beta to 0.999); ``logsnr(0) = +inf``.
+  """
+
+  s: float = 0.008
+  logsnr_min: float = -20.0
+
+  def _angle(self, t):
+    return 0.5 * math.pi * (t + self.s) / (1.0 + self.s)
+
+  def logsnr(self, t):
+    f0 = math.cos(0.5 * math.pi * self.s / (1.0 + self.s)) ** 2
+    c = jnp.cos(self._angle(t))
+    abar = c * c / f0
+    abar = jnp.clip(abar, 0.0, 1.0)
+    ls = jnp.log(abar) - jnp.log1p(-abar)
+    return jnp.maximum(ls, self.logsnr_min)
+
+  def t_of_logsnr(self, logsnr):
+    f0 = math.cos(0.5 * math.pi * self.s / (1.0 + self.s)) ** 2
+    abar = jax.nn.sigmoid(logsnr)
+    angle = jnp.arccos(jnp.sqrt(jnp.clip(abar * f0, 0.0, 1.0)))
+    return jnp.clip(angle * 2.0 / math.pi * (1.0 + self.s) - self.s, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SigmoidSchedule(Schedule):
+  """Sigmoid schedule (Jabri et al. 2022; Chen 2023, Alg. 1):
+  ``alpha_bar(t) = (v_end - sigmoid((t (end - start) + start)/tau)) / (v_end - v_start)``
+  with ``v = sigmoid(start/tau), sigmoid(end/tau)``; clamped below at ``logsnr_min``.
+  """
+
+  start: float = -3.0
+  end: float = 3.0
+  tau: float = 1.0
+  logsnr_min: float = -20.0
+
+  def _v(self):
+    sig = lambda z: 1.0 / (1.0 + math.exp(-z))
+    return sig(self.start / self.tau), sig(self.end / self.tau)
+
+  def logsnr(self, t):
+    v_start, v_end = self._v()
+    out = jax.nn.sigmoid((t * (self.end - self.start) + self.start) / self.tau)
+    abar = jnp.clip((v_end - out) / (v_end - v_start), 0.0, 1.0)
+    ls = jnp.log(abar) - jnp.log1p(-abar)
+    return jnp.maximum(ls, self.logsnr_min)
+
+  def t_of_logsnr(self, logsnr):
+    v_start, v_end = self._v()
+    abar = jax.nn.sigmoid(logsnr)
+    out = jnp.clip(v_end - abar * (v_end - v_start), 1e-12, 1.0 - 1e-7)
+    z = jnp.log(out) - jnp.log1p(-out)
+    return jnp.clip((z * self.tau - self.start) / (self.end - self.start), 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Variance-exploding schedules (alpha = 1)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _AlphaOne(Schedule):
+  variance_preserving = False
+
+  def alpha(self, t):
+    return jnp.ones_like(jnp.asarray(t, jnp.float32))
+
+  def logsnr(self, t):
+    return -2.0 * jnp.log(self.sigma(t))
+
+  def sigma_tilde(self, t):
+    return self.sigma(t)
+
+  def t_of_logsnr(self, logsnr):
+    return self.t_of_sigma(jnp.exp(-0.5 * logsnr))
+
+  def t_of_sigma_tilde(self, sigma_tilde):
+    return self.t_of_sigma(sigma_tilde)
+
+
+@dataclasses.dataclass(frozen=True)
+class VESchedule(_AlphaOne):
+  """NCSN / VE SDE noise levels (Song & Ermon 2019; Song et al. 2021, eq. 9): geometric
+  ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``."""
+
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+
+  def sigma(self, t):
+    lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+    return jnp.exp(lo + jnp.asarray(t, jnp.float32) * (hi - lo))
+
+  def t_of_sigma(self, sigma):
+    lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+    return (jnp.log(sigma) - lo) / (hi - lo)
+
+
+@dataclasses.dataclass(frozen=True)
+class EDMSchedule(_AlphaOne):
+  """EDM (Karras et al. 2022, eq. 5 and Table 1): ``alpha = 1`` and
+  ``sigma(t) = (sigma_min^(1/rho) + t (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``, so that a uniform
+  grid in t is the paper's rho-spaced grid of noise levels."""
+
+  sigma_min: float = 0.002
+  sigma_max: float = 80.0
+  rho: float = 7.0
+
+  def sigma(self, t):
+    a, b = self.sigma_min ** (1.0 / self.rho), self.sigma_max ** (1.0 / self.rho)
+    return (a + jnp.asarray(t, jnp.float32) * (b - a)) ** self.rho
+
+  def t_of_sigma(self, sigma):
+    a, b = self.sigma_min ** (1.0 / self.rho), self.sigma_max ** (1.0 / self.rho)
+    return (sigma ** (1.0 / self.rho) - a) / (b - a)
+
+
+SCHEDULES = {
+    "linear": LinearSchedule,
+    "vp_sde": VPSDESchedule,
+    "cosine": CosineSchedule,
+    "sigmoid": SigmoidSchedule,
+    "ve": VESchedule,
+    "edm": EDMSchedule,
+}
+
+
+def get_schedule(name: str, **kwargs) -> Schedule:
+  """Build a schedule by name: ``linear`` (DDPM), ``vp_sde``, ``cosine``, ``sigmoid``, ``ve``, ``edm``."""
+  _checks.choice("schedule", name, SCHEDULES)
+  fields = {f.name for f in dataclasses.fields(SCHEDULES[name])}
+  bad = sorted(set(kwargs) - fields)
+  if bad:
+    raise ValueError(f"schedule {name!r} has no parameter(s) {', '.join(bad)}; its parameters are: "
+                     f"{', '.join(sorted(fields)) or 'none'}")
+  return SCHEDULES[name](**kwargs)
