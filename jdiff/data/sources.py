@@ -1,0 +1,402 @@
+"""Random-access data sources: offline arrays (Fashion-MNIST IDX files, scikit-learn digits, a 2-D
+Gaussian mixture) and TensorFlow Datasets (TFDS) read through ``array_record`` data sources.
+
+Every source answers ``read(indices) -> (data, labels)`` for an integer index array: images come back
+as ``uint8 [n, H, W, C]`` (channels-last; grayscale gets ``C = 1``), vectors as ``float32 [n, D]``,
+labels as ``int32 [n]``. Offline sources hold numpy arrays in memory (one fancy-indexing read per
+batch); TFDS sources read records by index from ``tfds.data_source`` (no TensorFlow needed to read).
+
+Names (see :func:`get_dataset`):
+
+- ``fashion_mnist``: the Debian package ``dataset-fashion-mnist`` (IDX files under
+  ``/usr/share/datasets/fashion-mnist``) when present, else TFDS ``fashion_mnist``
+  (Xiao et al. 2017, arXiv:1708.07747). 60,000 train / 10,000 test images, 28x28x1, 10 classes.
+- ``digits``: scikit-learn's 1,797 8x8 handwritten digits (UCI optdigits), 0..16 scaled to 0..255;
+  a fixed permutation gives 1,500 train / 297 test images.
+- ``mixture2d``: 100,000 train / 10,000 test points from :func:`jdiff.toy.default_mixture` (a fixed
+  seed per split), labels = mixture components. Values are not rescaled.
+- any other name is a TFDS dataset (``mnist``, ``cifar10``, ``celeb_a``, ...), read from ``data_dir``.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+OFFLINE_DATASETS = ("digits", "fashion_mnist", "mixture2d")
+_OFFLINE_SPLITS = ("train", "test")
+_TFDS_EXAMPLES = "mnist, cifar10, celeb_a"
+
+# IDX type codes (LeCun et al. 1998, MNIST file format): code -> big-endian numpy dtype.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class Source:
+  """A random-access dataset split.
+
+  Attributes:
+    name: dataset name.
+    split: split name.
+    num_examples: number of examples.
+    shape: per-example data shape: ``(H, W, C)`` for images, ``(D,)`` for vectors.
+    num_classes: number of label values (``None`` when the dataset has no class label; labels are
+      then all 0).
+    is_image: ``True`` for ``uint8`` images (scaled to [-1, 1] by the pipeline), ``False`` for
+      ``float32`` vectors (passed through unscaled).
+  """
+
+  name: str
+  split: str
+  num_examples: int
+  shape: tuple
+  num_classes: Optional[int]
+  is_image: bool
+
+  def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    """``(data [n, *shape], labels int32 [n])`` for the examples at ``indices`` (any order,
+    repeats allowed)."""
+    raise NotImplementedError
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def __getitem__(self, i: int) -> dict:
+    data, labels = self.read(np.asarray([i]))
+    return {"image": data[0], "label": labels[0]}
+
+  def __repr__(self) -> str:
+    return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
+            f"num_examples={self.num_examples}, shape={self.shape}, "
+            f"num_classes={self.num_classes}, is_image={self.is_image})")
+
+
+class ArraySource(Source):
+  """A source held in memory as numpy arrays: ``uint8 [N, H, W, C]`` images or ``float32 [N, D]``
+  vectors, with ``int32 [N]`` labels."""
+
+  def __init__(self, data: np.ndarray, labels: np.ndarray, *, name: str, split: str,
+               num_classes: Optional[int]):
+    data = np.asarray(data)
+    labels = np.asarray(labels)
+    if data.ndim == 4:
+      if data.dtype != np.uint8:
+        raise ValueError(f"image data for {name!r} must be uint8 [N, H, W, C], got dtype "
+                         f"{data.dtype}")
+      self.is_image = True
+    elif data.ndim == 2:
+      data = data.astype(np.float32)
+      self.is_image = False
+    else:
+      raise ValueError(f"data for {name!r} must be images [N, H, W, C] or vectors [N, D], got "
+                       f"shape {data.shape}")
+    if labels.shape != data.shape[:1]:
+      raise ValueError(f"labels for {name!r} must have shape {data.shape[:1]}, got "
+                       f"{labels.shape}")
+    self._data = np.ascontiguousarray(data)
+    self._labels = labels.astype(np.int32)
+    self.name, self.split, self.num_classes = name, split, num_classes
+    self.num_examples = int(data.shape[0])
+    self.shape = tuple(int(s) for s in data.shape[1:])
+
+  @property
+  def data(self) -> np.ndarray:
+    return self._data
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self._labels
+
+  def read(self, indices):
+    indices = np.asarray(indices, np.int64)
+    return self._data[indices], self._labels[indices]
+
+
+class TfdsSource(Source):
+  """A TFDS split read by index through a ``tfds.data_source`` (``array_record`` files).
+
+  Records are fetched with the data source's batched ``__getitems__`` when it has one. Image
+  features must be ``uint8`` with a fixed shape (pass ``image_size`` to center-crop and resize
+  variable-size images).
+  """
+
+  def __init__(self, data_source, features, *, name: str, split: str,
+               image_key: str = "image", label_key: Optional[str] = "label",
+               image_size: Optional[int] = None):
+    if image_key not in features:
+      raise ValueError(f"TFDS dataset {name!r} has no feature {image_key!r}; its features are "
+                       f"{', '.join(sorted(features))}: pass image_key=")
+    self._ds = data_source
+    self._image_key = image_key
+    feat = features[image_key]
+    dtype = np.dtype(getattr(feat, "np_dtype", np.uint8))  # (``.dtype`` would import TensorFlow)
+    if dtype != np.uint8:
+      raise ValueError(f"TFDS feature {name}/{image_key} has dtype {dtype}; jdiff reads uint8 "
+                       f"images only")
+    fshape = tuple(feat.shape)
+    if len(fshape) == 2:
+      fshape = fshape + (1,)
+    if len(fshape) != 3:
+      raise ValueError(f"TFDS feature {name}/{image_key} has shape {tuple(feat.shape)}; expected an "
+                       f"image [H, W, C]")
+    self._image_size = image_size
+    if image_size is not None:
+      self.shape = (image_size, image_size, fshape[2])
+    elif None in fshape:
+      raise ValueError(f"TFDS dataset {name!r} has variable image shape {fshape}; pass "
+                       f"image_size=N to center-crop and resize to N x N")
+    else:
+      self.shape = tuple(int(s) for s in fshape)
+    if label_key is not None and label_key in features:
+      self._label_key = label_key
+      self.num_classes = getattr(features[label_key], "num_classes", None)
+    else:
+      self._label_key = None
+      self.num_classes = None
+    self.name, self.split, self.is_image = name, split, True
+    self.num_examples = len(data_source)
+
+  def read(self, indices):
+    idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+    getitems = getattr(self._ds, "__getitems__", None)
+    records = getitems(idx) if getitems is not None else [self._ds[i] for i in idx]
+    images = np.empty((len(idx),) + self.shape, np.uint8)
+    labels = np.zeros((len(idx),), np.int32)
+    for j, rec in enumerate(records):
+      img = np.asarray(rec[self._image_key])
+      if img.ndim == 2:
+        img = img[..., None]
+      if self._image_size is not None:
+        img = center_crop_resize(img, self._image_size)
+      images[j] = img
+      if self._label_key is not None:
+        labels[j] = int(rec[self._label_key])
+    return images, labels
+
+
+def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
+  """Center-crop a ``uint8 [H, W, C]`` image to a square and resize it to ``size x size``
+  (PIL bicubic, antialiased when shrinking)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w = image.shape[:2]
+  s = min(h, w)
+  top, left = (h - s) // 2, (w - s) // 2
+  crop = image[top:top + s, left:left + s]
+  if s == size:
+    return crop
+  chans = crop.shape[2]
+  pil = Image.fromarray(crop[..., 0] if chans == 1 else crop)
+  out = np.asarray(pil.resize((size, size), Image.BICUBIC), np.uint8)
+  return out[..., None] if chans == 1 else out
+
+
+# ---------------------------------------------------------------------------------------------------
+# IDX files (MNIST / Fashion-MNIST format).
+
+
+def parse_idx(raw: bytes) -> np.ndarray:
+  """Parse an IDX file's bytes: 2 zero bytes, a type code, the number of dimensions ``ndim``, then
+  ``ndim`` big-endian ``uint32`` sizes and the data in big-endian row-major order."""
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+    raise ValueError("not an IDX file: it must start with two zero bytes")
+  code, ndim = raw[2], raw[3]
+  if code not in _IDX_DTYPES:
+    raise ValueError(f"not an IDX file: unknown type code 0x{code:02x}")
+  header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise ValueError(f"IDX file truncated: {len(raw)} bytes, header needs {header}")
+  dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+  dtype = np.dtype(_IDX_DTYPES[code])
+  count = int(np.prod(dims, dtype=np.int64))
+  if len(raw) != header + count * dtype.itemsize:
+    raise ValueError(f"IDX file size {len(raw)} does not match its header (dims {dims}, "
+                     f"{dtype.itemsize}-byte items)")
+  arr = np.frombuffer(raw, dtype, count=count, offset=header).reshape(dims)
+  return arr.astype(dtype.newbyteorder("="))
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Read a (possibly gzip-compressed) IDX file."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    return parse_idx(f.read())
+
+
+def _idx_paths(directory: str, split: str) -> Optional[tuple[str, str]]:
+  prefix = "train" if split == "train" else "t10k"
+  for ext in (".gz", ""):
+    images = os.path.join(directory, f"{prefix}-images-idx3-ubyte{ext}")
+    labels = os.path.join(directory, f"{prefix}-labels-idx1-ubyte{ext}")
+    if os.path.isfile(images) and os.path.isfile(labels):
+      return images, labels
+  return None
+
+
+def load_idx_images(directory: str, split: str, name: str, num_classes: int) -> ArraySource:
+  """An MNIST-format split (``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``) in memory."""
+  paths = _idx_paths(directory, split)
+  if paths is None:
+    raise FileNotFoundError(f"no IDX files for split {split!r} in {directory}")
+  images, labels = read_idx(paths[0]), read_idx(paths[1])
+  if images.ndim != 3 or images.dtype != np.uint8:
+    raise ValueError(f"{paths[0]}: expected uint8 images [N, H, W], got {images.dtype} "
+                     f"{images.shape}")
+  if labels.shape != images.shape[:1]:
+    raise ValueError(f"{paths[1]}: {labels.shape[0] if labels.ndim else 0} labels for "
+                     f"{images.shape[0]} images")
+  return ArraySource(images[..., None], labels, name=name, split=split, num_classes=num_classes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Offline datasets.
+
+
+def _digits(split: str) -> ArraySource:
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  d = load_digits()
+  images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # 0..16 -> 0..255
+  perm = np.random.default_rng(0).permutation(images.shape[0])
+  idx = perm[:1500] if split == "train" else perm[1500:]
+  return ArraySource(images[idx], d.target[idx], name="digits", split=split, num_classes=10)
+
+
+MIXTURE2D_SIZES = {"train": 100_000, "test": 10_000}
+
+
+def _mixture2d(split: str) -> ArraySource:
+  import jax  # pylint: disable=g-import-not-at-top
+  from jdiff import toy  # pylint: disable=g-import-not-at-top
+  mix = toy.default_mixture()
+  seed = {"train": 0, "test": 1}[split]
+  x, labels = mix.sample(jax.random.PRNGKey(seed), MIXTURE2D_SIZES[split])
+  return ArraySource(np.asarray(x, np.float32), np.asarray(labels), name="mixture2d", split=split,
+                     num_classes=mix.num_components)
+
+
+def _import_tfds():
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("reading a TFDS dataset needs tensorflow-datasets: pip install "
+                      "tensorflow-datasets array-record importlib_resources") from e
+  return tfds
+
+
+def _unknown_name(name: str) -> ValueError:
+  return ValueError(f"unknown dataset {name!r}; valid names are {', '.join(OFFLINE_DATASETS)} "
+                    f"(offline) or a TFDS dataset name such as {_TFDS_EXAMPLES}")
+
+
+def _prepare_hint(name: str, data_dir) -> str:
+  where = f" --data_dir={data_dir}" if data_dir else ""
+  return (f"with internet, prepare it (needs TensorFlow for image datasets: pip install tensorflow "
+          f"tensorflow-datasets) with `tfds build {name} --file_format=array_record{where}` or "
+          f"get_dataset({name!r}, download=True)")
+
+
+def tfds_source(name: str, split: str = "train", data_dir=None, download: bool = False, *,
+                image_key: str = "image", label_key: Optional[str] = "label",
+                image_size: Optional[int] = None) -> TfdsSource:
+  """A TFDS split through ``tfds.builder(name, data_dir=..., file_format='array_record')`` and
+  ``builder.as_data_source(split)`` — what ``tfds.data_source`` does, with clear errors.
+
+  Reading needs ``tensorflow-datasets``, ``array-record`` and ``importlib_resources`` but not
+  TensorFlow. Preparing an image dataset (``download=True`` or the ``tfds build`` command) needs
+  internet and TensorFlow. ``download=False`` (the default) never touches the network.
+  """
+  tfds = _import_tfds()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except tfds.core.DatasetNotFoundError as e:
+    raise _unknown_name(name) from e
+  if not builder.is_prepared():
+    if not download:
+      raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; "
+                       f"{_prepare_hint(name, data_dir)}, or pass data_dir= where it is prepared")
+    builder.download_and_prepare(file_format="array_record")
+  try:
+    ds = builder.as_data_source(split=split)
+  except NotImplementedError as e:
+    raise ValueError(f"TFDS dataset {name!r} in {builder.data_dir} is not stored in a "
+                     f"random-access format (array_record); re-prepare it with `tfds build {name} "
+                     f"--file_format=array_record` into another data_dir") from e
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"split {split!r} of TFDS dataset {name!r} cannot be read ({e}); its splits "
+                     f"are {', '.join(sorted(builder.info.splits))}") from e
+  return TfdsSource(ds, builder.info.features, name=name, split=split, image_key=image_key,
+                    label_key=label_key, image_size=image_size)
+
+
+def _resize_array_source(src: ArraySource, image_size: Optional[int]) -> ArraySource:
+  if image_size is None or not src.is_image or src.shape[:2] == (image_size, image_size):
+    return src
+  data = np.stack([center_crop_resize(img, image_size) for img in src.data])
+  return ArraySource(data, src.labels, name=src.name, split=src.split,
+                     num_classes=src.num_classes)
+
+
+def get_dataset(name: str, split: str = "train", data_dir=None, download: bool = False, *,
+                local_dir: Optional[str] = None, image_size: Optional[int] = None,
+                image_key: str = "image", label_key: Optional[str] = "label") -> Source:
+  """A random-access source by name.
+
+  Args:
+    name: ``digits``, ``fashion_mnist`` or ``mixture2d`` (offline, see the module docstring), or
+      any TFDS dataset name (``mnist``, ``cifar10``, ``celeb_a``, ...).
+    split: ``train`` or ``test`` for offline datasets; any TFDS split string (``train[:90%]``, ...)
+      for TFDS datasets.
+    data_dir: TFDS data directory (default ``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``).
+    download: for TFDS datasets only: download and prepare the dataset in ``array_record`` format
+      when it is missing. This needs internet and, for image datasets, TensorFlow
+      (``pip install tensorflow tensorflow-datasets``); the command-line equivalent is
+      ``tfds build NAME --file_format=array_record [--data_dir=DIR]``, or in Python
+      ``tfds.builder(NAME, data_dir=DIR, file_format='array_record').download_and_prepare()``.
+      Reading a prepared dataset needs no TensorFlow and no network.
+    local_dir: directory of the Fashion-MNIST IDX files (default
+      ``/usr/share/datasets/fashion-mnist``, installed by ``apt-get install dataset-fashion-mnist``).
+    image_size: center-crop images to a square and resize them to ``image_size x image_size``
+      (needed for TFDS datasets with variable image sizes; handy for ``celeb_a``).
+    image_key, label_key: TFDS feature names of the image and the class label (``label_key=None``
+      or a missing feature gives all-zero labels and ``num_classes=None``).
+
+  Returns:
+    a :class:`Source`.
+  """
+  if not isinstance(name, str) or not name:
+    raise _unknown_name(name)
+  if image_size is not None:
+    from jdiff import _checks  # pylint: disable=g-import-not-at-top
+    image_size = _checks.positive_int(image_size, "image_size")
+  if name in OFFLINE_DATASETS:
+    if name == "fashion_mnist":
+      return _fashion_mnist(split, data_dir, download, local_dir, image_size)
+    if split not in _OFFLINE_SPLITS:
+      raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits are: "
+                       f"{', '.join(_OFFLINE_SPLITS)}")
+    src = _digits(split) if name == "digits" else _mixture2d(split)
+    return _resize_array_source(src, image_size)
+  return tfds_source(name, split, data_dir, download, image_key=image_key, label_key=label_key,
+                     image_size=image_size)
+
+
+def _fashion_mnist(split, data_dir, download, local_dir, image_size) -> Source:
+  local_dir = FASHION_MNIST_DIR if local_dir is None else os.fspath(local_dir)
+  if split in _OFFLINE_SPLITS and _idx_paths(local_dir, split) is not None:
+    src = load_idx_images(local_dir, split, "fashion_mnist", num_classes=10)
+    return _resize_array_source(src, image_size)
+  try:
+    return tfds_source("fashion_mnist", split, data_dir, download, image_size=image_size)
+  except (ImportError, ValueError) as e:
+    raise ValueError(
+        f"fashion_mnist split {split!r} not found: no IDX files in {local_dir} (install them with "
+        f"`apt-get install dataset-fashion-mnist`, or pass local_dir=) and TFDS could not read it "
+        f"({e})") from e
+
+
+def dataset_names() -> Sequence[str]:
+  """The offline dataset names (any TFDS name is accepted as well)."""
+  return OFFLINE_DATASETS
+
+
