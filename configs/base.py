@@ -1,0 +1,65 @@
+"""The one base config every other config overrides (score_sde style). No logic beyond defaults.
+
+Override any field from the command line: ``--config.optim.lr=1e-4``.
+"""
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = d = ml_collections.ConfigDict()
+  d.name = "fashion_mnist"     # see jdiff.data.dataset_names()
+  d.split = "train"
+  d.batch_size = 64            # global batch, over all devices of all processes
+  d.random_flip = False
+  d.data_dir = ""              # TFDS data_dir ("" = TFDS default)
+  d.download = False           # let TFDS download and prepare (needs internet and TensorFlow)
+  d.image_size = 0             # resize TFDS images to this size (0 = native)
+
+  c.model = m = ml_collections.ConfigDict()
+  m.name = "unet"
+  m.ch = 32
+  m.ch_mult = (1, 2, 2)
+  m.num_res_blocks = 1
+  m.attn_resolutions = (14,)
+  m.dropout = 0.0
+  m.embedding = "sinusoidal"   # or "fourier"
+  m.learned_variance = False
+
+  c.diffusion = f = ml_collections.ConfigDict()
+  f.schedule = "linear"        # jdiff.SCHEDULES
+  f.schedule_kwargs = ml_collections.ConfigDict()
+  f.parametrization = "eps"    # eps | x0 | v | score | edm
+  f.weighting = "simple"       # simple | snr | min_snr | edm
+  f.time_sampling = "uniform"  # uniform | low_discrepancy | lognormal
+  f.sigma_data = 0.5
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.optimizer = "adam"
+  o.lr = 2e-4
+  o.warmup_steps = 100
+  o.decay = "constant"         # constant | cosine
+  o.grad_clip = 1.0
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.weight_decay = 0.0
+
+  c.training = t = ml_collections.ConfigDict()
+  t.num_steps = 10000
+  t.ema_decay = 0.999
+  t.log_every = 50
+  t.ckpt_every = 1000
+  t.sample_every = 1000
+  t.keep_checkpoints = 3
+  t.conditional = False        # class-conditional (labels from the dataset)
+  t.cond_drop_prob = 0.1       # label dropout to the null label, for classifier-free guidance
+
+  c.sampling = s = ml_collections.ConfigDict()
+  s.sampler = "dpmpp_2m"
+  s.steps = 20
+  s.grid = "uniform_logsnr"
+  s.num = 64
+  return c

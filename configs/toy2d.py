@@ -1,0 +1,24 @@
+"""An MLP on the 2-D Gaussian mixture (about a minute on a CPU)."""
+from configs import base
+
+
+def get_config():
+  c = base.get_base_config()
+  c.data.name = "mixture2d"
+  c.data.batch_size = 256
+  c.model = base.ml_collections.ConfigDict()
+  c.model.name = "mlp"
+  c.model.features = 256
+  c.model.num_blocks = 3
+  c.model.embedding = "sinusoidal"
+  c.model.learned_variance = False
+  c.diffusion.schedule = "cosine"
+  c.training.num_steps = 3000
+  c.training.ema_decay = 0.995
+  c.training.log_every = 100
+  c.training.ckpt_every = 1000
+  c.training.sample_every = 1000
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 100
+  c.sampling.num = 2000
+  return c

@@ -1,0 +1,125 @@
+"""The pure train step: core loss, gradients averaged over the ``data`` axis, Optax update, EMA, and a
+guard that skips non-finite updates.
+
+``make_train_step`` returns ``train_step(state, batch) -> (state, metrics)`` for ONE device's share of
+the batch. With ``axis_name='data'`` it averages gradients and metrics with ``lax.pmean`` over that axis,
+and it relies on nothing else, so the same function runs under ``jax.pmap(..., axis_name='data')`` (what
+``train.py`` uses) and under ``shard_map`` over a mesh axis named ``data``. With ``axis_name=None`` it is
+a plain single-device step.
+
+Randomness: the per-example noise and time come from ``fold_in(fold_in(rng, step), global_index)`` inside
+the loss, so 1 device and N devices draw the same noise for the same example. Dropout and label dropout
+use keys folded with the step and the example's global index (label dropout) or the index of the first
+example on the device (dropout masks), so dropout masks depend on the device layout.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jdiff import likelihood, losses, parametrization
+from jdiff.schedules import Schedule
+from jdiff.training.state import TrainState
+
+
+def make_model_fn(apply: Callable, schedule: Schedule, parametrization_name: str,
+                  sigma_data: float = 0.5):
+  """Returns ``(model_fn_factory, core_parametrization)``.
+
+  ``model_fn_factory(rng, train)`` gives ``fn(params, x, t, cond)`` for the core; with
+  ``parametrization_name == 'edm'`` the network is wrapped in EDM preconditioning (Karras et al. 2022,
+  Table 1) and read as an ``x0`` model.
+  """
+  def factory(rng: Optional[jax.Array], train: bool):
+    def raw(params, x, t, cond):
+      return apply(params, x, t, cond, rng=rng, train=train)
+    if parametrization_name == "edm":
+      return parametrization.edm_precondition(raw, schedule, sigma_data)
+    return raw
+
+  core = "x0" if parametrization_name == "edm" else parametrization_name
+  if parametrization_name != "edm":
+    parametrization.check_parametrization(parametrization_name)
+  return factory, core
+
+
+def _tree_all_finite(tree) -> jnp.ndarray:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,
+                    parametrization_name: str = "eps", weighting: str = "simple",
+                    time_sampling: str = "uniform", loss_kwargs: Optional[dict] = None,
+                    ema_decay: float = 0.9999, num_classes: int = 0, cond_drop_prob: float = 0.0,
+                    global_batch_size: Optional[int] = None, axis_name: Optional[str] = "data",
+                    sigma_data: float = 0.5, learned_variance: bool = False,
+                    hybrid_num_steps: int = 1000) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Build the per-device train step. ``batch`` holds ``image`` (the data, any shape ``[b, ...]``),
+  ``index`` (int32 ``[b]``, each example's position in the global batch) and optionally ``label``.
+
+  With ``learned_variance`` the model predicts its variance too and is trained with the hybrid loss
+  ``L_simple + 0.001 L_vlb`` over ``hybrid_num_steps`` discrete steps (Nichol & Dhariwal 2021, Sec. 3.1).
+  """
+  factory, core_param = make_model_fn(apply, schedule, parametrization_name, sigma_data)
+  loss_kwargs = dict(loss_kwargs or {})
+  if learned_variance and (parametrization_name == "edm" or weighting != "simple"):
+    raise ValueError("learned_variance trains with the hybrid loss of Nichol & Dhariwal 2021: use "
+                     "weighting='simple' and a parametrization other than 'edm'")
+  if weighting == "edm":
+    loss_kwargs.setdefault("sigma_data", sigma_data)
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"training.ema_decay must be in [0, 1), got {ema_decay}")
+  if not 0.0 <= cond_drop_prob <= 1.0:
+    raise ValueError(f"training.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
+
+  def pmean(x):
+    return jax.lax.pmean(x, axis_name) if axis_name is not None else x
+
+  def train_step(state: TrainState, batch: dict):
+    x0 = batch["image"]
+    index = batch["index"]
+    step_key = jax.random.fold_in(state.rng, state.step)
+    k_loss, k_drop, k_cond = jax.random.split(step_key, 3)
+    cond = None
+    if num_classes > 0:
+      labels = batch["label"].astype(jnp.int32)
+      u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k_cond, i)))(index)
+      cond = jnp.where(u < cond_drop_prob, num_classes, labels)
+    model_fn = factory(jax.random.fold_in(k_drop, index[0]), True)
+
+    def loss_fn(params):
+      if learned_variance:
+        terms = likelihood.hybrid_loss(model_fn, params, schedule, x0, k_loss, hybrid_num_steps,
+                                       cond=cond, parametrization=core_param, indices=index)
+        return jnp.mean(terms.total)
+      per_example = losses.denoising_loss(
+          model_fn, params, schedule, x0, k_loss, cond=cond, parametrization=core_param,
+          weighting=weighting, time_sampling=time_sampling, indices=index,
+          global_batch_size=global_batch_size, **loss_kwargs)
+      return jnp.mean(per_example)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = pmean(loss), pmean(grads)
+    finite = jnp.isfinite(loss) & _tree_all_finite(grads)
+    # Zero the gradient of a skipped step so the optimizer never sees a NaN, then keep the old state.
+    safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, new_opt = optimizer.update(safe_grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    new_ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                     state.ema_params, new_params)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        ema_params=keep(new_ema, state.ema_params),
+        opt_state=keep(new_opt, state.opt_state),
+        skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32))
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "skipped": new_state.skipped, "finite": finite.astype(jnp.float32)}
+    return new_state, metrics
+
+  return train_step

@@ -1,0 +1,1 @@
+"""Small host-side utilities: image grids, atomic file writes, progress display."""

@@ -1,0 +1,55 @@
+"""Image grids written as PNG, atomically (a crash never leaves a half-written file)."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images) -> np.ndarray:
+  """``[N, H, W, C]`` floats in [-1, 1] to uint8 in [0, 255] (values outside are clipped)."""
+  x = np.asarray(images, np.float32)
+  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(images, ncols: int | None = None, pad: int = 2) -> np.ndarray:
+  """Tile ``[N, H, W, C]`` images in [-1, 1] into one uint8 ``[rows*H', cols*W', C]`` array."""
+  x = to_uint8(images)
+  if x.ndim != 4:
+    raise ValueError(f"images must have shape [N, H, W, C], got {x.shape}")
+  n, h, w, c = x.shape
+  ncols = ncols or int(math.ceil(math.sqrt(n)))
+  nrows = int(math.ceil(n / ncols))
+  grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
+  for i in range(n):
+    r, q = divmod(i, ncols)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
+  return grid
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  d = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def save_grid(images, path: str, ncols: int | None = None, scale: int = 1) -> None:
+  """Write a PNG grid of ``[N, H, W, C]`` images in [-1, 1] (C = 1 or 3) to ``path`` atomically."""
+  import io
+  g = make_grid(images, ncols)
+  img = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
+  if scale > 1:
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  buf = io.BytesIO()
+  img.save(buf, format="PNG")
+  atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,142 @@
+"""Train step: loss goes down, EMA and clipping as configured, non-finite updates skipped; exact resume."""
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+import jdiff
+from jdiff import models
+from jdiff.training import loop
+from jdiff.training.state import create_state, make_optimizer
+from jdiff.training.step import make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _optim(**kw):
+  o = ml_collections.ConfigDict(dict(optimizer="adam", lr=1e-3, warmup_steps=0, decay="constant",
+                                     grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
+  o.update(kw)
+  return o
+
+
+def _mlp_setup(ema_decay=0.9, grad_clip=1.0, lr=1e-3):
+  module = models.create("mlp", features=64, num_blocks=2)
+  init, apply = models.functional(module)
+  params = init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+  opt = make_optimizer(_optim(grad_clip=grad_clip, lr=lr), 1000)
+  state = create_state(params, opt, 1)
+  step = make_train_step(apply, jdiff.CosineSchedule(), opt, ema_decay=ema_decay, axis_name=None,
+                         global_batch_size=128)
+  return state, jax.jit(step), opt
+
+
+def _batch(i, n=128):
+  mix = jdiff.toy.default_mixture()
+  x, _ = mix.sample(jax.random.PRNGKey(100 + i), n)
+  return {"image": x, "index": jnp.arange(n, dtype=jnp.int32)}
+
+
+def test_train_step_lowers_loss():
+  state, step, _ = _mlp_setup()
+  losses = []
+  for i in range(300):
+    state, m = step(state, _batch(i % 50))
+    losses.append(float(m["loss"]))
+  first, last = np.mean(losses[:30]), np.mean(losses[-30:])
+  assert last < 0.7 * first, (first, last)
+  assert int(state.step) == 300 and int(state.skipped) == 0
+
+
+def test_ema_follows_configured_decay():
+  state, step, _ = _mlp_setup(ema_decay=0.9)
+  new, _ = step(state, _batch(0))
+  expect = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * p, state.ema_params, new.params)
+  for a, b in zip(jax.tree_util.tree_leaves(new.ema_params), jax.tree_util.tree_leaves(expect)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_clipping_applies_to_optimizer_input():
+  state, step, _ = _mlp_setup(grad_clip=1e-3)
+  new, m = step(state, _batch(0))
+  assert float(m["grad_norm"]) > 1e-3  # raw norm is reported
+  # Adam's first moment after one step is (1 - b1) * (clipped gradient): its norm is 0.1 * clip.
+  mu = new.opt_state[1][0].mu
+  np.testing.assert_allclose(float(optax.tree.norm(mu)), 0.1 * 1e-3, rtol=1e-4)
+
+
+def test_non_finite_gradient_is_skipped_and_counted():
+  state, step, _ = _mlp_setup()
+  state, _ = step(state, _batch(0))
+  bad = _batch(1)
+  bad["image"] = bad["image"].at[3, 0].set(jnp.nan)
+  new, m = step(state, bad)
+  assert float(m["finite"]) == 0.0 and int(new.skipped) == 1 and int(new.step) == int(state.step) + 1
+  for a, b in zip(jax.tree_util.tree_leaves((new.params, new.ema_params, new.opt_state)),
+                  jax.tree_util.tree_leaves((state.params, state.ema_params, state.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree_util.tree_leaves(new.params))
+  new2, m2 = step(new, _batch(2))  # training goes on
+  assert float(m2["finite"]) == 1.0 and int(new2.skipped) == 1
+
+
+def _toy_config(num_steps, **over):
+  import sys
+  sys.path.insert(0, REPO)
+  from configs import toy2d
+  c = toy2d.get_config()
+  c.training.num_steps = num_steps
+  c.training.ckpt_every = 2
+  c.training.log_every = 1
+  c.training.sample_every = 0
+  c.data.batch_size = 32
+  c.model.features = 32
+  c.model.num_blocks = 1
+  for k, v in over.items():
+    section, key = k.split(".")
+    c[section][key] = v
+  return c
+
+
+def test_resume_is_bit_exact(tmp_path):
+  """N steps straight == N/2 steps, restart from the checkpoint, N/2 more (data position included)."""
+  straight = loop.train(_toy_config(6), str(tmp_path / "a"), log=lambda *a: None)
+  loop.train(_toy_config(3), str(tmp_path / "b"), log=lambda *a: None)
+  msgs = []
+  resumed = loop.train(_toy_config(6), str(tmp_path / "b"), log=msgs.append)
+  assert any("resumed from checkpoint step 3" in m for m in msgs)
+  assert int(resumed.step) == 6
+  for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_incompatible_checkpoint_is_refused(tmp_path):
+  loop.train(_toy_config(2), str(tmp_path), log=lambda *a: None)
+  with pytest.raises(ValueError, match="written by a different model"):
+    loop.train(_toy_config(4, **{"model.features": 48}), str(tmp_path), log=lambda *a: None)
+
+
+def test_bad_config_values(tmp_path):
+  with pytest.raises(ValueError, match="divisible by"):
+    loop.Experiment(_toy_config(2, **{"data.batch_size": 30}), num_local_devices=4)
+  with pytest.raises(ValueError, match="unknown dataset"):
+    loop.Experiment(_toy_config(2, **{"data.name": "no_such_dataset_xyz"}))
+  with pytest.raises(ValueError, match="valid parametrizations"):
+    loop.Experiment(_toy_config(2, **{"diffusion.parametrization": "epsilon"}))
+  with pytest.raises(ValueError, match="config.training.num_steps must be an integer >= 1"):
+    loop.Experiment(_toy_config(0))
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  os.chmod(ro, 0o500)
+  if os.access(ro, os.W_OK):  # root ignores permission bits: use a path under a regular file instead
+    bad = tmp_path / "file"
+    bad.write_text("x")
+    target = str(bad / "sub")
+  else:
+    target = str(ro / "sub")
+  with pytest.raises(ValueError, match="is not writable"):
+    loop.check_workdir(target)

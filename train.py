@@ -1,0 +1,52 @@
+"""Train a diffusion model.
+
+  python train.py --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist \
+      [--config.training.num_steps=2000 ...]
+
+With no flags it trains the default config (Fashion-MNIST) into runs/<config name>. A workdir that
+already holds a checkpoint is resumed. Multi-host: --multihost (or JAX_COORDINATOR_ADDRESS, or
+--coordinator_address/--num_processes/--process_id).
+"""
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+  sys.path.insert(0, _HERE)
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_HERE, "configs", "fashion_mnist.py"), "Training config file.",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config name>).")
+flags.DEFINE_bool("debug", False, "Show the full traceback of user errors.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (cluster auto-detection).")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for explicit multi-process.")
+flags.DEFINE_integer("num_processes", 1, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", 0, "This process's index (with --coordinator_address).")
+FLAGS = flags.FLAGS
+
+
+def _main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}; flags look like --config.training.num_steps=10")
+  from jdiff.utils import cli
+  cli.maybe_initialize_distributed(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+  from jdiff.training import loop
+  workdir = FLAGS.workdir
+  if not workdir:
+    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
+    workdir = os.path.join("runs", name)
+  loop.train(_CONFIG.value, workdir)
+
+
+def main(argv):
+  from jdiff.utils import cli
+  sys.exit(cli.run_main(_main, argv, FLAGS.debug))
+
+
+if __name__ == "__main__":
+  app.run(main)
