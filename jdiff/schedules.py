@@ -55,8 +55,9 @@ class Schedule:
 
   def prior_std(self) -> float:
     """Standard deviation of ``x_1`` for unit-variance data: ``sqrt(alpha(1)^2 + sigma(1)^2)``."""
-    a, s = self.alpha_sigma(jnp.float32(1.0))
-    return float(jnp.sqrt(a * a + s * s))
+    with jax.ensure_compile_time_eval():  # a Python float even when called under jit
+      a, s = self.alpha_sigma(jnp.float32(1.0))
+      return float(jnp.sqrt(a * a + s * s))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -160,19 +161,26 @@ class CosineSchedule(Schedule):
   def _angle(self, t):
     return 0.5 * math.pi * (t + self.s) / (1.0 + self.s)
 
+  def _theta0(self):
+    return 0.5 * math.pi * self.s / (1.0 + self.s)
+
   def logsnr(self, t):
-    f0 = math.cos(0.5 * math.pi * self.s / (1.0 + self.s)) ** 2
-    c = jnp.cos(self._angle(t))
-    abar = c * c / f0
-    abar = jnp.clip(abar, 0.0, 1.0)
-    ls = jnp.log(abar) - jnp.log1p(-abar)
-    return jnp.maximum(ls, self.logsnr_min)
+    # abar / (1 - abar) = cos^2(theta) / (cos^2(theta0) - cos^2(theta)), and the denominator is
+    # sin(theta - theta0) sin(theta + theta0): no cancellation near t = 0.
+    theta, theta0 = self._angle(t), self._theta0()
+    num = 2.0 * jnp.log(jnp.abs(jnp.cos(theta)))
+    den = jnp.log(jnp.sin(theta - theta0)) + jnp.log(jnp.sin(theta + theta0))
+    return jnp.maximum(num - den, self.logsnr_min)
 
   def t_of_logsnr(self, logsnr):
-    f0 = math.cos(0.5 * math.pi * self.s / (1.0 + self.s)) ** 2
-    abar = jax.nn.sigmoid(logsnr)
-    angle = jnp.arccos(jnp.sqrt(jnp.clip(abar * f0, 0.0, 1.0)))
-    return jnp.clip(angle * 2.0 / math.pi * (1.0 + self.s) - self.s, 0.0, 1.0)
+    theta0 = self._theta0()
+    f0 = math.cos(theta0) ** 2
+    # cos^2(theta) = f0 abar and sin^2(theta) = sin^2(theta0) + f0 (1 - abar); atan2 is accurate at
+    # both ends.
+    cos_t = jnp.sqrt(f0 * jax.nn.sigmoid(logsnr))
+    sin_t = jnp.sqrt(math.sin(theta0) ** 2 + f0 * jax.nn.sigmoid(-logsnr))
+    theta = jnp.arctan2(sin_t, cos_t)
+    return jnp.clip(theta * 2.0 / math.pi * (1.0 + self.s) - self.s, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
