@@ -1,0 +1,278 @@
+"""Denoising (regression) losses: per-example weighted MSE over a sampled noise level.
+
+``denoising_loss`` draws ``t`` and ``eps`` per example, forms ``x_t = alpha x0 + sigma eps`` and
+regresses the model output on its parametrization's target. Every weighting is written as a weight
+``w_x0(t)`` on the x0 error and converted to a weight on the parametrization's own target, because the
+target errors are all proportional to the x0 error (``d`` = x0_hat - x0, ``x_t`` fixed):
+``eps: -(alpha / sigma) d``, ``v: -((alpha^2 + sigma^2) / sigma) d``, ``score: (alpha / sigma^2) d``.
+
+Randomness: example ``i`` of the *global* batch uses keys ``fold_in(k, i)``, so its ``t`` and noise do
+not depend on how the batch is split over devices or hosts (pass ``indices``, the global example
+indices).
+
+Per-example losses are means over the data dimensions; ``mean_loss`` turns any of this package's
+per-example losses into the batch mean to differentiate. Under data parallelism with equal per-device
+batches, ``lax.pmean`` of the per-device means is the global mean.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdiff import _checks
+from jdiff.noising import bcast
+from jdiff.parametrization import ModelFn, check_parametrization, target
+from jdiff.schedules import Schedule
+
+WEIGHTINGS = ("simple", "snr", "min_snr", "edm")
+TIME_SAMPLINGS = ("uniform", "low_discrepancy", "lognormal")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation and per-example randomness (shared with jdiff.likelihood and jdiff.guidance)
+# ----------------------------------------------------------------------------------------------------
+
+
+def check_cond(cond, batch: int, name: str = "cond") -> None:
+  """Every array leaf of ``cond`` with a leading axis must have ``batch`` rows (scalars are allowed)."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
+    shape = np.shape(leaf)
+    if len(shape) >= 1 and shape[0] != batch:
+      raise ValueError(f"{name}{jax.tree_util.keystr(path)} has leading dimension {shape[0]} but the "
+                       f"batch has {batch} examples; give every conditioning array a leading batch axis")
+
+
+def check_data(x0, name: str = "x0") -> int:
+  """``x0`` is a float array ``[batch, ...]``; returns the batch size."""
+  _checks.check_float(x0, name)
+  if np.ndim(x0) < 1 or np.shape(x0)[0] < 1:
+    raise ValueError(f"{name} must have a leading batch axis, got shape {np.shape(x0)}")
+  _checks.check_finite(x0, name)
+  return int(np.shape(x0)[0])
+
+
+def resolve_indices(batch: int, indices, global_batch_size: Optional[int], need_global: bool):
+  """Default ``indices = arange(batch)`` and ``global_batch_size = batch``, validated."""
+  if indices is None:
+    indices = jnp.arange(batch, dtype=jnp.int32)
+  else:
+    if np.shape(indices) != (batch,):
+      raise ValueError(f"indices must have shape [batch]=({batch},) (the global index of each "
+                       f"example), got shape {np.shape(indices)}")
+    dtype = indices.dtype if hasattr(indices, "dtype") else np.asarray(indices).dtype
+    if not np.issubdtype(np.dtype(dtype), np.integer):
+      raise ValueError(f"indices must be integers, got dtype {dtype}")
+    if global_batch_size is None and need_global:
+      raise ValueError("time_sampling='low_discrepancy' with explicit indices needs global_batch_size "
+                       "(the number of examples over all devices) to stratify the global batch")
+  if global_batch_size is None:
+    global_batch_size = batch
+  global_batch_size = _checks.positive_int(global_batch_size, "global_batch_size")
+  return jnp.asarray(indices), global_batch_size
+
+
+def example_keys(key, indices):
+  """``fold_in(key, i)`` for every global example index ``i``."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+
+
+def example_normal(key, indices, shape, dtype=jnp.float32):
+  """Standard normal noise ``[batch, *shape]``; row ``i`` depends only on ``key`` and ``indices[i]``."""
+  return jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(example_keys(key, indices))
+
+
+def check_time_bound(t_eps, name: str) -> float:
+  if not (isinstance(t_eps, (int, float)) and 0.0 <= t_eps < 1.0 and math.isfinite(t_eps)):
+    raise ValueError(f"{name} must be a number in [0, 1) (times are clipped into [{name}, 1]), "
+                     f"got {t_eps!r}")
+  return float(t_eps)
+
+
+def logsnr_is_finite(schedule: Schedule, t: float) -> bool:
+  """Whether ``schedule.logsnr(t)`` is finite, evaluated eagerly (also while tracing)."""
+  with jax.ensure_compile_time_eval():
+    return bool(np.isfinite(np.asarray(schedule.logsnr(jnp.float32(t)))))
+
+
+def _check_positive(v, name: str) -> float:
+  if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+    raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+  return float(v)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Time sampling
+# ----------------------------------------------------------------------------------------------------
+
+
+def sample_times(key, indices, method: str = "uniform", *, t_min: float = 1e-5, t_max: float = 1.0,
+                 global_batch_size: Optional[int] = None, schedule: Optional[Schedule] = None,
+                 p_mean: float = -1.2, p_std: float = 1.2):
+  """Per-example times in ``[t_min, t_max]``, shape ``[batch]``.
+
+  * ``uniform``: ``t = t_min + (t_max - t_min) u``, ``u ~ U[0, 1)`` from ``fold_in(key, i)``.
+  * ``low_discrepancy``: ``u_i = mod(u + i / B, 1)`` with one shared ``u ~ U[0, 1)`` and ``B`` the
+    global batch size (Kingma et al. 2021, App. I.1): the global batch covers ``[0, 1)`` in ``B`` strata.
+  * ``lognormal``: ``ln sigma_tilde ~ N(p_mean, p_std^2)`` (Karras et al. 2022, Sec. 5, "Noise
+    distribution"), mapped to ``t = schedule.t_of_sigma_tilde(sigma_tilde)`` and clipped into
+    ``[t_min, t_max]`` (noise levels outside the schedule's range land on the end points).
+  """
+  _checks.choice("time sampling", method, TIME_SAMPLINGS)
+  k_shared, k_each = jax.random.split(key)
+  if method == "lognormal":
+    if schedule is None:
+      raise ValueError("time_sampling='lognormal' needs the schedule (to map sigma to t)")
+    n = jax.vmap(lambda k: jax.random.normal(k, ()))(example_keys(k_each, indices))
+    t = schedule.t_of_sigma_tilde(jnp.exp(p_mean + p_std * n))
+    return jnp.clip(t, t_min, t_max).astype(jnp.float32)
+  if method == "uniform":
+    u = jax.vmap(lambda k: jax.random.uniform(k, ()))(example_keys(k_each, indices))
+  else:
+    g = global_batch_size if global_batch_size is not None else indices.shape[0]
+    u0 = jax.random.uniform(k_shared, ())
+    u = jnp.mod(u0 + jnp.mod(indices, g).astype(jnp.float32) / g, 1.0)
+  return (t_min + (t_max - t_min) * u).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Weightings
+# ----------------------------------------------------------------------------------------------------
+
+
+def _log_target_scale(parametrization: str, logsnr, alpha, sigma):
+  """``log(||target error||^2 / ||x0 error||^2)`` for a parametrization (see the module docstring)."""
+  if parametrization == "x0":
+    return jnp.zeros_like(logsnr)
+  if parametrization == "eps":
+    return logsnr
+  if parametrization == "v":
+    return 2.0 * jnp.log(alpha * alpha + sigma * sigma) - 2.0 * jnp.log(sigma)
+  return 2.0 * jnp.log(alpha) - 4.0 * jnp.log(sigma)  # score
+
+
+def loss_weight(schedule: Schedule, t, parametrization: str = "eps", weighting: str = "simple", *,
+                min_snr_gamma: float = 5.0, sigma_data: float = 0.5):
+  """Weight on the parametrization's target MSE at times ``t`` (shape of ``t``).
+
+  In terms of the x0 error (``snr = alpha^2 / sigma^2``):
+
+  * ``simple``: unit weight on the target MSE (Ho et al. 2020, eq. 14; for ``eps`` the x0 weight is snr).
+  * ``snr``: ``snr`` on the x0 MSE, i.e. the eps MSE whatever the parametrization (Salimans & Ho
+    2022, Sec. 4).
+  * ``min_snr``: ``min(snr, gamma)`` on the x0 MSE (Hang et al. 2023, Min-SNR-gamma): on the eps
+    target ``min(snr, gamma) / snr``, on v (VP) ``min(snr, gamma) / (snr + 1)``, on x0
+    ``min(snr, gamma)``.
+  * ``edm``: ``lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = snr + 1/sigma_data^2``
+    on the x0 MSE, ``sigma`` the noise level of ``x_t / alpha`` (Karras et al. 2022, eq. 8, Table 1).
+  """
+  check_parametrization(parametrization)
+  _checks.choice("weighting", weighting, WEIGHTINGS)
+  t = jnp.asarray(t, jnp.float32)
+  if weighting == "simple":
+    return jnp.ones_like(t)
+  logsnr = schedule.logsnr(t)
+  alpha, sigma = schedule.alpha_sigma(t)
+  if weighting == "snr":
+    log_w = logsnr
+  elif weighting == "min_snr":
+    log_w = jnp.minimum(logsnr, math.log(min_snr_gamma))
+  else:
+    log_w = jnp.logaddexp(logsnr, -2.0 * math.log(sigma_data))
+  return jnp.exp(log_w - _log_target_scale(parametrization, logsnr, alpha, sigma))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The denoising loss
+# ----------------------------------------------------------------------------------------------------
+
+
+def model_output(model_fn: ModelFn, params, x_t, t, cond, data_shape, learned_variance: bool = False):
+  """Call the model and split off the variance channels; returns ``(mean_out, v_or_None)``."""
+  out = model_fn(params, x_t, t, cond)
+  want = tuple(data_shape[:-1]) + (2 * data_shape[-1],) if learned_variance else tuple(data_shape)
+  if tuple(np.shape(out)) != want:
+    extra = " (learned variance: twice the data channels)" if learned_variance else ""
+    raise ValueError(f"model output has shape {tuple(np.shape(out))}, expected {want}{extra}")
+  if learned_variance:
+    mean_out, v = jnp.split(out, 2, axis=-1)
+    return mean_out, v
+  return out, None
+
+
+def mean_flat(x):
+  """Mean over all axes but the first."""
+  return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
+
+
+def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond: Any = None,
+                   parametrization: str = "eps", weighting: str = "simple",
+                   time_sampling: Optional[str] = None, indices=None, *,
+                   global_batch_size: Optional[int] = None, t_eps: float = 1e-5,
+                   min_snr_gamma: float = 5.0, sigma_data: float = 0.5, p_mean: float = -1.2,
+                   p_std: float = 1.2, learned_variance: bool = False):
+  """Per-example denoising loss ``w(t) mean_d (out - target)^2``, shape ``[batch]``.
+
+  Args:
+    model_fn: ``fn(params, x_t, t, cond) -> out``; close over dropout keys and ``train=True`` as needed.
+    params: model parameters (the argument to differentiate).
+    schedule: the noise schedule.
+    x0: clean data ``[batch, ...]`` (float).
+    key: PRNG key; example ``i`` uses keys folded with ``indices[i]``.
+    cond: conditioning pytree passed to the model (leaves with a leading batch axis), or None.
+    parametrization: ``eps``, ``x0``, ``v`` or ``score`` (an EDM-preconditioned model is ``x0``).
+    weighting: ``simple``, ``snr``, ``min_snr`` or ``edm`` (see ``loss_weight``).
+    time_sampling: ``uniform``, ``low_discrepancy`` or ``lognormal`` (see ``sample_times``); by default
+      ``lognormal`` for the ``edm`` weighting and ``uniform`` otherwise.
+    indices: global example indices ``[batch]`` (default ``arange(batch)``).
+    global_batch_size: examples over all devices (for ``low_discrepancy``; default ``batch``).
+    t_eps: times are drawn in ``[t_eps, 1]``; VP schedules have infinite log-SNR at ``t = 0``.
+    min_snr_gamma: ``gamma`` of the ``min_snr`` weighting (Hang et al. 2023 use 5).
+    sigma_data: data standard deviation of the ``edm`` weighting.
+    p_mean, p_std: the log-normal noise distribution (Karras et al. 2022 use -1.2 and 1.2).
+    learned_variance: the model outputs twice the channels; the variance half is ignored here.
+  """
+  batch = check_data(x0)
+  check_parametrization(parametrization)
+  _checks.choice("weighting", weighting, WEIGHTINGS)
+  if time_sampling is None:
+    time_sampling = "lognormal" if weighting == "edm" else "uniform"
+  _checks.choice("time sampling", time_sampling, TIME_SAMPLINGS)
+  t_eps = check_time_bound(t_eps, "t_eps")
+  min_snr_gamma = _check_positive(min_snr_gamma, "min_snr_gamma")
+  sigma_data = _check_positive(sigma_data, "sigma_data")
+  p_std = _check_positive(p_std, "p_std")
+  if not (isinstance(p_mean, (int, float)) and math.isfinite(p_mean)):
+    raise ValueError(f"p_mean must be a finite number, got {p_mean!r}")
+  check_cond(cond, batch)
+  indices, gbs = resolve_indices(batch, indices, global_batch_size,
+                                 time_sampling == "low_discrepancy")
+  if t_eps == 0.0 and not logsnr_is_finite(schedule, 0.0):
+    raise ValueError("t_eps=0 reaches t=0 where this schedule has infinite log-SNR (sigma=0); "
+                     "use t_eps > 0, e.g. 1e-5")
+
+  x0 = jnp.asarray(x0)
+  k_t, k_eps = jax.random.split(key)
+  t = sample_times(k_t, indices, time_sampling, t_min=t_eps, global_batch_size=gbs,
+                   schedule=schedule, p_mean=p_mean, p_std=p_std)
+  eps = example_normal(k_eps, indices, x0.shape[1:], x0.dtype)
+  alpha, sigma = schedule.alpha_sigma(t)
+  x_t = bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
+  out, _ = model_output(model_fn, params, x_t, t, cond, x0.shape, learned_variance)
+  tgt = target(parametrization, x0, eps, x_t, alpha, sigma)
+  w = loss_weight(schedule, t, parametrization, weighting, min_snr_gamma=min_snr_gamma,
+                  sigma_data=sigma_data)
+  return w * mean_flat(jnp.square(out - tgt))
+
+
+def mean_loss(loss_fn: Callable[..., Any]) -> Callable[..., jnp.ndarray]:
+  """Wrap a per-example loss into one returning the batch mean (of ``.total`` for loss tuples)."""
+
+  def fn(*args, **kwargs):
+    out = loss_fn(*args, **kwargs)
+    return jnp.mean(getattr(out, "total", out))
+
+  return fn
