@@ -32,6 +32,8 @@ FLAGS = flags.FLAGS
 def _main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}; flags look like --config.training.num_steps=10")
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   from jdiff.utils import cli
   cli.maybe_initialize_distributed(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
@@ -49,4 +51,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from jdiff.utils.cli import flags_parser
+  app.run(main, flags_parser=flags_parser)

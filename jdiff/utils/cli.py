@@ -34,3 +34,17 @@ def maybe_initialize_distributed(multihost: bool, coordinator_address: str, num_
                                num_processes=num_processes, process_id=process_id)
   elif multihost or os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()
+
+
+def flags_parser(argv):
+  """absl ``flags_parser`` for ``app.run``: a bad flag (unknown or misspelled config key, wrong type)
+  ends with one line and exit status 2 instead of a traceback."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").replace("'", "").split())
+    print(f"error: bad command-line flag: {text}", file=sys.stderr)
+    if "--debug" in argv:
+      traceback.print_exc()
+    sys.exit(2)
