@@ -1,0 +1,128 @@
+"""Flax denoisers for jdiff: a DDPM/DDPM++ U-Net and a residual MLP, behind one functional interface.
+
+Why Flax **Linen** (not NNX): a Linen module is a description, not a container of state.
+``module.init(key, ...)`` returns the parameters as a plain pytree and ``module.apply(params, ...)`` is a
+pure function of ``(params, inputs, rngs)``: exactly the ``fn(params, x_t, t, cond)`` denoiser interface
+of jdiff's core, so it goes through ``jax.jit``, ``pmap``, ``vmap``, ``grad`` and ``lax.scan`` as is,
+with no ``nnx.split``/``merge`` of graph state at every boundary. Parameters are a nested dict of
+arrays that optax, EMA updates and orbax handle directly. Linen is fully supported (no deprecation
+warnings) in flax 0.12.
+
+Interface used by the rest of jdiff::
+
+  model = jdiff.models.create("unet", ch=128, ch_mult=(1, 2, 2, 2), num_classes=10)
+  init, apply = jdiff.models.functional(model)
+  params = init(key, x, t)                        # {"params": ...}, also valid for model.apply
+  out = apply(params, x, t, cond)                 # deterministic (dropout off)
+  out = apply(params, x, t, cond, rng=k, train=True)   # dropout on
+
+``x``: ``[B, H, W, C]`` (U-Net) or ``[B, D]`` (MLP); ``t``: float ``[B]`` or a scalar (continuous time
+in [0, 1], or EDM's ``c_noise``); ``cond``: int labels ``[B]`` (``num_classes`` = NULL label) or
+``None`` (NULL for all). Models never import jdiff's core (schedules, samplers; only the shared input
+checks of ``jdiff._checks``): training glues them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Callable, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from jdiff import _checks
+from jdiff.models.embeddings import (EMBEDDINGS, NoiseEmbedding, fourier_embedding, prepare_labels,
+                                     prepare_t, sinusoidal_embedding)
+from jdiff.models.mlp import MLP
+from jdiff.models.unet import UNet, num_groups
+
+MODELS = {"unet": UNet, "mlp": MLP}
+
+
+def model_kwargs(cls) -> Tuple[str, ...]:
+  """The configuration fields a model class accepts."""
+  return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name"))
+
+
+def create(name: str, **kwargs) -> nn.Module:
+  """Build a denoiser by name (``"unet"`` or ``"mlp"``) from keyword configuration."""
+  cls = MODELS[_checks.choice("model", name, MODELS)]
+  valid = model_kwargs(cls)
+  unknown = sorted(set(kwargs) - set(valid))
+  if unknown:
+    raise ValueError(f"unknown argument(s) {unknown} for model {name!r}; valid arguments are: "
+                     f"{', '.join(valid)}")
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return cls(**kwargs)
+
+
+def count_params(params) -> int:
+  """Total number of scalars in a parameter pytree (arrays or ``jax.ShapeDtypeStruct`` leaves)."""
+  return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def _check_call(module, x, t, cond) -> None:
+  """All input checks, before tracing (label values are checked only here when ``apply`` is jitted)."""
+  model = type(module).__name__
+  module.check_input(x)
+  prepare_t(t, x.shape[0], model)
+  prepare_labels(cond, x.shape[0], module.num_classes, model)
+
+
+def functional(module: nn.Module) -> Tuple[Callable, Callable]:
+  """``(init, apply)`` pure functions for a denoiser module.
+
+  ``init(key, x, t, cond=None) -> params`` (the Linen variables dict ``{"params": ...}``), jitted.
+  ``apply(params, x, t, cond=None, *, rng=None, train=False) -> out``: dropout runs only with
+  ``train=True`` and then needs ``rng`` (when the model has ``dropout > 0``). ``train`` must be a
+  Python bool: under ``jax.jit`` mark it static (``static_argnames="train"``).
+  """
+  if not isinstance(module, (UNet, MLP)):
+    raise ValueError(f"functional() expects a jdiff denoiser (UNet or MLP, e.g. from "
+                     f"jdiff.models.create), got {type(module).__name__}")
+
+  def _init(key, x, t, cond):
+    return module.init({"params": key}, x, t, cond, train=False)
+
+  # The init program runs once and is almost all threefry random-number generation: compiled without
+  # XLA backend optimisation it builds ~3x faster on CPU (measured ~15 s -> ~5 s for the DDPM CIFAR-10
+  # U-Net on 2 cores), with the same random bits. JAX accepts compiler options only on a top-level jit,
+  # so inside an outer trace (jit, pmap, eval_shape) the plain jit is used.
+  init_top = jax.jit(_init, compiler_options={"xla_backend_optimization_level": 0})
+  init_nested = jax.jit(_init)
+
+  def init(key, x, t, cond=None):
+    _check_call(module, x, t, cond)
+    if not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves((key, x, t, cond))):
+      try:
+        return init_top(key, x, t, cond)
+      except ValueError as e:  # under an outer trace with concrete arguments
+        if "compiler_options" not in str(e):
+          raise
+    return init_nested(key, x, t, cond)
+
+  def apply(params, x, t, cond=None, *, rng=None, train=False):
+    if not isinstance(train, (bool, np.bool_)):
+      raise ValueError(f"train must be a Python bool, got {type(train).__name__}; under jax.jit pass "
+                       f"static_argnames='train'")
+    if not isinstance(params, Mapping) or "params" not in params:
+      raise ValueError("params must be the dict returned by init (with a 'params' entry)")
+    _check_call(module, x, t, cond)
+    expected = type(module).data_channels(params)
+    if x.shape[-1] != expected:
+      raise ValueError(f"x has {x.shape[-1]} channels (last axis) but the parameters were initialised "
+                       f"for {expected}; pass x of shape [..., {expected}] or re-initialise")
+    rngs = {}
+    if train and module.dropout > 0:
+      if rng is None:
+        raise ValueError(f"train=True with dropout={module.dropout} needs a PRNG key: pass rng=key "
+                         f"(or train=False for a deterministic forward)")
+      rngs = {"dropout": rng}
+    return module.apply(params, x, t, cond, train=bool(train), rngs=rngs)
+
+  return init, apply
+
+
+__all__ = ["EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "UNet", "count_params", "create",
+           "fourier_embedding", "functional", "model_kwargs", "num_groups", "sinusoidal_embedding"]

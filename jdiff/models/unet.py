@@ -1,0 +1,280 @@
+"""The DDPM / DDPM++ U-Net (Ho et al. 2020, App. B; Song et al. 2021, App. H "DDPM++"), channels-last.
+
+Layout (Ho et al. 2020 code ``diffusion_utils/models/unet.py``, rewritten for Flax Linen)::
+
+  emb = MLP(embed(t)) [+ Embed(label)]                          # embeddings.NoiseEmbedding, width 4 ch
+  h = conv3x3(x) -> ch
+  for level i (channels ch * ch_mult[i]):                         # down path, every output kept as skip
+    num_res_blocks x [ResBlock(emb), Attention if H in attn_resolutions]
+    downsample (3x3 stride-2 conv, or 2x2 average pool) unless last level
+  ResBlock, Attention, ResBlock                                    # middle, lowest resolution
+  for level i reversed:                                            # up path
+    (num_res_blocks + 1) x [concat(skip), ResBlock(emb), Attention if H in attn_resolutions]
+    upsample (nearest x2 + conv3x3) unless level 0
+  out = conv3x3(SiLU(GroupNorm(h)))                                # zero-initialised
+
+ResBlock (Ho et al. 2020, App. B; a wide-ResNet block, Zagoruyko & Komodakis 2016)::
+
+  h = conv3x3(SiLU(GN(x))); h += Dense(SiLU(emb)); h = conv3x3_zero(Dropout(SiLU(GN(h))))
+  out = skip(x) + h            # skip = 1x1 conv when channels change; DDPM++: out / sqrt(2)
+
+Group normalisation (Wu & He 2018) uses 32 groups, or for small ``C`` the largest divisor of C that is
+at most ``C / 2`` (see ``num_groups``: one channel per group would cancel the embedding shift).
+``skip_rescale=True`` divides every residual sum (ResBlock and attention) by ``sqrt(2)`` (Song et al.
+2021, App. H, DDPM++).
+
+Spatial sizes: each of the ``len(ch_mult) - 1`` downsamplings halves H and W exactly, so H and W must be
+divisible by ``2 ** (len(ch_mult) - 1)``: 32x32 works with up to 6 levels, 28x28 (Fashion-MNIST) with
+at most 3 (28 -> 14 -> 7); a bad size raises a ``ValueError`` naming the largest level count that fits.
+``attn_resolutions`` are feature-map heights (DDPM CIFAR-10: ``(16,)``; for 28x28 inputs use ``(14,)``);
+a value that no level reaches is an error rather than silently no attention.
+
+Performance notes (XLA CPU): everything is NHWC, the native layout; 1x1 convolutions are ``Dense`` on the
+channel axis (a single matmul); q, k and v come from one fused ``Dense(3C)``; nearest upsampling and
+average pooling are a broadcast/reshape. Attention is a plain einsum (``attention_impl="einsum"``) or
+``jax.nn.dot_product_attention`` (``"xla"``); see ``attention`` for which is faster here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jdiff import _checks
+from jdiff.models import embeddings as E
+
+DOWNSAMPLES = ("conv", "avgpool")
+ATTENTION_IMPLS = ("einsum", "xla")
+
+
+def num_groups(channels: int, max_groups: int = 32) -> int:
+  """GroupNorm groups: the largest divisor of ``channels`` at most ``min(max_groups, channels // 2)``.
+
+  32 for every DDPM width (``C >= 64``). Groups keep at least two channels each: with one channel per
+  group, GroupNorm over H, W removes any per-channel constant, which would erase the noise and label
+  embedding that ResBlocks add as a per-channel shift just before it (small test models, ``C <= 32``).
+  """
+  for g in range(max(1, min(max_groups, channels // 2)), 0, -1):
+    if channels % g == 0:
+      return g
+  return 1
+
+
+def group_norm(c: int, dtype, name: Optional[str] = None) -> nn.GroupNorm:
+  return nn.GroupNorm(num_groups=num_groups(c), epsilon=1e-6, dtype=dtype, name=name)
+
+
+def conv3x3(c: int, dtype, stride: int = 1, zero: bool = False, name: Optional[str] = None) -> nn.Conv:
+  return nn.Conv(c, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), dtype=dtype,
+                 kernel_init=E.zeros_init if zero else E.default_init, name=name)
+
+
+def attention(q, k, v, impl: str = "einsum"):
+  """Softmax attention (Vaswani et al. 2017, eq. 1) over ``[batch, L, heads, d]`` tensors.
+
+  ``"einsum"``: head-major batched matmuls with a float32 softmax (the default); ``"xla"``:
+  ``jax.nn.dot_product_attention``. Measured with jit on this shared 2-core CPU (float32, batch 32,
+  16x16 tokens, 128 channels; best of 80 interleaved runs, forward / forward+backward): one head,
+  einsum 19 / 54 ms, xla 18 / 53 ms (a tie); four heads, einsum 36 / 121 ms, xla 63 / 225 ms. An einsum
+  kept in ``[batch, L, heads, d]`` order without the explicit head-major transpose ran 133 / 164 ms with
+  four heads: XLA then inserts layout copies around each dot.
+  """
+  if impl == "xla":
+    return jax.nn.dot_product_attention(q, k, v)
+  q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [batch, heads, L, d]; free for one head
+  w = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype), k)
+  w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bhkd->bhqd", w, v).transpose(0, 2, 1, 3)
+
+
+class ResBlock(nn.Module):
+  """DDPM residual block with the noise embedding added after the first conv (Ho et al. 2020, App. B)."""
+  out_ch: int
+  dropout: float = 0.0
+  skip_rescale: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, emb, train: bool):
+    h = conv3x3(self.out_ch, self.dtype, name="conv0")(nn.silu(group_norm(x.shape[-1], self.dtype)(x)))
+    h = h + nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=E.default_init,
+                     name="emb_proj")(nn.silu(emb))[:, None, None, :]
+    h = nn.silu(group_norm(self.out_ch, self.dtype)(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = conv3x3(self.out_ch, self.dtype, zero=True, name="conv1")(h)
+    if x.shape[-1] != self.out_ch:  # "nin_shortcut": a 1x1 conv is a Dense on the channel axis
+      x = nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=E.default_init, name="skip")(x)
+    out = x + h
+    return out * (1.0 / math.sqrt(2.0)) if self.skip_rescale else out
+
+
+class AttnBlock(nn.Module):
+  """Self-attention over all H*W positions, residual (Ho et al. 2020, App. B; Wang et al. 2018)."""
+  num_heads: int = 1
+  skip_rescale: bool = False
+  impl: str = "einsum"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, hh, ww, c = x.shape
+    h = group_norm(c, self.dtype)(x)
+    qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=E.default_init, name="qkv")(h)
+    qkv = qkv.reshape(b, hh * ww, 3, self.num_heads, c // self.num_heads)
+    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl).reshape(b, hh, ww, c)
+    out = nn.Dense(c, dtype=self.dtype, kernel_init=E.zeros_init, name="proj_out")(out)
+    out = x + out
+    return out * (1.0 / math.sqrt(2.0)) if self.skip_rescale else out
+
+
+def upsample_nearest(x):
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+
+
+def avgpool2(x):
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+class UNet(nn.Module):
+  """DDPM / DDPM++ U-Net denoiser ``(x [B,H,W,C], t [B], cond [B] | None) -> [B,H,W,C_out]``.
+
+  Defaults are the DDPM CIFAR-10 model (Ho et al. 2020, App. B; 35.7M parameters): ``ch=128``,
+  ``ch_mult=(1, 2, 2, 2)``, 2 res blocks per level, attention at 16x16, dropout 0.1, sinusoidal
+  embedding of ``1000 t``. DDPM++ (Song et al. 2021): ``skip_rescale=True``, ``embedding="fourier"`` for
+  VE models fed ``log sigma``.
+
+  Attributes:
+    ch: base channel count; level ``i`` has ``ch * ch_mult[i]`` channels; embedding width ``4 ch``.
+    ch_mult: channel multiplier per resolution level (``len(ch_mult) - 1`` downsamplings).
+    num_res_blocks: ResBlocks per level on the way down (``+1`` on the way up).
+    attn_resolutions: feature-map heights with self-attention after each ResBlock.
+    dropout: dropout rate inside ResBlocks (active only with ``train=True``).
+    embedding: ``"sinusoidal"`` (of ``time_scale * t``) or ``"fourier"`` (of ``t``, ``fourier_scale``).
+    time_scale: multiplies ``t`` before the sinusoidal embedding (1000: DDPM's step index).
+    fourier_scale: standard deviation of the random Fourier frequencies (16 in Song et al. 2021).
+    num_classes: ``> 0`` adds a class embedding with ``num_classes + 1`` rows (the last is NULL).
+    out_channels: output channels before doubling; ``None``: the input's channels.
+    learned_variance: doubles the output channels (mean output, then variance interpolation).
+    skip_rescale: divide residual sums by ``sqrt(2)`` (DDPM++).
+    downsample: ``"conv"`` (3x3, stride 2; DDPM) or ``"avgpool"`` (2x2 average pool).
+    num_heads: attention heads (DDPM: 1); must divide every level's channel count.
+    attention_impl: ``"einsum"`` or ``"xla"`` (``jax.nn.dot_product_attention``).
+    dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32, output is float32.
+  """
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  embedding: str = "sinusoidal"
+  time_scale: float = 1000.0
+  fourier_scale: float = 16.0
+  num_classes: int = 0
+  out_channels: Optional[int] = None
+  learned_variance: bool = False
+  skip_rescale: bool = False
+  downsample: str = "conv"
+  num_heads: int = 1
+  attention_impl: str = "einsum"
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    _checks.positive_int(self.ch, "ch")
+    if self.ch < 4:
+      raise ValueError(f"ch must be >= 4 (the noise embedding has ch features), got {self.ch}")
+    if not isinstance(self.ch_mult, (tuple, list)) or not self.ch_mult:
+      raise ValueError(f"ch_mult must be a non-empty tuple of integers >= 1, got {self.ch_mult!r}")
+    for m in self.ch_mult:
+      _checks.positive_int(m, "each ch_mult entry")
+    _checks.positive_int(self.num_res_blocks, "num_res_blocks")
+    if not isinstance(self.attn_resolutions, (tuple, list)):
+      raise ValueError(f"attn_resolutions must be a tuple of feature-map heights, got "
+                       f"{self.attn_resolutions!r}")
+    for r in self.attn_resolutions:
+      _checks.positive_int(r, "each attn_resolutions entry")
+    if self.out_channels is not None:
+      _checks.positive_int(self.out_channels, "out_channels")
+    _checks.choice("downsample", self.downsample, DOWNSAMPLES)
+    _checks.choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    _checks.positive_int(self.num_heads, "num_heads")
+    bad = sorted({self.ch * m for m in self.ch_mult if (self.ch * m) % self.num_heads})
+    if bad:
+      raise ValueError(f"num_heads={self.num_heads} must divide every level's channel count; it does not "
+                       f"divide {bad}")
+    E.check_common_config(self)
+    super().__post_init__()
+
+  def check_input(self, x) -> None:
+    """Static checks of ``x`` (rank, float dtype, spatial sizes vs. levels and attention)."""
+    E.check_x(x, 4, "[batch, H, W, C] (channels-last)", "UNet")
+    _, h, w, _ = x.shape
+    levels = len(self.ch_mult)
+    f = 2 ** (levels - 1)
+    if h % f or w % f:
+      fit = 1
+      while h % (2 ** fit) == 0 and w % (2 ** fit) == 0:
+        fit += 1
+      raise ValueError(f"UNet with {levels} levels (len(ch_mult)) halves H and W {levels - 1} times, so "
+                       f"they must be divisible by {f}; got {h}x{w}. Use at most {fit} levels for this "
+                       f"size, or pad the input")
+    reached = [h // 2 ** i for i in range(levels)]
+    missing = sorted(set(self.attn_resolutions) - set(reached))
+    if missing:
+      raise ValueError(f"attn_resolutions {missing} are never reached for {h}x{w} inputs (feature-map "
+                       f"heights are {reached}); choose attn_resolutions among those")
+
+  @nn.compact
+  def __call__(self, x, t, cond=None, train: bool = False):
+    self.check_input(x)
+    b = x.shape[0]
+    t = E.prepare_t(t, b, "UNet")
+    labels = E.prepare_labels(cond, b, self.num_classes, "UNet")
+    dt = self.dtype
+    out_ch = (self.out_channels or x.shape[-1]) * (2 if self.learned_variance else 1)
+    attn = lambda: AttnBlock(self.num_heads, self.skip_rescale, self.attention_impl, dt)
+    res = lambda c: ResBlock(c, self.dropout, self.skip_rescale, dt)
+
+    emb = E.NoiseEmbedding(self.ch, 4 * self.ch, self.embedding, self.time_scale, self.fourier_scale,
+                           self.num_classes, dt, name="noise_embed")(t, labels)
+
+    h = conv3x3(self.ch, dt, name="conv_in")(x.astype(dt))
+    skips = [h]
+    for i, mult in enumerate(self.ch_mult):
+      for _ in range(self.num_res_blocks):
+        h = res(self.ch * mult)(h, emb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = attn()(h)
+        skips.append(h)
+      if i != len(self.ch_mult) - 1:
+        if self.downsample == "conv":
+          h = conv3x3(h.shape[-1], dt, stride=2)(h)
+        else:
+          h = avgpool2(h)
+        skips.append(h)
+
+    h = res(h.shape[-1])(h, emb, train)
+    h = attn()(h)
+    h = res(h.shape[-1])(h, emb, train)
+
+    for i, mult in reversed(list(enumerate(self.ch_mult))):
+      for _ in range(self.num_res_blocks + 1):
+        h = res(self.ch * mult)(jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = attn()(h)
+      if i != 0:
+        h = conv3x3(h.shape[-1], dt)(upsample_nearest(h))
+    assert not skips
+
+    h = nn.silu(group_norm(h.shape[-1], dt, name="norm_out")(h))
+    h = conv3x3(out_ch, dt, zero=True, name="conv_out")(h)
+    return h.astype(jnp.float32)
+
+  @staticmethod
+  def data_channels(variables) -> int:
+    """Input channel count the parameters were initialised for."""
+    return int(variables["params"]["conv_in"]["kernel"].shape[2])
