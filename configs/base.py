@@ -54,6 +54,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.ckpt_every = 1000
   t.sample_every = 1000
   t.keep_checkpoints = 3
+  t.fallback_to_previous_checkpoint = False  # resume from an earlier checkpoint if the latest is damaged
   t.conditional = False        # class-conditional (labels from the dataset)
   t.cond_drop_prob = 0.1       # label dropout to the null label, for classifier-free guidance
 

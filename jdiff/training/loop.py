@@ -63,26 +63,18 @@ class Experiment:
     if c.training.conditional and not self.num_classes:
       raise ValueError(f"training.conditional=True but dataset {c.data.name!r} has no labels; set "
                        f"--config.training.conditional=False")
-    model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
-    self.module = models.create(c.model.name, num_classes=self.num_classes, **model_kwargs)
-    self.init_fn, self.apply_fn = models.functional(self.module)
-    self.schedule = jdiff.get_schedule(c.diffusion.schedule, **dict(c.diffusion.schedule_kwargs))
+    self.model = build_model(c, tuple(self.source.shape), self.num_classes)
+    self.module, self.init_fn, self.apply_fn = self.model.module, self.model.init_fn, self.model.apply_fn
+    self.schedule = self.model.schedule
     self.optimizer = make_optimizer(c.optim, c.training.num_steps)
-    self.data_shape = tuple(self.source.shape)
-    self.learned_variance = bool(c.model.get("learned_variance", False))
+    self.data_shape = self.model.data_shape
+    self.learned_variance = self.model.learned_variance
 
   def init_state(self) -> TrainState:
-    c = self.config
-    x = jnp.zeros((1,) + self.data_shape, jnp.float32)
-    cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
-    params = self.init_fn(jax.random.PRNGKey(c.seed), x, jnp.zeros((1,), jnp.float32), cond)
-    return create_state(params, self.optimizer, c.seed + 1)
+    return self.model.init_state(self.optimizer)
 
   def meta(self, state: TrainState) -> dict:
-    return {"params": ckpt_lib.param_signature(state.params), "model": self.config.model.name,
-            "data_shape": list(self.data_shape), "num_classes": self.num_classes,
-            "parametrization": self.config.diffusion.parametrization,
-            "schedule": self.config.diffusion.schedule}
+    return self.model.meta(state)
 
   def train_step_fn(self, axis_name: Optional[str] = "data"):
     f = self.config.diffusion
@@ -95,9 +87,48 @@ class Experiment:
 
   def model_fn(self):
     """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout)."""
+    return self.model.model_fn()
+
+
+class Model:
+  """The model half of an ``Experiment``: network, schedule and parametrization built from a config,
+  the data shape and the number of classes, without touching the dataset (``sample.py`` builds one
+  from a workdir's ``config.json`` and the checkpoint's metadata)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, data_shape, num_classes: int):
+    c = self.config = config
+    self.data_shape = tuple(int(d) for d in data_shape)
+    self.num_classes = int(num_classes)
+    model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
+    self.module = models.create(c.model.name, num_classes=self.num_classes, **model_kwargs)
+    self.init_fn, self.apply_fn = models.functional(self.module)
+    self.schedule = jdiff.get_schedule(c.diffusion.schedule, **dict(c.diffusion.schedule_kwargs))
+    self.learned_variance = bool(c.model.get("learned_variance", False))
+
+  def init_params(self):
+    x = jnp.zeros((1,) + self.data_shape, jnp.float32)
+    cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+    return self.init_fn(jax.random.PRNGKey(self.config.seed), x, jnp.zeros((1,), jnp.float32), cond)
+
+  def init_state(self, optimizer) -> TrainState:
+    return create_state(self.init_params(), optimizer, self.config.seed + 1)
+
+  def meta(self, state: TrainState) -> dict:
+    c = self.config
+    return {"params": ckpt_lib.param_signature(state.params), "model": c.model.name,
+            "data_shape": list(self.data_shape), "num_classes": self.num_classes,
+            "parametrization": c.diffusion.parametrization, "schedule": c.diffusion.schedule}
+
+  def model_fn(self):
+    """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout)."""
     factory, core = make_model_fn(self.apply_fn, self.schedule, self.config.diffusion.parametrization,
                                   self.config.diffusion.sigma_data)
     return factory(None, False), core
+
+
+def build_model(config: ml_collections.ConfigDict, data_shape, num_classes: int) -> Model:
+  """The network, schedule and parametrization of ``config`` for data of ``data_shape`` (no dataset)."""
+  return Model(config, data_shape, num_classes)
 
 
 def replicate(tree, num_devices: Optional[int] = None):
@@ -166,9 +197,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> Trai
   ckpt = ckpt_lib.Checkpointer(workdir, c.training.keep_checkpoints)
   state = exp.init_state()
   meta = exp.meta(state)
-  start = ckpt.latest_step()
-  if start is not None:
-    state, data_state, _ = ckpt.restore(start, state, meta)
+  restored = ckpt.restore_latest(state, meta,
+                                 fallback=c.training.get("fallback_to_previous_checkpoint", False),
+                                 warn=log)
+  if restored is not None:
+    start, state, data_state, _ = restored
     exp.pipeline.set_state(data_state)
     log(f"resumed from checkpoint step {start} in {ckpt.directory}")
   step = int(state.step)
