@@ -50,6 +50,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.training = t = ml_collections.ConfigDict()
   t.num_steps = 10000
   t.ema_decay = 0.999
+  t.ema_warmup = True          # decay min(ema_decay, (1+n)/(10+n)) after n updates
   t.log_every = 50
   t.ckpt_every = 1000
   t.sample_every = 1000
@@ -63,4 +64,5 @@ def get_base_config() -> ml_collections.ConfigDict:
   s.steps = 20
   s.grid = "uniform_logsnr"
   s.num = 64
+  s.clip_x0 = True             # clip x0_hat to [-1, 1] at every step (image data only)
   return c

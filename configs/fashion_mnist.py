@@ -8,15 +8,15 @@ from configs import base
 def get_config():
   c = base.get_base_config()
   c.data.name = "fashion_mnist"
-  c.data.batch_size = 64
+  c.data.batch_size = 32
   c.model.ch = 32
   c.model.ch_mult = (1, 2, 2)
   c.model.num_res_blocks = 1
   c.model.attn_resolutions = (7,)
-  c.training.num_steps = 4000
+  c.training.num_steps = 2500
   c.training.ema_decay = 0.999
   c.training.ckpt_every = 500
-  c.training.sample_every = 1000
+  c.training.sample_every = 500
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 200
   return c

@@ -24,14 +24,14 @@ def _optim(**kw):
   return o
 
 
-def _mlp_setup(ema_decay=0.9, grad_clip=1.0, lr=1e-3):
+def _mlp_setup(ema_decay=0.9, grad_clip=1.0, lr=1e-3, ema_warmup=False):
   module = models.create("mlp", features=64, num_blocks=2)
   init, apply = models.functional(module)
   params = init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
   opt = make_optimizer(_optim(grad_clip=grad_clip, lr=lr), 1000)
   state = create_state(params, opt, 1)
   step = make_train_step(apply, jdiff.CosineSchedule(), opt, ema_decay=ema_decay, axis_name=None,
-                         global_batch_size=128)
+                         global_batch_size=128, ema_warmup=ema_warmup)
   return state, jax.jit(step), opt
 
 
@@ -58,6 +58,17 @@ def test_ema_follows_configured_decay():
   expect = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * p, state.ema_params, new.params)
   for a, b in zip(jax.tree_util.tree_leaves(new.ema_params), jax.tree_util.tree_leaves(expect)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_ema_warmup():
+  state, step, _ = _mlp_setup(ema_decay=0.999, ema_warmup=True)
+  for n in range(3):
+    new, _ = step(state, _batch(n))
+    d = min(0.999, (1 + n) / (10 + n))
+    expect = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, state.ema_params, new.params)
+    for a, b in zip(jax.tree_util.tree_leaves(new.ema_params), jax.tree_util.tree_leaves(expect)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    state = new
 
 
 def test_gradient_clipping_applies_to_optimizer_input():

@@ -83,7 +83,8 @@ class Experiment:
         weighting=f.weighting, time_sampling=f.time_sampling, ema_decay=self.config.training.ema_decay,
         num_classes=self.num_classes, cond_drop_prob=self.config.training.cond_drop_prob,
         global_batch_size=self.config.data.batch_size, axis_name=axis_name,
-        sigma_data=f.sigma_data, learned_variance=self.learned_variance)
+        sigma_data=f.sigma_data, learned_variance=self.learned_variance,
+        ema_warmup=self.config.training.get("ema_warmup", True))
 
   def model_fn(self):
     """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout)."""
@@ -167,11 +168,24 @@ class _StopFlag:
       signal.signal(s, h)
 
 
+def clip_model_x0(fn, schedule, parametrization: str, lo: float = -1.0, hi: float = 1.0):
+  """A model that predicts ``clip(x0_hat, lo, hi)`` (parametrization ``x0``): DDPM's clipping of the
+  denoised image to the data range at every sampling step (Ho et al. 2020; Nichol & Dhariwal 2021)."""
+  def clipped(params, x, t, cond):
+    tb = jdiff.parametrization.broadcast_t(t, x)
+    out = fn(params, x, tb, cond)
+    a, s = schedule.alpha_sigma(tb)
+    return jnp.clip(jdiff.to_x0_eps(parametrization, out, x, a, s)[0], lo, hi)
+  return clipped
+
+
 def sample_grid(exp: Experiment, params, num: int, seed: int, path: Optional[str]):
   """Sample ``num`` examples from ``params`` with the config's sampler; write a PNG grid (images)."""
   from jdiff import grids, sampling
   c = exp.config.sampling
   fn, param = exp.model_fn()
+  if c.get("clip_x0", True) and len(exp.data_shape) == 3:
+    fn, param = clip_model_x0(fn, exp.schedule, param), "x0"
   sample_fn = sampling.make_sample_fn(fn, exp.schedule, param, c.sampler, c.steps,
                                       learned_variance=exp.learned_variance)
   ts = grids.get_grid(c.grid, exp.schedule, c.steps)

@@ -57,7 +57,7 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
                     ema_decay: float = 0.9999, num_classes: int = 0, cond_drop_prob: float = 0.0,
                     global_batch_size: Optional[int] = None, axis_name: Optional[str] = "data",
                     sigma_data: float = 0.5, learned_variance: bool = False,
-                    hybrid_num_steps: int = 1000) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    hybrid_num_steps: int = 1000, ema_warmup: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Build the per-device train step. ``batch`` holds ``image`` (the data, any shape ``[b, ...]``),
   ``index`` (int32 ``[b]``, each example's position in the global batch) and optionally ``label``.
 
@@ -109,7 +109,14 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
     updates, new_opt = optimizer.update(safe_grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    new_ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+    decay = jnp.float32(ema_decay)
+    if ema_warmup:
+      # min(decay, (1 + n) / (10 + n)) over the n updates made so far, so the average is not
+      # dominated by the random initialisation early in training (as tf.train.ExponentialMovingAverage
+      # with num_updates).
+      n = (state.step - state.skipped).astype(jnp.float32)
+      decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+    new_ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
                                      state.ema_params, new_params)
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = state.replace(
