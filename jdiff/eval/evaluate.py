@@ -1,0 +1,104 @@
+"""One call that scores Fashion-MNIST samples and states the floor of every number.
+
+A metric computed from ``N`` samples is biased (FD most of all: it is far from 0 for two finite
+samples of one distribution), so a score is only readable next to the same metric for real data.
+:func:`report` therefore computes, in the Fashion-MNIST feature space of :mod:`jdiff.eval.features`:
+
+- the samples against ``N`` real training images (a fixed random subset): FD, KID, precision, recall,
+  and the classifier accuracy of class-conditional samples against their requested labels;
+- the **floor**: the same metrics for ``N`` real *test* images against the same training subset
+  (test accuracy for the accuracy), i.e. what a perfect generator would score at this ``N``.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import numpy as np
+
+from jdiff import _checks
+from jdiff.eval import features as features_lib
+from jdiff.eval import metrics
+
+_TEST_SIZE = 10_000
+
+
+def _real_images(split: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  from jdiff.data import get_dataset  # pylint: disable=g-import-not-at-top
+  src = get_dataset("fashion_mnist", split=split)
+  rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+  idx = np.sort(rng.choice(src.num_examples, min(n, src.num_examples), replace=False))
+  x, y = src.read(idx)
+  return x.astype(np.float32) / np.float32(127.5) - np.float32(1.0), y
+
+
+def report(images, labels=None, *, net: Optional[features_lib.FeatureNet] = None, seed: int = 0,
+           kid_subset_size: int = 1000, kid_num_subsets: int = 100, k: int = 3) -> dict:
+  """Score Fashion-MNIST samples and the floor for the same sample count.
+
+  Args:
+    images: samples ``float [N, 28, 28, 1]`` in [-1, 1], ``N > k`` (use ``N`` in the thousands: FD
+      of 128-D features is heavily biased for ``N`` near 128).
+    labels: the class each sample was generated for (``int [N]``), or ``None`` (unconditional).
+    net: the feature net (default :func:`jdiff.eval.get_feature_net`, trained once and cached).
+    seed: picks the real training/test subsets and the KID subsets.
+    kid_subset_size: KID subset size, capped at ``N // 2`` so the subsets differ and ``kid_std``
+      means something (the estimator is unbiased for any subset size).
+    kid_num_subsets: number of KID subsets.
+    k: neighbourhood size of precision/recall (Kynkäänniemi et al. 2019 use 3).
+
+  Returns:
+    ``{"num_samples", "fd", "kid", "kid_std", "kid_stderr", "precision", "recall", "accuracy"
+    (None without labels), "reference", "floor": {the same keys for real test images; "accuracy" is
+    the test accuracy}}``.
+  """
+  k = _checks.positive_int(k, "k")
+  shape = np.shape(images)
+  n = int(shape[0]) if len(shape) else 0
+  need = max(k + 1, 2)
+  if n < need:
+    raise ValueError(f"report needs at least {need} samples (precision/recall with k={k} needs N > "
+                     f"k; FD and KID need N >= 2), got {n}; use thousands for stable numbers")
+  features_lib.check_fmnist_images(images)
+  if labels is not None:
+    labels = features_lib.check_labels(labels, n)
+  if n <= features_lib.FEATURE_DIM:
+    warnings.warn(f"{n} samples for {features_lib.FEATURE_DIM}-D features: FD is heavily biased; "
+                  f"compare it only with the floor", stacklevel=2)
+  net = features_lib.get_feature_net() if net is None else net
+  m = min(_checks.positive_int(kid_subset_size, "kid_subset_size"), max(2, n // 2))
+  kw = {"kid_subset_size": m, "kid_num_subsets": kid_num_subsets, "k": k, "seed": seed}
+
+  ref_x, _ = _real_images("train", n, seed)
+  ref_f = net.features(ref_x)
+  gen_f, gen_logits = net.features_and_logits(images)
+  out = {"num_samples": n, **_pick(metrics.feature_metrics(ref_f, gen_f, **kw))}
+  out["accuracy"] = None if labels is None else metrics.accuracy(gen_logits, labels)
+  out["reference"] = f"fashion_mnist train ({ref_f.shape[0]} images, seed {seed})"
+
+  nf = min(n, _TEST_SIZE, ref_f.shape[0])
+  test_x, test_y = _real_images("test", nf, seed)
+  test_f, test_logits = net.features_and_logits(test_x)
+  floor = {"num_samples": nf, **_pick(metrics.feature_metrics(ref_f[:nf], test_f, **kw))}
+  floor["accuracy"] = metrics.accuracy(test_logits, test_y)
+  out["floor"] = floor
+  return out
+
+
+def _pick(d: dict) -> dict:
+  return {key: d[key] for key in ("fd", "kid", "kid_std", "kid_stderr", "precision", "recall")}
+
+
+def format_report(r: dict) -> str:
+  """One line: each metric with its floor in parentheses."""
+  f = r["floor"]
+  parts = [f"N={r['num_samples']}", f"FD {r['fd']:.4g} (floor {f['fd']:.4g})",
+           f"KID {r['kid']:.4g}±{r['kid_std']:.2g} (floor {f['kid']:.4g})",
+           f"precision {r['precision']:.3f} (floor {f['precision']:.3f})",
+           f"recall {r['recall']:.3f} (floor {f['recall']:.3f})"]
+  if r.get("accuracy") is not None:
+    parts.append(f"accuracy {r['accuracy']:.3f} (floor {f['accuracy']:.3f})")
+  return ", ".join(parts)
+
+
+__all__ = ["format_report", "report"]
