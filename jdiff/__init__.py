@@ -1,8 +1,21 @@
-"""jdiff: diffusion models in JAX. The functional core (no Flax/Optax/orbax/TFDS imports)."""
-from jdiff import noising, parametrization, schedules, toy
-from jdiff.noising import add_noise, posterior
+"""jdiff: diffusion models in JAX.
+
+The functional core (this package's top-level modules) is pure ``jax.numpy``: schedules, noising,
+parametrizations, losses, likelihood bounds, samplers, guidance. Flax denoisers live in
+``jdiff.models``, training in ``jdiff.training``, data in ``jdiff.data``, evaluation in ``jdiff.eval``
+(import those explicitly; the core does not import Flax, Optax, orbax or TFDS).
+"""
+from jdiff import (grids, guidance, likelihood, losses, noising, ode, parametrization, samplers,
+                   sampling, schedules, toy)
+from jdiff.grids import GRIDS, get_grid
+from jdiff.guidance import classifier_free, classifier_guidance, clip_x0, dynamic_threshold
+from jdiff.likelihood import bits_per_dim, continuous_vlb, discrete_vlb, hybrid_loss
+from jdiff.losses import denoising_loss, loss_weight, sample_times
+from jdiff.noising import add_noise, posterior, posterior_coefficients
 from jdiff.parametrization import (PARAMETRIZATIONS, Prediction, edm_coefficients, edm_precondition,
                                    from_x0_eps, make_denoiser, to_x0_eps)
+from jdiff.samplers import SAMPLERS, Sampler, SampleOutput, get_sampler
+from jdiff.sampling import SAMPLER_NAMES, initial_noise, make_sample_fn, sample
 from jdiff.schedules import (SCHEDULES, CosineSchedule, EDMSchedule, LinearSchedule, Schedule,
                              SigmoidSchedule, VESchedule, VPSDESchedule, get_schedule)
 
