@@ -1,0 +1,587 @@
+"""Training throughput of jdiff's U-Net train step against PyTorch diffusers on the same CPU.
+
+For each case (model x image shape x batch size) this measures:
+
+* jdiff: ``jdiff.training.step.make_train_step`` (DDPM eps-prediction with the simple loss, Ho et al.
+  2020, Alg. 1; global-norm clipping; AdamW; EMA; the non-finite guard), ``jax.jit`` with the state
+  donated. Compile time is ``lower`` (trace + lower to StableHLO) plus ``compile`` (XLA); the first
+  execution is reported separately. Peak memory: **XLA's memory analysis** of the compiled step
+  (arguments + outputs - donated aliases + temporaries: the buffers one step needs), and the peak RSS of
+  the process that ran it (which also holds the compiler's own peak).
+* diffusers: ``UNet2DModel`` with the same configuration and the same step (``bench/torch_reference.py``),
+  with its process peak RSS.
+
+Every runner lives in its own worker process (so each can have its own ``XLA_FLAGS``, and the two
+runtimes' thread pools never share a process); one coordinator drives them **interleaved**: each round
+runs one timed block of steps per runner, one runner at a time (order reversed every other round), so
+all see the same load on a shared machine. Reported: images/s from the median step time; the ratio
+jdiff/diffusers per round (from the rounds' median step times) and its median over rounds (the
+headline), plus the ratio of the fastest steps ("best", the least disturbed by other processes).
+Data are random (uniform in [-1, 1]).
+
+Threads: torch uses ``torch.set_num_threads(os.cpu_count())``; XLA's CPU client uses every core by
+default (its intra-op thread pool is sized to the machine; JAX has no switch for it).
+
+Usage::
+
+  python bench/train_throughput.py                 # full run (< ~10 min on 2 cores)
+  python bench/train_throughput.py --quick         # fewer rounds and shorter blocks
+  python bench/train_throughput.py --no-torch      # jdiff only
+  python bench/train_throughput.py --sweep --cases small32 --batches 8   # XLA options and layouts
+  python bench/train_throughput.py --xla-flags=--xla_cpu_enable_fast_math=true --attention-impl xla
+
+Writes ``bench/out/train_throughput.json`` (``--out`` to change).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+QUIET_CORES = 0.3  # a timed block is "quiet" when other processes used fewer cores than this
+
+SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, dropout=0.0)
+DDPM = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, dropout=0.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  image_size: int
+  channels: int
+  model: dict  # jdiff UNet fields (also mapped onto diffusers UNet2DModel)
+  target: float  # the images/s ratio jdiff/diffusers to reach
+
+
+CASES = {
+    "small32": Case("small32", 32, 3, dict(SMALL, attn_resolutions=(16,)), 1.5),
+    "small28": Case("small28", 28, 1, dict(SMALL, attn_resolutions=(14,)), 1.5),
+    "ddpm32": Case("ddpm32", 32, 3, dict(DDPM, attn_resolutions=(16,)), 1.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One runner configuration: the framework and, for jdiff, the XLA / model options it runs with."""
+  label: str
+  kind: str = "jdiff"  # or "diffusers"
+  xla_flags: str = ""
+  attention_impl: str = "einsum"
+  matmul_precision: Optional[str] = None
+  torch_channels_last: bool = False
+
+
+# What --sweep tries against the default configuration (each in its own process).
+SWEEP = (
+    Variant("attention=xla", attention_impl="xla"),
+    Variant("matmul_precision=highest", matmul_precision="highest"),
+    Variant("no_ynnpack", xla_flags="--xla_cpu_experimental_ynn_fusion_type="),
+    Variant("onednn", xla_flags="--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true"),
+    Variant("xnn_graph_greedy",
+            xla_flags="--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY"),
+    Variant("fast_math", xla_flags="--xla_cpu_enable_fast_math=true"),
+    Variant("single_thread_eigen", xla_flags="--xla_cpu_multi_thread_eigen=false"),
+    Variant("diffusers_channels_last", kind="diffusers", torch_channels_last=True),
+)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--quick", action="store_true", help="fewer rounds and shorter timed blocks")
+  p.add_argument("--no-torch", action="store_true", help="measure jdiff only")
+  p.add_argument("--sweep", action="store_true",
+                 help="also run jdiff under other XLA options / attention / precision (see SWEEP)")
+  p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+  p.add_argument("--batches", default="8,32", help="comma-separated batch sizes")
+  p.add_argument("--rounds", type=int, default=None,
+                 help="max interleaved rounds per case (default 7, quick 3)")
+  p.add_argument("--block-seconds", type=float, default=None,
+                 help="target length of one timed block (default 1.5, quick 0.5)")
+  p.add_argument("--case-seconds", type=float, default=None,
+                 help="stop adding rounds after this long once 3 are done (default 45, quick 15); "
+                      "after 3x this long stop even before 3")
+  p.add_argument("--quiet-wait", type=float, default=None,
+                 help="seconds to wait before each block for other processes to leave the CPU (default "
+                      "5, quick 2; 0: never wait)")
+  p.add_argument("--attention-impl", default="einsum", choices=("einsum", "xla"),
+                 help="jdiff UNet attention_impl")
+  p.add_argument("--matmul-precision", default=None,
+                 help="jax_default_matmul_precision for jdiff (e.g. 'highest'); default: JAX's")
+  p.add_argument("--xla-flags", default="",
+                 help="extra XLA_FLAGS for the jdiff worker (appended to the environment's)")
+  p.add_argument("--torch-channels-last", action="store_true",
+                 help="run diffusers in channels_last memory format (default: NCHW contiguous)")
+  p.add_argument("--out", default=os.path.join(HERE, "out", "train_throughput.json"))
+  p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run as a worker
+  args = p.parse_args(argv)
+  if args.worker:
+    return args
+  args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+  unknown = [c for c in args.cases if c not in CASES]
+  if unknown or not args.cases:
+    p.error(f"unknown case(s) {unknown}; valid cases are: {', '.join(CASES)}")
+  try:
+    args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+  except ValueError:
+    p.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+  if not args.batches or min(args.batches) < 1:
+    p.error(f"--batches must be positive integers, got {args.batches}")
+  if args.rounds is not None and args.rounds < 1:
+    p.error(f"--rounds must be >= 1, got {args.rounds}")
+  args.rounds = args.rounds or (3 if args.quick else 7)
+  args.block_seconds = args.block_seconds or (0.5 if args.quick else 1.5)
+  args.case_seconds = args.case_seconds or (15.0 if args.quick else 45.0)
+  if args.quiet_wait is None:
+    args.quiet_wait = 2.0 if args.quick else 5.0
+  return args
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------------------------------
+# Workers (one process per variant and case; they speak JSON lines on a private pipe)
+# ----------------------------------------------------------------------------------------------------
+
+
+class JdiffRunner:
+  """A compiled, donated jdiff train step for one case and batch size."""
+
+  def __init__(self, case: Case, batch: int, variant: Variant, seed: int = 0):
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import numpy as np
+
+    import jdiff.models
+    from jdiff.schedules import LinearSchedule
+    from jdiff.training.state import create_state, make_optimizer
+    from jdiff.training.step import make_train_step
+
+    self._jax = jax
+    model = jdiff.models.create("unet", attention_impl=variant.attention_impl, **case.model)
+    init, apply = jdiff.models.functional(model)
+    shape = (batch, case.image_size, case.image_size, case.channels)
+    params = init(jax.random.PRNGKey(seed), jnp.zeros(shape, jnp.float32), jnp.zeros((batch,)))
+    self.num_params = jdiff.models.count_params(params)
+    cfg = ml_collections.ConfigDict(dict(optimizer="adamw", lr=2e-4, warmup_steps=0, decay="constant",
+                                         grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
+    opt = make_optimizer(cfg, total_steps=1000)
+    step = make_train_step(apply, LinearSchedule(), opt, parametrization_name="eps", axis_name=None,
+                           global_batch_size=batch, ema_decay=0.9999)
+    self.state = create_state(params, opt, seed)
+    rng = np.random.default_rng(seed)
+    self.batch = {"image": jnp.asarray(rng.uniform(-1, 1, shape), jnp.float32),
+                  "index": jnp.arange(batch, dtype=jnp.int32)}
+    jitted = jax.jit(step, donate_argnums=(0,))
+    t0 = time.perf_counter()
+    lowered = jitted.lower(self.state, self.batch)
+    t1 = time.perf_counter()
+    self.compiled = lowered.compile()
+    t2 = time.perf_counter()
+    self.info = {"num_params": self.num_params, "lower_s": t1 - t0, "compile_s": t2 - t1,
+                 "memory": self._memory_analysis()}
+    t0 = time.perf_counter()
+    self.step()
+    self.info["first_step_s"] = time.perf_counter() - t0
+
+  def _memory_analysis(self) -> dict:
+    m = self.compiled.memory_analysis()
+    if m is None:
+      return {}
+    mb = lambda v: v / 2 ** 20
+    out = {"argument_mb": mb(m.argument_size_in_bytes), "output_mb": mb(m.output_size_in_bytes),
+           "alias_mb": mb(m.alias_size_in_bytes), "temp_mb": mb(m.temp_size_in_bytes)}
+    out["peak_mb"] = out["argument_mb"] + out["output_mb"] - out["alias_mb"] + out["temp_mb"]
+    return out
+
+  def step(self) -> float:
+    self.state, metrics = self.compiled(self.state, self.batch)
+    return float(self._jax.block_until_ready(metrics["loss"]))
+
+
+class TorchRunner:
+  """The diffusers reference step for one case and batch size."""
+
+  def __init__(self, case: Case, batch: int, variant: Variant, seed: int = 0):
+    sys.path.insert(0, HERE)
+    import torch_reference as ref
+    self.trainer = ref.make_trainer(image_size=case.image_size, channels=case.channels,
+                                    channels_last=variant.torch_channels_last, seed=seed,
+                                    ema_decay=0.9999, **case.model)
+    self.x = ref.random_batch(batch, case.channels, case.image_size, seed, variant.torch_channels_last)
+    self.info = {"num_params": self.trainer.num_params}
+    t0 = time.perf_counter()
+    self.step()
+    self.info["first_step_s"] = time.perf_counter() - t0
+
+  def step(self) -> float:
+    return self.trainer.step(self.x)
+
+
+def _release_free_memory() -> None:
+  """Hands freed heap (e.g. the XLA compiler's) back to the OS, so idle workers hold little memory."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
+def worker_main(spec: dict) -> int:
+  """Serve commands from the coordinator: setup BATCH, run N, drop, quit."""
+  channel = os.fdopen(os.dup(1), "w", buffering=1)
+  os.dup2(2, 1)  # anything else printed goes to stderr, never into the protocol
+  variant = Variant(**spec["variant"])
+  case = CASES[spec["case"]]
+  hello = {"pid": os.getpid()}
+  if variant.kind == "jdiff":
+    import jax  # XLA_FLAGS came with the environment
+    if variant.matmul_precision:
+      jax.config.update("jax_default_matmul_precision", variant.matmul_precision)
+    hello.update(jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
+    make = JdiffRunner
+  else:
+    sys.path.insert(0, HERE)
+    import diffusers
+    import torch
+    import torch_reference
+    hello.update(torch=torch.__version__, diffusers=diffusers.__version__,
+                 torch_threads=torch_reference.set_threads())
+    make = TorchRunner
+  channel.write(json.dumps(hello) + "\n")
+  runner = None
+  for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["cmd"] == "setup":
+      runner = None
+      runner = make(case, cmd["batch"], variant)
+      reply = dict(runner.info, peak_rss_mb=peak_rss_mb())
+      _release_free_memory()
+    elif cmd["cmd"] == "run":
+      times = []
+      for _ in range(cmd["n"]):
+        t0 = time.perf_counter()
+        loss = runner.step()
+        times.append(time.perf_counter() - t0)
+      reply = {"times": times, "loss": loss, "peak_rss_mb": peak_rss_mb()}
+    elif cmd["cmd"] == "drop":
+      runner = None
+      reply = {}
+    else:
+      channel.write(json.dumps({"peak_rss_mb": peak_rss_mb()}) + "\n")
+      return 0
+    channel.write(json.dumps(reply) + "\n")
+  return 0
+
+
+class Worker:
+  """Coordinator-side handle of one worker process."""
+
+  def __init__(self, variant: Variant, case: Case, base_xla_flags: str):
+    self.variant = variant
+    env = dict(os.environ)
+    flags = " ".join(f for f in (base_xla_flags, variant.xla_flags) if f)
+    if variant.kind == "jdiff":
+      env["XLA_FLAGS"] = flags
+    spec = json.dumps({"variant": dataclasses.asdict(variant), "case": case.name})
+    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", spec],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                 cwd=os.path.dirname(HERE))
+    self.hello = self._read()
+
+  def _read(self) -> dict:
+    line = self.proc.stdout.readline()
+    if not line:
+      code = self.proc.wait()
+      raise RuntimeError(f"worker {self.variant.label!r} exited with code {code} (see its stderr above)")
+    return json.loads(line)
+
+  def ask(self, **cmd) -> dict:
+    self.proc.stdin.write(json.dumps(cmd) + "\n")
+    self.proc.stdin.flush()
+    return self._read()
+
+  def close(self) -> dict:
+    try:
+      return self.ask(cmd="quit")
+    finally:
+      self.proc.stdin.close()
+      self.proc.wait(timeout=60)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Interleaved timing
+# ----------------------------------------------------------------------------------------------------
+
+
+def _busy_jiffies() -> Optional[int]:
+  """Busy CPU time of the whole machine so far, in clock ticks (``/proc/stat``); None off Linux."""
+  try:
+    with open("/proc/stat") as f:
+      v = [int(x) for x in f.readline().split()[1:]]
+  except OSError:
+    return None
+  return sum(v) - v[3] - v[4]  # minus idle and iowait
+
+
+def _proc_jiffies(pid: int) -> int:
+  with open(f"/proc/{pid}/stat") as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+  return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def wait_for_quiet(max_seconds: float, threshold: float = 0.3, window: float = 0.2) -> Optional[float]:
+  """Waits (at most ``max_seconds``) for a ``window`` in which other processes use less than
+  ``threshold`` cores (the workers are idle meanwhile); returns the last window's load in cores."""
+  hz = os.sysconf("SC_CLK_TCK")
+  deadline = time.perf_counter() + max_seconds
+  while True:
+    b0, t0 = _busy_jiffies(), time.perf_counter()
+    if b0 is None:
+      return None
+    time.sleep(window)
+    load = (_busy_jiffies() - b0) / hz / (time.perf_counter() - t0)
+    if load < threshold or time.perf_counter() > deadline:
+      return load
+
+
+class CpuMeter:
+  """Cores used by processes other than ``pid`` (and this one) while a block runs."""
+
+  def __init__(self, pid: int):
+    self.pid, self.hz = pid, os.sysconf("SC_CLK_TCK")
+
+  def __enter__(self):
+    self.b0, self.p0, self.t0 = _busy_jiffies(), _proc_jiffies(self.pid), time.perf_counter()
+    return self
+
+  def __exit__(self, *exc):
+    if self.b0 is None:
+      self.foreign = None
+      return
+    wall = time.perf_counter() - self.t0
+    other = (_busy_jiffies() - self.b0) - (_proc_jiffies(self.pid) - self.p0)
+    self.foreign = max(0.0, other / self.hz / wall)
+
+
+def measure(workers: dict, batch: int, args):
+  """Interleaved rounds over ``workers`` (label -> Worker), one block per worker per round.
+
+  Before each block the coordinator waits (briefly) for a moment when other processes leave the CPU
+  alone, and it records how many cores other processes used during the block ("foreign load"): torch's
+  OpenMP threads slow down by an order of magnitude when another process takes a core, XLA's much less,
+  so ratios from busy rounds are not comparable. A round is "quiet" when every block in it ran with a
+  foreign load below ``QUIET_CORES``.
+  """
+  labels = list(workers)
+  sizes = {k: max(1, round(args.block_seconds / workers[k].ask(cmd="run", n=1)["times"][0]))
+           for k in labels}
+  steps = {k: [] for k in labels}
+  per_round = {k: [] for k in labels}
+  foreign = {k: [] for k in labels}
+  rss = {}
+  t_start = time.perf_counter()
+  load = [os.getloadavg()[0]]
+  rounds = 0
+  while rounds < args.rounds:
+    elapsed = time.perf_counter() - t_start
+    if rounds >= 1 and (elapsed > 3 * args.case_seconds or (rounds >= 3 and elapsed > args.case_seconds)):
+      break
+    for k in (labels if rounds % 2 == 0 else labels[::-1]):
+      wait_for_quiet(args.quiet_wait)
+      with CpuMeter(workers[k].proc.pid) as meter:
+        reply = workers[k].ask(cmd="run", n=sizes[k])
+      if reply["loss"] != reply["loss"]:
+        raise RuntimeError(f"{k}: non-finite loss during the benchmark")
+      steps[k] += reply["times"]
+      per_round[k].append(statistics.median(reply["times"]))
+      foreign[k].append(meter.foreign)
+      rss[k] = reply["peak_rss_mb"]
+    rounds += 1
+  load.append(os.getloadavg()[0])
+  quiet = [all(foreign[k][r] is not None and foreign[k][r] < QUIET_CORES for k in labels)
+           for r in range(rounds)]
+  out = {"rounds": rounds, "quiet_rounds": quiet, "loadavg_1min_start_end": load, "runners": {}}
+  for k in labels:
+    out["runners"][k] = {"steps_per_block": sizes[k], "step_seconds": steps[k],
+                         "round_median_step_seconds": per_round[k], "foreign_load_cores": foreign[k],
+                         "images_per_s": batch / statistics.median(steps[k]),
+                         "best_images_per_s": batch / min(steps[k]), "peak_rss_mb": rss[k]}
+  return out, per_round, steps, quiet
+
+
+def ratio(per_round: dict, steps: dict, quiet: list, a: str, b: str) -> dict:
+  """Speed of ``a`` relative to ``b`` (images/s of a / images/s of b) per round; ``median`` over the
+  quiet rounds when there are at least 3 (else over all rounds, ``from_quiet_rounds`` False); ``best``
+  compares the fastest steps."""
+  rounds = [tb / ta for ta, tb in zip(per_round[a], per_round[b])]
+  calm = [r for r, q in zip(rounds, quiet) if q]
+  use = calm if len(calm) >= 3 else rounds
+  return {"per_round": rounds, "median": statistics.median(use), "from_quiet_rounds": use is calm,
+          "median_all_rounds": statistics.median(rounds), "best": min(steps[b]) / min(steps[a])}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------
+
+
+def torch_available() -> tuple[bool, str]:
+  missing = [m for m in ("torch", "diffusers") if importlib.util.find_spec(m) is None]
+  return (not missing), (f"{' and '.join(missing)} not importable" if missing else "")
+
+
+def format_table(rows: list[dict], with_torch: bool) -> str:
+  head = ["case", "B", "params", "jdiff img/s", "compile s", "XLA peak MB", "RSS MB"]
+  if with_torch:
+    head += ["diffusers img/s", "RSS MB", "ratio", "best", "quiet", "target", "met"]
+  lines = [head]
+  for r in rows:
+    j, t = r["jdiff"], r["timing"]["runners"]
+    line = [r["case"], str(r["batch"]), f"{j['num_params'] / 1e6:.2f}M", f"{t['jdiff']['images_per_s']:.1f}",
+            f"{j['lower_s'] + j['compile_s']:.1f}", f"{j['memory'].get('peak_mb', float('nan')):.0f}",
+            f"{j['peak_rss_mb']:.0f}"]
+    if with_torch:
+      q = r["ratio_jdiff_vs_diffusers"]
+      line += [f"{t['diffusers']['images_per_s']:.1f}", f"{r['diffusers']['peak_rss_mb']:.0f}",
+               f"{q['median']:.2f}x", f"{q['best']:.2f}x",
+               f"{sum(r['timing']['quiet_rounds'])}/{r['timing']['rounds']}", f"{r['target']:.1f}x",
+               ("yes" if q["median"] >= r["target"] else "NO") if q["from_quiet_rounds"] else "busy"]
+    lines.append(line)
+  widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
+  fmt = lambda l: "  ".join(s.rjust(w) for s, w in zip(l, widths))
+  return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines[1:]])
+
+
+def format_sweep(rows: list[dict]) -> str:
+  out = ["", "Sweep: speed of each variant relative to its baseline (jdiff default or diffusers default),",
+         "measured interleaved with it (median over rounds; best = fastest steps; compile s):"]
+  for r in rows:
+    for label, res in r.get("sweep", {}).items():
+      (base, q), = [(k[len("ratio_vs_"):], v) for k, v in res.items() if k.startswith("ratio_vs_")]
+      comp = res["setup"].get("compile_s")
+      out.append(f"  {r['case']:8s} B={r['batch']:<3d} {label:26s} {q['median']:.2f}x {base:9s} best "
+                 f"{q['best']:.2f}x" + (f"  compile {comp + res['setup']['lower_s']:.0f} s" if comp else ""))
+  return "\n".join(out)
+
+
+def write_json(path: str, info: dict, rows: list) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"info": info, "results": rows}, f, indent=1)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.worker:
+    return worker_main(json.loads(args.worker))
+
+  with_torch, why = (False, "--no-torch") if args.no_torch else torch_available()
+  if not with_torch and not args.no_torch:
+    print(f"note: {why}; measuring jdiff only. To compare, install a CPU build of torch first "
+          f"(`pip install torch`, from the CPU wheel index) and then `pip install diffusers`.")
+  main_variant = Variant("jdiff", xla_flags=args.xla_flags, attention_impl=args.attention_impl,
+                         matmul_precision=args.matmul_precision)
+  variants = [main_variant]
+  if with_torch:
+    variants.append(Variant("diffusers", kind="diffusers", torch_channels_last=args.torch_channels_last))
+  sweep = []
+  if args.sweep:
+    sweep = [dataclasses.replace(v, xla_flags=" ".join(f for f in (args.xla_flags, v.xla_flags) if f))
+             for v in SWEEP if with_torch or v.kind == "jdiff"]
+  base_flags = os.environ.get("XLA_FLAGS", "")
+  info = {"platform": platform.platform(), "python": platform.python_version(),
+          "cpu_count": os.cpu_count(), "xla_flags_env": base_flags, "quick": args.quick,
+          "variants": [dataclasses.asdict(v) for v in variants + sweep],
+          "memory": "XLA peak MB: memory_analysis of the compiled step, arguments + outputs - aliased "
+                    "(donated) + temporaries. RSS MB: peak resident set of the worker process (includes "
+                    "the runtime, and for jdiff the XLA compiler's own peak), cumulative over batches"}
+  print(f"python {info['python']}, {info['cpu_count']} CPUs; runners: "
+        f"{', '.join(v.label for v in variants + sweep)}", flush=True)
+
+  rows = []
+  t_all = time.perf_counter()
+  for name in args.cases:
+    case = CASES[name]
+    workers = {}
+    try:
+      for v in variants:
+        workers[v.label] = Worker(v, case, base_flags)
+        info.setdefault("versions", {}).setdefault(v.kind, workers[v.label].hello)
+      for batch in args.batches:
+        print(f"[{name} B={batch}] compiling / warming up ...", flush=True)
+        setup = {k: w.ask(cmd="setup", batch=batch) for k, w in workers.items()}
+        timing, per_round, steps, quiet = measure(workers, batch, args)
+        for k in workers:
+          setup[k]["peak_rss_mb"] = timing["runners"][k]["peak_rss_mb"]
+        row = {"case": name, "batch": batch, "target": case.target,
+               "image_shape": [case.image_size, case.image_size, case.channels],
+               "model": {k: list(v) if isinstance(v, tuple) else v for k, v in case.model.items()},
+               "jdiff": setup["jdiff"], "timing": timing}
+        t = timing["runners"]
+        msg = f"[{name} B={batch}] jdiff {t['jdiff']['images_per_s']:.1f} img/s"
+        if with_torch:
+          row["diffusers"] = setup["diffusers"]
+          q = row["ratio_jdiff_vs_diffusers"] = ratio(per_round, steps, quiet, "jdiff", "diffusers")
+          msg += (f", diffusers {t['diffusers']['images_per_s']:.1f} img/s, ratio {q['median']:.2f}x, "
+                  f"best {q['best']:.2f}x (rounds: "
+                  f"{', '.join(f'{x:.2f}' + ('' if c else '*') for x, c in zip(q['per_round'], quiet))}"
+                  f"; * = busy round, {sum(quiet)}/{len(quiet)} quiet)")
+        print(msg, flush=True)
+        # Sweep: each variant alone against its baseline (still compiled), one extra process at a time.
+        for v in sweep:
+          base = "jdiff" if v.kind == "jdiff" else "diffusers"
+          w = Worker(v, case, base_flags)
+          try:
+            s_info = w.ask(cmd="setup", batch=batch)
+            s_timing, s_per_round, s_steps, s_quiet = measure({base: workers[base], v.label: w}, batch, args)
+          finally:
+            w.close()
+          q = ratio(s_per_round, s_steps, s_quiet, v.label, base)
+          s_info["peak_rss_mb"] = s_timing["runners"][v.label]["peak_rss_mb"]
+          row.setdefault("sweep", {})[v.label] = {"setup": s_info, "timing": s_timing,
+                                                  "ratio_vs_" + base: q}
+          print(f"[{name} B={batch}] {v.label}: {q['median']:.2f}x {base} (best {q['best']:.2f}x, "
+                f"{sum(s_quiet)}/{len(s_quiet)} quiet rounds)", flush=True)
+        for w in workers.values():
+          w.ask(cmd="drop")
+        rows.append(row)
+        write_json(args.out, info, rows)  # after every case, so an interrupted run keeps its results
+    finally:
+      for w in workers.values():
+        try:
+          w.close()
+        except Exception:  # a worker that died already said why on stderr
+          w.proc.kill()
+  info["total_seconds"] = time.perf_counter() - t_all
+
+  print()
+  print(format_table(rows, with_torch))
+  if args.sweep:
+    print(format_sweep(rows))
+  if with_torch:
+    print("ratio: median over quiet rounds of jdiff/diffusers images/s (over all rounds when fewer than 3 "
+          "were quiet: then 'met' says 'busy', as torch's OpenMP threads slow down many times over when "
+          "another process takes a core, so such ratios flatter jdiff); best: ratio of the fastest steps; "
+          f"quiet: rounds in which other processes used < {QUIET_CORES} cores")
+  print(f"memory: {info['memory']}\ntotal {info['total_seconds']:.0f} s")
+  write_json(args.out, info, rows)
+  print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
