@@ -5,7 +5,7 @@ parametrizations, losses, likelihood bounds, samplers, guidance. Flax denoisers 
 ``jdiff.models``, training in ``jdiff.training``, data in ``jdiff.data``, evaluation in ``jdiff.eval``
 (import those explicitly; the core does not import Flax, Optax, orbax or TFDS).
 """
-from jdiff import (grids, guidance, likelihood, losses, noising, ode, parametrization, samplers,
+from jdiff import (editing, grids, guidance, likelihood, losses, noising, ode, parametrization, samplers,
                    sampling, schedules, toy)
 from jdiff.grids import GRIDS, get_grid
 from jdiff.guidance import classifier_free, classifier_guidance, clip_x0, dynamic_threshold

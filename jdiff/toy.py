@@ -52,14 +52,18 @@ class GaussianMixture:
     return self.means[k] + jax.random.normal(key, (n, self.dim)) @ chol.T
 
   def _noisy(self, x, alpha, sigma):
+    # C_k = alpha^2 Sigma_k + sigma^2 I shares the eigenvectors U_k of Sigma_k (eigenvalues lam_k), so
+    # C_k^{-1} d = U_k diag(1 / (alpha^2 lam_k + sigma^2)) U_k^T d and log|C_k| = sum log(alpha^2 lam_k
+    # + sigma^2). Only the K small eigendecompositions use LAPACK: no per-example batched solve (jaxlib's
+    # CPU solve/slogdet split large batches over the intra-op pool and can deadlock a 2-core host).
     a = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), x.shape[:1])
     s = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
-    eye = jnp.eye(self.dim)
-    cov = (a[:, None, None, None] ** 2 * self.covs[None]
-           + s[:, None, None, None] ** 2 * eye)  # [N, K, D, D]
+    lam, u = jnp.linalg.eigh(self.covs)  # [K, D], [K, D, D]
+    var = a[:, None, None] ** 2 * lam[None] + s[:, None, None] ** 2  # [N, K, D]
     diff = x[:, None, :] - a[:, None, None] * self.means[None]  # [N, K, D]
-    sol = jnp.linalg.solve(cov, diff[..., None])[..., 0]  # C^{-1} (x - a mu)
-    _, logdet = jnp.linalg.slogdet(cov)
+    proj = jnp.einsum("kji,nkj->nki", u, diff) / var  # diag(1/var) U^T diff
+    sol = jnp.einsum("kij,nkj->nki", u, proj)  # C^{-1} (x - a mu)
+    logdet = jnp.sum(jnp.log(var), -1)
     log_comp = -0.5 * (jnp.sum(diff * sol, -1) + logdet + self.dim * math.log(2 * math.pi))
     return a, log_comp, sol
 

@@ -1,0 +1,469 @@
+"""Sampling throughput of sample.py's compiled program against PyTorch diffusers on the same CPU.
+
+For each case (model x image shape) x batch size x sampler (DDIM 50 steps, DPM-Solver++(2M) 20 steps):
+
+* jdiff: ``jdiff.training.generate.Program``, the program ``sample.py`` runs (prior noise, the whole grid
+  in one ``lax.scan``, ``pmap`` over one device), compiled ahead of time (compile time reported apart),
+  with random weights, an eps-prediction model on DDPM's linear schedule; and one jitted call of the
+  same denoiser network alone at the same batch size. Reported: images/s, seconds per NFE and the
+  ratio (time per NFE in the sampler) / (time of one denoiser call), target <= 1.05 (the sampler adds
+  nothing but a few elementwise ops per step).
+* diffusers: ``UNet2DModel`` configured like the jdiff UNet (``bench/torch_reference.py``) with
+  ``DDIMScheduler`` (eta 0) / ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2) over the same
+  number of steps, in ``torch.inference_mode()``. Target: jdiff images/s >= 1.5x diffusers for the small
+  UNet, >= 1.0x for the DDPM CIFAR-10 UNet.
+
+Timed runs cover the first steps of each grid only: ``--small-steps`` (default 10) for the small UNet
+and ``--ddpm-steps`` (default 2) for the DDPM UNet (35.7M parameters, ~1-2 s per batch-32 call on 2
+cores). Every step of these samplers costs exactly one network call plus a few elementwise ops, so
+images/s of the full run is extrapolated as ``batch / (full steps x time per step)`` (the table's
+"timed" column says how many steps were timed); this keeps the default run under ~10 minutes on 2
+cores (diffusers is the slow side). ``--small-steps=50 --ddpm-steps=50`` times full runs.
+``--quick``: 5 and 1 steps, 2 rounds.
+
+Every runner lives in its own worker process (XLA's and torch's thread pools never share a process).
+The coordinator interleaves them: each round runs one timed block per runner (order reversed every other
+round), after waiting briefly for other processes to leave the CPU, and records the load other
+processes put on the CPU during each block (``bench/train_throughput.py``'s helpers): a round is
+"quiet" when it stayed below 0.3 cores. Ratios are medians over the quiet rounds when there are at
+least 2, else over all rounds ("quiet" column).
+
+  python bench/sample_throughput.py            # default (< ~10 min on 2 cores)
+  python bench/sample_throughput.py --quick    # a few minutes
+  python bench/sample_throughput.py --no-torch --cases small28 --batches 8
+
+Writes ``bench/out/sample_throughput.json`` (``--out`` to change).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from train_throughput import CpuMeter, QUIET_CORES, peak_rss_mb, torch_available, wait_for_quiet  # noqa
+
+SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(14,), dropout=0.0)
+DDPM = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  image_size: int
+  channels: int
+  model: dict
+  target: float  # images/s ratio jdiff / diffusers to reach
+
+
+CASES = {
+    "small28": Case("small28", 28, 1, SMALL, 1.5),
+    "ddpm32": Case("ddpm32", 32, 3, DDPM, 1.0),
+}
+SAMPLERS = {"ddim": 50, "dpmpp_2m": 20}  # sampler -> steps of the full run
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--quick", action="store_true", help="fewer steps timed and fewer rounds")
+  p.add_argument("--no-torch", action="store_true", help="measure jdiff only")
+  p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+  p.add_argument("--batches", default="8,32", help="comma-separated batch sizes")
+  p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"subset of {list(SAMPLERS)}")
+  p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 2)")
+  p.add_argument("--ddpm-steps", type=int, default=None,
+                 help="steps timed per run for the DDPM UNet (default 2, quick 1)")
+  p.add_argument("--small-steps", type=int, default=None,
+                 help="steps timed per run for the small UNet (default 10, quick 5)")
+  p.add_argument("--quiet-wait", type=float, default=None,
+                 help="max seconds to wait for a quiet CPU before each block (default 3, quick 1)")
+  p.add_argument("--xla-flags", default="",
+                 help="extra XLA_FLAGS for the jdiff worker (appended to the environment's), e.g. "
+                      "--xla_cpu_experimental_ynn_fusion_type= (YNNPACK fusion off)")
+  p.add_argument("--out", default=os.path.join(HERE, "out", "sample_throughput.json"))
+  p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.worker:
+    return args
+
+  def ints(text, what):
+    try:
+      v = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+      p.error(f"--{what} must be comma-separated integers, got {text!r}")
+    if not v or min(v) < 1:
+      p.error(f"--{what} must be positive integers, got {text!r}")
+    return v
+
+  args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+  if not args.cases or any(c not in CASES for c in args.cases):
+    p.error(f"unknown case in {args.cases}; valid cases are: {', '.join(CASES)}")
+  args.samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+  if not args.samplers or any(s not in SAMPLERS for s in args.samplers):
+    p.error(f"unknown sampler in {args.samplers}; valid: {', '.join(SAMPLERS)}")
+  args.batches = ints(args.batches, "batches")
+  args.rounds = args.rounds or (2 if args.quick else 3)
+  args.ddpm_steps = args.ddpm_steps or (1 if args.quick else 2)
+  args.small_steps = args.small_steps or (5 if args.quick else 10)
+  if args.quiet_wait is None:
+    args.quiet_wait = 1.0 if args.quick else 3.0
+  for name in ("rounds", "ddpm_steps", "small_steps"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name.replace('_', '-')} must be >= 1")
+  return args
+
+
+def timed_steps(case: Case, sampler: str, args) -> int:
+  return min(SAMPLERS[sampler], args.small_steps if case.name == "small28" else args.ddpm_steps)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Workers
+# ----------------------------------------------------------------------------------------------------
+
+
+class JdiffRunner:
+  """sample.py's program (jdiff.training.generate.Program) and the bare denoiser call."""
+
+  def __init__(self, case: Case, batch: int, plan: dict, seed: int = 0):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, REPO)
+    from configs import base
+    from jdiff.training import generate, loop
+    from jdiff.training.restore import Restored
+    self._jax, self._np = jax, np
+    c = base.get_base_config()
+    for k, v in case.model.items():
+      c.model[k] = v
+    shape = (case.image_size, case.image_size, case.channels)
+    model = loop.build_model(c, shape, 0)
+    params = model.init_params()
+    model_fn, param = model.model_fn()
+    restored = Restored(config=c, workdir="", checkpoint_dir="", step=0, which="random",
+                        params=params, meta={}, model=model, model_fn=model_fn,
+                        parametrization=param)
+    from jdiff import models
+    self.info = {"num_params": models.count_params(params), "compile_s": {}}
+    dev = jax.local_devices()[:1]
+    self.batch = batch
+    self.indices = np.arange(batch, dtype=np.int32)
+    self.programs, self.calls = {}, {}
+    from jdiff import grids
+    for name, steps in plan.items():
+      s = generate.Settings(num=batch, sampler=name, steps=steps, grid="uniform_t")
+      sampler = generate.get_sampler(s, restored)
+      prog = generate.Program(restored, sampler, steps, devices=dev)
+      ts = np.asarray(grids.uniform_t(steps), np.float32)
+      hp = generate.check_for_model(s, restored)
+      args = (self.indices, seed, ts, None, None, hp)
+      t0 = time.perf_counter()
+      prog.compile(prog._args(*args))
+      self.info["compile_s"][name] = time.perf_counter() - t0
+      self.programs[name] = (prog, args)
+    x = jnp.asarray(np.random.default_rng(seed).standard_normal((batch,) + shape), jnp.float32)
+    t = jnp.full((batch,), 0.5, jnp.float32)
+    fn = jax.jit(lambda p, x, t: model_fn(p, x, t, None))
+    t0 = time.perf_counter()
+    self.denoiser = fn.lower(params, x, t).compile()
+    self.info["compile_s"]["denoiser"] = time.perf_counter() - t0
+    self.den_args = (jax.device_put(params), x, t)
+    for name in self.programs:  # first executions (allocation, warm caches)
+      self.run(name)
+    self.run("denoiser")
+
+  def run(self, what: str) -> dict:
+    if what == "denoiser":
+      out = self._jax.block_until_ready(self.denoiser(*self.den_args))
+      return {"finite": bool(self._np.isfinite(self._np.asarray(out)).all())}
+    prog, args = self.programs[what]
+    x, nfe, _ = prog(*args)  # blocks on the result
+    return {"nfe": nfe, "finite": bool(self._np.isfinite(x).all())}
+
+
+class TorchRunner:
+  """diffusers UNet2DModel + scheduler, the same configuration and steps."""
+
+  def __init__(self, case: Case, batch: int, plan: dict, seed: int = 0):
+    import torch
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+
+    import torch_reference as ref
+    self._torch = torch
+    torch.manual_seed(seed)
+    kw = dict(case.model)
+    self.model = UNet2DModel(**ref.unet2d_kwargs(image_size=case.image_size, channels=case.channels,
+                                                 **kw)).eval()
+    self.info = {"num_params": sum(p.numel() for p in self.model.parameters())}
+    common = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    self.plan = {}
+    for name, steps in plan.items():
+      if name == "ddim":
+        sch = DDIMScheduler(clip_sample=False, **common)
+      else:
+        sch = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
+      sch.set_timesteps(SAMPLERS[name])
+      self.plan[name] = (sch, steps)
+    g = torch.Generator().manual_seed(seed)
+    self.x = torch.randn(batch, case.channels, case.image_size, case.image_size, generator=g)
+    self.t = torch.full((batch,), 500)
+    for name in self.plan:
+      self.run(name)
+    self.run("denoiser")
+
+  def run(self, what: str) -> dict:
+    torch = self._torch
+    with torch.inference_mode():
+      if what == "denoiser":
+        out = self.model(self.x, self.t).sample
+        return {"finite": bool(torch.isfinite(out).all())}
+      sch, steps = self.plan[what]
+      sch.set_timesteps(SAMPLERS[what])  # resets the multistep history
+      x = self.x.clone()
+      for t in sch.timesteps[:steps]:
+        eps = self.model(x, t).sample
+        x = sch.step(eps, t, x).prev_sample
+      return {"nfe": steps, "finite": bool(torch.isfinite(x).all())}
+
+
+def worker_main(spec: dict) -> int:
+  channel = os.fdopen(os.dup(1), "w", buffering=1)
+  os.dup2(2, 1)  # stray prints go to stderr, never into the protocol
+  case = CASES[spec["case"]]
+  hello = {"pid": os.getpid()}
+  if spec["kind"] == "jdiff":
+    import jax
+    hello.update(jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
+    make = JdiffRunner
+  else:
+    import diffusers
+    import torch
+
+    import torch_reference
+    hello.update(torch=torch.__version__, diffusers=diffusers.__version__,
+                 torch_threads=torch_reference.set_threads())
+    make = TorchRunner
+  channel.write(json.dumps(hello) + "\n")
+  runner = None
+  for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["cmd"] == "setup":
+      runner = None
+      t0 = time.perf_counter()
+      runner = make(case, cmd["batch"], cmd["plan"])
+      reply = dict(runner.info, setup_s=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
+    elif cmd["cmd"] == "run":
+      times, last = [], {}
+      for _ in range(cmd["n"]):
+        t0 = time.perf_counter()
+        last = runner.run(cmd["what"])
+        times.append(time.perf_counter() - t0)
+      reply = dict(last, times=times)
+    else:
+      return 0
+    channel.write(json.dumps(reply) + "\n")
+  return 0
+
+
+class Worker:
+  def __init__(self, kind: str, case: Case, xla_flags: str = ""):
+    spec = json.dumps({"kind": kind, "case": case.name})
+    self.kind = kind
+    env = dict(os.environ)
+    if kind == "jdiff" and xla_flags:
+      env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), xla_flags) if f)
+    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", spec],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+                                 env=env)
+    self.hello = self._read()
+
+  def _read(self) -> dict:
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"{self.kind} worker exited with code {self.proc.wait()} (see stderr above)")
+    return json.loads(line)
+
+  def ask(self, **cmd) -> dict:
+    self.proc.stdin.write(json.dumps(cmd) + "\n")
+    self.proc.stdin.flush()
+    return self._read()
+
+  def close(self):
+    try:
+      self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+      self.proc.stdin.close()
+      self.proc.wait(timeout=60)
+    except Exception:  # already gone
+      self.proc.kill()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Coordinator
+# ----------------------------------------------------------------------------------------------------
+
+
+def _block(worker: Worker, what: str, n: int, wait: float):
+  wait_for_quiet(wait)
+  with CpuMeter(worker.proc.pid) as meter:
+    reply = worker.ask(cmd="run", what=what, n=n)
+  if not reply["finite"]:
+    raise RuntimeError(f"{worker.kind} {what}: non-finite output")
+  return statistics.median(reply["times"]), meter.foreign
+
+
+def measure(workers: dict, plan: dict, batch: int, args) -> dict:
+  """Interleaved rounds; per round and runner: one sampling run per sampler and a block of denoiser
+  calls (about as long as one run)."""
+  labels = list(workers)
+  den_n = {}
+  for k in labels:  # about one second of denoiser calls per block, 1 to 20 calls
+    one = workers[k].ask(cmd="run", what="denoiser", n=1)["times"][0]
+    den_n[k] = max(1, min(20, round(1.0 / max(one, 1e-6))))
+  rec = {k: {w: [] for w in list(plan) + ["denoiser"]} for k in labels}
+  foreign = {k: [] for k in labels}
+  for r in range(args.rounds):
+    for k in (labels if r % 2 == 0 else labels[::-1]):
+      loads = []
+      for what in plan:
+        t, f = _block(workers[k], what, 1, args.quiet_wait)
+        rec[k][what].append(t)
+        loads.append(f)
+      t, f = _block(workers[k], "denoiser", den_n[k], args.quiet_wait)
+      rec[k]["denoiser"].append(t)
+      loads.append(f)
+      foreign[k].append(max((x for x in loads if x is not None), default=None))
+  quiet = [all(foreign[k][r] is not None and foreign[k][r] < QUIET_CORES for k in labels)
+           for r in range(args.rounds)]
+  return {"rounds": args.rounds, "quiet_rounds": quiet, "foreign_load_cores": foreign,
+          "seconds": rec, "denoiser_calls_per_block": den_n}
+
+
+def _median_over(values, quiet):
+  calm = [v for v, q in zip(values, quiet) if q]
+  use = calm if len(calm) >= 2 else values
+  return statistics.median(use), use is calm
+
+
+def summarize(case: Case, batch: int, plan: dict, timing: dict, with_torch: bool) -> list[dict]:
+  rows = []
+  quiet = timing["quiet_rounds"]
+  sec = timing["seconds"]
+  for name, steps in plan.items():
+    full = SAMPLERS[name]
+    row = {"case": case.name, "batch": batch, "sampler": name, "steps": full, "timed_steps": steps,
+           "target": case.target}
+    for k in sec:
+      run, _ = _median_over(sec[k][name], quiet)
+      den, _ = _median_over(sec[k]["denoiser"], quiet)
+      per_nfe = run / steps
+      # NFE/call from each round's back-to-back blocks (median), and from the fastest blocks ("best":
+      # the least disturbed by other processes on a shared machine).
+      paired = [r / steps / d for r, d in zip(sec[k][name], sec[k]["denoiser"])]
+      row[k] = {"run_s": run, "seconds_per_nfe": per_nfe, "denoiser_call_s": den,
+                "nfe_over_denoiser": _median_over(paired, quiet)[0],
+                "nfe_over_denoiser_per_round": paired,
+                "nfe_over_denoiser_best": min(sec[k][name]) / steps / min(sec[k]["denoiser"]),
+                "images_per_s": batch / (per_nfe * full)}
+    if with_torch:
+      ratios = [b / a for a, b in zip(sec["jdiff"][name], sec["diffusers"][name])]
+      med, from_quiet = _median_over(ratios, quiet)
+      row["ratio_vs_diffusers"] = {"per_round": ratios, "median": med, "from_quiet_rounds": from_quiet,
+                                   "best": min(sec["diffusers"][name]) / min(sec["jdiff"][name])}
+    rows.append(row)
+  return rows
+
+
+def format_table(rows: list[dict], with_torch: bool) -> str:
+  head = ["case", "B", "sampler", "timed", "jdiff img/s", "s/NFE", "NFE/call", "best"]
+  if with_torch:
+    head += ["diffusers img/s", "ratio", "best", "quiet", "target", "met"]
+  lines = [head]
+  for r in rows:
+    j = r["jdiff"]
+    timed = f"{r['timed_steps']}/{r['steps']}"
+    line = [r["case"], str(r["batch"]), r["sampler"], timed, f"{j['images_per_s']:.2f}",
+            f"{j['seconds_per_nfe']:.4f}", f"{j['nfe_over_denoiser']:.3f}",
+            f"{j['nfe_over_denoiser_best']:.3f}"]
+    if with_torch:
+      q = r["ratio_vs_diffusers"]
+      line += [f"{r['diffusers']['images_per_s']:.2f}", f"{q['median']:.2f}x", f"{q['best']:.2f}x",
+               f"{sum(r['quiet'])}/{len(r['quiet'])}", f"{r['target']:.1f}x",
+               "yes" if q["median"] >= r["target"] else "NO"]
+    lines.append(line)
+  widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
+  fmt = lambda l: "  ".join(s.rjust(w) for s, w in zip(l, widths))
+  return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines[1:]])
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.worker:
+    return worker_main(json.loads(args.worker))
+  with_torch, why = (False, "--no-torch") if args.no_torch else torch_available()
+  if not with_torch and not args.no_torch:
+    print(f"note: {why}; measuring jdiff only (install a CPU torch build, then diffusers, to compare)")
+  info = {"platform": platform.platform(), "python": platform.python_version(),
+          "cpu_count": os.cpu_count(), "quick": args.quick, "rounds": args.rounds,
+          "xla_flags_env": os.environ.get("XLA_FLAGS", ""), "xla_flags_jdiff": args.xla_flags,
+          "note": "images/s are for the full step count (50 DDIM / 20 DPM-Solver++ steps), from the time "
+                  "per step of runs over the first `timed_steps` steps; NFE/call = (time per NFE in "
+                  "the sampler) / (time of one jitted denoiser call), target <= 1.05: median over "
+                  "rounds of back-to-back blocks, and 'best' from the fastest blocks"}
+  print(f"python {info['python']}, {info['cpu_count']} CPUs", flush=True)
+  rows, setups = [], []
+  t_all = time.perf_counter()
+  for name in args.cases:
+    case = CASES[name]
+    plan = {s: timed_steps(case, s, args) for s in args.samplers}
+    workers = {}
+    try:
+      workers["jdiff"] = Worker("jdiff", case, args.xla_flags)
+      if with_torch:
+        workers["diffusers"] = Worker("diffusers", case)
+      for k, w in workers.items():
+        info.setdefault("versions", {})[k] = w.hello
+      for batch in args.batches:
+        what = ", ".join(f"{s} {n} steps" for s, n in plan.items())
+        print(f"[{name} B={batch}] compiling / warming up ({what}) ...", flush=True)
+        setup = {k: w.ask(cmd="setup", batch=batch, plan=plan) for k, w in workers.items()}
+        timing = measure(workers, plan, batch, args)
+        new = summarize(case, batch, plan, timing, with_torch)
+        for r in new:
+          r["quiet"] = timing["quiet_rounds"]
+        rows += new
+        setups.append({"case": name, "batch": batch, "setup": setup, "timing": timing})
+        for r in new:
+          j = r["jdiff"]
+          msg = (f"[{name} B={batch} {r['sampler']}] jdiff {j['images_per_s']:.2f} img/s, "
+                 f"{j['seconds_per_nfe'] * 1e3:.1f} ms/NFE, NFE/call {j['nfe_over_denoiser']:.3f}")
+          if with_torch:
+            msg += (f"; diffusers {r['diffusers']['images_per_s']:.2f} img/s; ratio "
+                    f"{r['ratio_vs_diffusers']['median']:.2f}x")
+          print(msg, flush=True)
+    finally:
+      for w in workers.values():
+        w.close()
+  info["total_seconds"] = time.perf_counter() - t_all
+  print()
+  print(format_table(rows, with_torch))
+  print(f"\ntimed = steps timed / steps of the full run; {info['note']}\ntotal {info['total_seconds']:.0f} s")
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"info": info, "results": rows, "setup_and_timing": setups}, f, indent=1)
+  print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
