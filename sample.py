@@ -53,6 +53,8 @@ flags.DEFINE_float("strength", None, "Editing: noise level t the input is noised
                    "(default 0.5 for SDEdit, 1 for inpainting).")
 flags.DEFINE_integer("resample", 1, "RePaint: times each jump is resampled (1 = plain inpainting).")
 flags.DEFINE_integer("jump_length", 1, "RePaint: levels jumped back before resampling.")
+flags.DEFINE_bool("clip_x0", None, "Clip x0_hat to the data range [-1, 1] at every step (default: the "
+                  "config's sampling.clip_x0, on for image data; --noclip_x0 turns it off).")
 flags.DEFINE_bool("save_noise", False, "Also save each sample's starting point x_init in FILE.npz.")
 flags.DEFINE_bool("progress", True, "Show a progress bar over batches.")
 flags.DEFINE_bool("allow_nonfinite", False, "Write samples that contain NaN or Inf (a diverged model or "
@@ -115,6 +117,8 @@ def _command(ckpt_dir, s, raw, base, input_path, mask_path):
              f"--jump_length={s.jump_length}"]
   if s.save_noise:
     args.append("--save_noise")
+  if s.clip_x0 is not None:
+    args.append("--clip_x0" if s.clip_x0 else "--noclip_x0")
   args.append(f"--out={base}.png")
   env = [f"XLA_FLAGS={shlex.quote(os.environ['XLA_FLAGS'])}"] if os.environ.get("XLA_FLAGS") else []
   return " ".join(env + [shlex.quote(a) for a in args])
@@ -139,7 +143,7 @@ def _main(argv):
       start_index=FLAGS.start_index, batch_size=FLAGS.batch_size, guidance=FLAGS.guidance,
       labels=_parse_labels(FLAGS.labels), hparams=_parse_hparams(FLAGS.hparam, FLAGS.eta),
       ddpm_variance=FLAGS.ddpm_variance, strength=FLAGS.strength, resample=FLAGS.resample,
-      jump_length=FLAGS.jump_length, save_noise=FLAGS.save_noise)
+      jump_length=FLAGS.jump_length, save_noise=FLAGS.save_noise, clip_x0=FLAGS.clip_x0)
   gen.check_settings(settings)  # everything that needs no checkpoint, before loading one
   if FLAGS.mask and not FLAGS.input:
     raise ValueError("--mask needs --input (the image to inpaint)")

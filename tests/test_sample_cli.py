@@ -97,6 +97,19 @@ def test_outputs_and_the_json_reproduces_the_run(unet_wd, tmp_path, capsys):
     np.testing.assert_array_equal(z["x_init"], x_init)
 
 
+def test_clip_x0_follows_the_config_and_the_flag(unet_wd, tmp_path):
+  """Image models clip x0_hat to [-1, 1] at every step by default (the config's sampling.clip_x0, as
+  train.py's grids); --noclip_x0 turns it off. With clipping a final x0 step stays in [-1, 1]."""
+  args = [f"--workdir={unet_wd}", "--num=4", "--sampler=ddim", "--steps=3", "--labels=2"]
+  assert _main(args + [f"--out={tmp_path / 'c'}"]) == 0
+  assert _main(args + ["--noclip_x0", f"--out={tmp_path / 'n'}"]) == 0
+  clipped, free = (np.load(tmp_path / f"{n}.npz")["samples"] for n in ("c", "n"))
+  assert np.abs(clipped).max() <= 1.0 + 1e-6
+  assert np.abs(free).max() > 1.0  # the tiny random model's x0_hat leaves the data range
+  assert json.load(open(tmp_path / "c.json"))["settings"]["clip_x0"] is True
+  assert "--noclip_x0" in json.load(open(tmp_path / "n.json"))["command"]
+
+
 def test_raw_parameters_differ_from_ema(mlp_wd, tmp_path):
   args = [f"--workdir={mlp_wd}", "--num=2", "--sampler=ddim", "--steps=2", "--eta=0.5"]
   assert _main(args + [f"--out={tmp_path / 'ema'}"]) == 0

@@ -65,6 +65,8 @@ class Settings:
   resample: int = 1  # RePaint resampling count (1 = plain replacement)
   jump_length: int = 1  # RePaint jump length
   save_noise: bool = False  # also return the starting point x at ts[0] of every sample
+  clip_x0: Optional[bool] = None  # clip x0_hat to [-1, 1] at every step (None: config's sampling.clip_x0
+  #                                 for image data, as train.py's sample grids)
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
@@ -121,9 +123,12 @@ def check_settings(s: Settings) -> None:
 def with_defaults(s: Settings, restored: Restored) -> Settings:
   """Fill ``sampler``, ``steps`` and ``grid`` left ``None`` from the config's ``sampling`` section."""
   c = restored.config.get("sampling", {})
+  clip = s.clip_x0
+  if clip is None:
+    clip = bool(c.get("clip_x0", True)) and len(restored.data_shape) == 3
   return dataclasses.replace(s, sampler=s.sampler or c.get("sampler", "dpmpp_2m"),
                              steps=s.steps or c.get("steps", 20),
-                             grid=s.grid or c.get("grid", "uniform_logsnr"))
+                             grid=s.grid or c.get("grid", "uniform_logsnr"), clip_x0=clip)
 
 
 def get_sampler(s: Settings, restored: Restored):
@@ -206,7 +211,7 @@ class Program:
 
   def __init__(self, restored: Restored, sampler, steps: int, *, mode: str = "sample",
                guided: bool = False, resample: int = 1, jump_length: int = 1, save_noise: bool = False,
-               devices=None):
+               clip_x0: bool = False, devices=None):
     _checks.choice("mode", mode, MODES)
     self.restored, self.sampler, self.steps, self.mode = restored, sampler, steps, mode
     self.guided, self.save_noise = guided, save_noise
@@ -226,7 +231,9 @@ class Program:
       fn = (lambda p, x, t, c: cfg(p, x, t, c, w)) if guided else model_fn
 
       def denoiser(c):
-        return make_denoiser(fn, params, schedule, r.parametrization, c, lv)
+        d = make_denoiser(fn, params, schedule, r.parametrization, c, lv)
+        # Static thresholding of x0_hat to the data range (Ho et al. 2020), after guidance.
+        return guidance_lib.clip_x0(d, schedule) if clip_x0 else d
 
       if mode == "sample":
         x_init = sampling.initial_noise(key, indices, shape, schedule)
@@ -396,12 +403,12 @@ def generate(restored: Restored, s: Settings, x_known=None, mask=None, *, device
   batch, num_batches = batch_layout(s.num, s.batch_size, len(devices))
   ts = make_grid_times(s, restored)
   structure = (s.sampler, s.ddpm_variance, s.steps, mode, s.guidance is not None, s.resample,
-               s.jump_length, s.save_noise, tuple(d.id for d in devices))
+               s.jump_length, s.save_noise, bool(s.clip_x0), tuple(d.id for d in devices))
   program = restored.programs.get(structure)
   if program is None:
     program = Program(restored, sampler, s.steps, mode=mode, guided=s.guidance is not None,
                       resample=s.resample, jump_length=s.jump_length, save_noise=s.save_noise,
-                      devices=devices)
+                      clip_x0=bool(s.clip_x0), devices=devices)
     restored.programs[structure] = program  # reused by later calls with the same structure
   def batch_args(b):
     idx = np.arange(s.start_index + b * batch, s.start_index + (b + 1) * batch, dtype=np.int32)
