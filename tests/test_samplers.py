@@ -133,7 +133,20 @@ SLOW = [(sch, name, opts, hp, grid, steps, None)
 @pytest.mark.parametrize("config", SLOW, ids=_id)
 def test_samples_match_mixture_all_schedules(config):
   schedule, name, opts, hp, grid, steps, _ = config
-  _check_distribution(_sample(schedule, name, opts, hp, grid, steps).x)
+  x = _sample(schedule, name, opts, hp, grid, steps).x
+  refs, floor, sw = _references()
+  dist = float(np.mean([sw(x, r) for r in refs]))
+  assert dist <= 1.5 * floor, f"sliced W1 {dist:.4f} > 1.5 x floor {floor:.4f}"
+  werr = toy.component_weight_error(MIX, x)
+  if werr > 0.01:
+    # At N = 10k the largest of the 3 component-fraction errors exceeds 0.01 by multinomial noise alone
+    # for ~10% of unbiased configurations (std ~0.005 per component). Then draw 4 x N samples (std
+    # ~0.0025) from other starting noise and require the bound there.
+    sch = jdiff.get_schedule(schedule)
+    fn = sampling.make_sample_fn(MIX.model_fn(sch), sch, "x0", name, steps, **opts)
+    x4 = fn(None, (4 * N, 2), grids.get_grid(grid, sch, steps), jax.random.PRNGKey(99), **hp).x
+    werr4 = toy.component_weight_error(MIX, x4)
+    assert werr4 <= 0.01, f"component weight error {werr:.4f} at N={N}, {werr4:.4f} at N={4 * N}"
 
 
 # ----------------------------------------------------------------------------------------------------
