@@ -12,8 +12,11 @@ number of devices or how a run is split with ``--start_index``.
 
 Class-conditional models: ``--labels=3`` or ``--labels=0,1,2`` (sample i gets labels[i % len]; default
 i % num_classes) and ``--guidance=W`` (classifier-free guidance, Ho & Salimans 2022: W=0 is the
-conditional model, larger is stronger). Sampler hyperparameters: ``--eta`` (ddim) or
-``--hparam=name=value`` (e.g. S_churn=40 for euler/heun, snr=0.16 for pc).
+conditional model, larger is stronger). Classifier guidance (Dhariwal & Nichol 2021), for
+unconditional or conditional models: ``--classifier=CLASSIFIER_WORKDIR --classifier_scale=S
+--labels=...`` (a classifier trained by ``train.py`` with e.g. configs/fashion_mnist_classifier.py).
+Sampler hyperparameters: ``--eta`` (ddim) or ``--hparam=name=value`` (e.g. S_churn=40 for euler/heun,
+snr=0.16 for pc).
 
 Editing: ``--input=IMAGE`` (PNG, or .npy/.npz such as an earlier FILE.npz) alone is SDEdit (noised to
 ``--strength``, default 0.5, then denoised); with ``--mask=MASK`` (white = keep, black = generate) it is
@@ -38,6 +41,10 @@ flags.DEFINE_integer("steps", None, "Number of steps of the time grid (default: 
 flags.DEFINE_string("grid", None, "Time grid: uniform_t, uniform_logsnr or karras (default: config's).")
 flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w (conditional models).")
 flags.DEFINE_string("labels", None, "Comma-separated class labels; sample i gets labels[i % len].")
+flags.DEFINE_string("classifier", None, "Classifier guidance: the workdir (or <workdir>/checkpoints/"
+                    "<step>) of a noise-conditional classifier trained by train.py with task "
+                    "'classifier' (EMA parameters); guides toward --labels.")
+flags.DEFINE_float("classifier_scale", None, "Classifier guidance scale s (default 1 with --classifier).")
 flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic, 1: DDPM-like).")
 flags.DEFINE_multi_string("hparam", [], "A sampler hyperparameter as name=value (repeatable).")
 flags.DEFINE_string("ddpm_variance", None, "ddpm sampler variance: small, large or learned.")
@@ -97,7 +104,7 @@ def _base_path(out, workdir, s):
   return root if ext.lower() in (".png", ".npz", ".json") else out
 
 
-def _command(ckpt_dir, s, raw, base, input_path, mask_path):
+def _command(ckpt_dir, s, raw, base, input_path, mask_path, classifier_dir=None):
   args = ["python", "sample.py", f"--checkpoint={ckpt_dir}", f"--num={s.num}", f"--seed={s.seed}",
           f"--sampler={s.sampler}", f"--steps={s.steps}", f"--grid={s.grid}",
           f"--start_index={s.start_index}", f"--batch_size={s.batch_size}"]
@@ -105,6 +112,8 @@ def _command(ckpt_dir, s, raw, base, input_path, mask_path):
     args.append(f"--guidance={s.guidance!r}")
   if s.labels is not None:
     args.append("--labels=" + ",".join(map(str, s.labels)))
+  if classifier_dir:
+    args += [f"--classifier={classifier_dir}", f"--classifier_scale={s.classifier_scale!r}"]
   args += [f"--hparam={k}={v!r}" for k, v in sorted(s.hparams.items())]
   if s.ddpm_variance:
     args.append(f"--ddpm_variance={s.ddpm_variance}")
@@ -141,12 +150,16 @@ def _main(argv):
   settings = gen.Settings(
       num=FLAGS.num, seed=FLAGS.seed, sampler=FLAGS.sampler, steps=FLAGS.steps, grid=FLAGS.grid,
       start_index=FLAGS.start_index, batch_size=FLAGS.batch_size, guidance=FLAGS.guidance,
+      classifier_scale=FLAGS.classifier_scale,
       labels=_parse_labels(FLAGS.labels), hparams=_parse_hparams(FLAGS.hparam, FLAGS.eta),
       ddpm_variance=FLAGS.ddpm_variance, strength=FLAGS.strength, resample=FLAGS.resample,
       jump_length=FLAGS.jump_length, save_noise=FLAGS.save_noise, clip_x0=FLAGS.clip_x0)
   gen.check_settings(settings)  # everything that needs no checkpoint, before loading one
   if FLAGS.mask and not FLAGS.input:
     raise ValueError("--mask needs --input (the image to inpaint)")
+  if FLAGS.classifier_scale is not None and not FLAGS.classifier:
+    raise ValueError("--classifier_scale needs --classifier=WORKDIR (a classifier trained by train.py "
+                     "with task 'classifier'); drop --classifier_scale")
   for path, what in ((FLAGS.input, "--input"), (FLAGS.mask, "--mask")):
     if path and not os.path.isfile(path):
       raise ValueError(f"{what} file {path} does not exist")
@@ -154,6 +167,15 @@ def _main(argv):
   import jax
   from jdiff.training import restore
   restored = restore.restore(FLAGS.workdir, FLAGS.checkpoint, use_ema=not FLAGS.raw)
+  classifier = None
+  if FLAGS.classifier:
+    path = os.path.abspath(FLAGS.classifier.rstrip("/"))
+    is_step = os.path.basename(path).isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints"
+    try:
+      classifier = restore.restore(None if is_step else path, path if is_step else None,
+                                   task="classifier")
+    except ValueError as e:
+      raise type(e)(f"--classifier: {e}") from None
   settings = gen.with_defaults(settings, restored)
   gen.check_settings(settings)
   x_known = mask = None
@@ -161,7 +183,9 @@ def _main(argv):
     x_known = gen.load_input(FLAGS.input, restored.data_shape)
   if FLAGS.mask:
     mask = gen.load_mask(FLAGS.mask, x_known.shape)
-  gen.check_for_model(settings, restored, x_known, mask)
+  if classifier is not None and settings.classifier_scale is None:
+    settings = dataclasses.replace(settings, classifier_scale=1.0)
+  gen.check_for_model(settings, restored, x_known, mask, classifier)
   devices = jax.local_devices()
   batch, num_batches = gen.batch_layout(settings.num, settings.batch_size, len(devices))
   settings = dataclasses.replace(settings, batch_size=batch)
@@ -179,7 +203,11 @@ def _main(argv):
   print(f"{restored.which} parameters of step {restored.step} from {restored.checkpoint_dir}; "
         f"{settings.num} samples on {len(devices)} device(s), {num_batches} batch(es) of {batch}",
         flush=True)
-  result = gen.generate(restored, settings, x_known, mask, devices=devices, progress=FLAGS.progress)
+  if classifier is not None:
+    print(f"classifier guidance, scale {settings.classifier_scale:g}: {classifier.which} parameters of "
+          f"step {classifier.step} from {classifier.checkpoint_dir}", flush=True)
+  result = gen.generate(restored, settings, x_known, mask, devices=devices, progress=FLAGS.progress,
+                        classifier=classifier)
   bad = result.nonfinite
   if bad.size:
     shown = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
@@ -195,7 +223,11 @@ def _main(argv):
     print("note: the data are not images; writing no PNG grid")
   th = result.throughput()
   info = {
-      "command": _command(restored.checkpoint_dir, s, FLAGS.raw, base, FLAGS.input, FLAGS.mask),
+      "command": _command(restored.checkpoint_dir, s, FLAGS.raw, base, FLAGS.input, FLAGS.mask,
+                          classifier.checkpoint_dir if classifier is not None else None),
+      "classifier": None if classifier is None else {
+          "checkpoint": classifier.checkpoint_dir, "step": classifier.step, "params": classifier.which,
+          "scale": s.classifier_scale, "num_classes": classifier.num_classes},
       "checkpoint": restored.checkpoint_dir, "workdir": restored.workdir, "step": restored.step,
       "params": restored.which, "mode": result.mode, "settings": s.to_json(),
       "hparams": result.hparams, "ts": [float(t) for t in result.ts],

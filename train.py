@@ -42,7 +42,14 @@ def _main(argv):
   if not workdir:
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
     workdir = os.path.join("runs", name)
-  loop.train(_CONFIG.value, workdir)
+  try:
+    config = _CONFIG.value
+    config.get("data")  # ml_collections defers the error of an unloadable --config file to a first use
+  except OSError as e:
+    why = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
+    raise ValueError(f"cannot load --config={config_flags.get_config_filename(FLAGS['config'])} "
+                     f"({why}); pass a config file such as configs/toy2d.py") from None
+  loop.train(config, workdir)
 
 
 def main(argv):

@@ -8,6 +8,7 @@ import ml_collections
 def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "diffusion"         # or "classifier": a noise-conditional classifier for classifier guidance
 
   c.data = d = ml_collections.ConfigDict()
   d.name = "fashion_mnist"     # see jdiff.data.dataset_names()
@@ -65,4 +66,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   s.grid = "uniform_logsnr"
   s.num = 64
   s.clip_x0 = True             # clip x0_hat to [-1, 1] at every step (image data only)
+
+  # Periodic evaluation of EMA samples in the Fashion-MNIST feature space (jdiff.eval.report):
+  # FD, KID, precision, recall (+ classifier accuracy for conditional models) and their floors, into
+  # metrics.jsonl and TensorBoard as eval/*. Fashion-MNIST (28x28x1) only.
+  c.eval = e = ml_collections.ConfigDict()
+  e.every = 0                  # evaluate every K steps and at the last step (0 = off)
+  e.num_samples = 1000         # N samples (>= 4; FD of 128-D features wants N in the thousands)
+  e.sampler = ""               # "" = sampling.sampler
+  e.steps = 0                  # 0 = sampling.steps
+  e.batch_size = 250           # samples per jitted call
+  e.seed = 0                   # sample i's noise: fold_in(PRNGKey(seed), i), the same at every eval
   return c

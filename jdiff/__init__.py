@@ -5,12 +5,14 @@ parametrizations, losses, likelihood bounds, samplers, guidance. Flax denoisers 
 ``jdiff.models``, training in ``jdiff.training``, data in ``jdiff.data``, evaluation in ``jdiff.eval``
 (import those explicitly; the core does not import Flax, Optax, orbax or TFDS).
 """
-from jdiff import (editing, grids, guidance, likelihood, losses, noising, ode, parametrization, samplers,
-                   sampling, schedules, toy)
+from jdiff import (editing, grids, guidance, likelihood, losses, noising, ode, ode_likelihood,
+                   parametrization, samplers, sampling, schedules, toy)
 from jdiff.grids import GRIDS, get_grid
-from jdiff.guidance import classifier_free, classifier_guidance, clip_x0, dynamic_threshold
+from jdiff.guidance import (classifier_free, classifier_guidance, classifier_log_prob, clip_x0,
+                            dynamic_threshold)
 from jdiff.likelihood import bits_per_dim, continuous_vlb, discrete_vlb, hybrid_loss
-from jdiff.losses import denoising_loss, loss_weight, sample_times
+from jdiff.ode_likelihood import ode_nll
+from jdiff.losses import denoising_loss, loss_weight, noisy_classifier_loss, sample_times
 from jdiff.noising import add_noise, posterior, posterior_coefficients
 from jdiff.parametrization import (PARAMETRIZATIONS, Prediction, edm_coefficients, edm_precondition,
                                    from_x0_eps, make_denoiser, to_x0_eps)

@@ -5,6 +5,7 @@ before tracing and cost nothing inside ``jit``.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 import jax
@@ -59,3 +60,39 @@ def positive_int(v, name: str) -> int:
   if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
     raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
   return int(v)
+
+
+def check_key(key, name: str = "key") -> None:
+  """A PRNG key: a typed key (``jax.random.key``) or a raw ``uint32`` key (``jax.random.PRNGKey``)."""
+  dt = getattr(key, "dtype", None)
+  if dt is not None and jax.dtypes.issubdtype(dt, jax.dtypes.prng_key):
+    return
+  if dt is None or np.dtype(dt) != np.uint32 or np.ndim(key) < 1:
+    got = f"dtype {dt} and shape {np.shape(key)}" if dt is not None else type(key).__name__
+    raise TypeError(f"{name} must be a PRNG key such as jax.random.PRNGKey(0) or jax.random.key(0), "
+                    f"got {got}")
+
+
+PICKLE_REFUSED = ("jdiff never loads pickles (unpickling can run arbitrary code); save plain numeric "
+                  "arrays with np.save or np.savez")
+
+
+def load_arrays(path, what: str = "file") -> dict:
+  """Every array of a ``.npz`` (or the one array of a ``.npy``, under the key ``""``), read eagerly with
+  ``allow_pickle=False``. A file holding pickled objects (an object array, or a pickle that is not an
+  array file at all) raises a ``ValueError`` naming the file, and nothing in it is unpickled."""
+  path = os.fspath(path)
+  try:
+    data = np.load(path, allow_pickle=False)
+    if isinstance(data, np.ndarray):
+      return {"": data}
+    with data:
+      return {k: data[k] for k in data.files}
+  except ValueError as e:
+    if "Object arrays" in str(e):
+      raise ValueError(f"{what} {path} holds an object array (pickled Python objects); "
+                       f"{PICKLE_REFUSED}") from None
+    if "pickle" in str(e):
+      raise ValueError(f"{what} {path} is not a .npy/.npz array file (a pickle or another format); "
+                       f"{PICKLE_REFUSED}") from None
+    raise

@@ -8,7 +8,8 @@
   guiding ``eps`` (or ``x0``) whatever the parametrization. With a learned variance only the mean
   channels are guided; the variance comes from the conditional branch (as in GLIDE).
 * ``classifier_guidance``: Dhariwal & Nichol 2021, Alg. 2 in eps form,
-  ``eps <- eps - s sigma grad_x log p(y | x_t)`` (the score gains ``s grad log p(y | x_t)``).
+  ``eps <- eps - s sigma grad_x log p(y | x_t)`` (the score gains ``s grad log p(y | x_t)``);
+  ``classifier_log_prob`` makes its ``log p(y | x_t)`` from a noise-conditional classifier's logits.
 * ``clip_x0`` and ``dynamic_threshold`` (Saharia et al. 2022, Sec. 2.3): change ``x0_hat`` and recompute
   ``eps = (x - alpha x0) / sigma`` so the prediction stays consistent with ``x_t``.
 
@@ -181,3 +182,33 @@ def classifier_guidance(denoise: Denoiser, schedule: Schedule,
     return Prediction(x0, eps, pred.var_frac)
 
   return guided
+
+
+def classifier_log_prob(logits_fn: Callable, params, schedule: Schedule | None = None,
+                        classifier_schedule: Schedule | None = None):
+  """``log_prob_fn(x_t, t, y) -> [batch]`` for ``classifier_guidance``, from a noise-conditional
+  classifier ``logits_fn(params, x, t) -> [batch, K]`` trained on ``x_t`` of ``classifier_schedule``.
+
+  ``log p(y | x_t) = log_softmax(logits)_y``. A classifier trained with another schedule than the
+  sampler's is queried at equal log-SNR: ``x_t / alpha = x0 + (sigma / alpha) eps`` is the same
+  variable under both, so with ``lambda = logsnr(t)``, ``t_c = classifier_schedule.t_of_logsnr(lambda)``
+  and ``x_c = (alpha_c(t_c) / alpha(t)) x_t``, ``p(y | x_t) = p_c(y | x_c)`` (and ``jax.grad`` carries
+  the factor ``alpha_c / alpha`` into the guidance gradient). With equal schedules (or either left
+  ``None``) ``x`` and ``t`` pass unchanged.
+  """
+  same = schedule is None or classifier_schedule is None or schedule == classifier_schedule
+
+  def log_prob(x, t, y):
+    tb = broadcast_t(t, x)
+    if same:
+      xc, tc = x, tb
+    else:
+      alpha = schedule.alpha_sigma(tb)[0]
+      tc = jnp.clip(classifier_schedule.t_of_logsnr(schedule.logsnr(tb)), 0.0, 1.0)
+      xc = bcast(classifier_schedule.alpha_sigma(tc)[0] / alpha, x) * x
+    logits = logits_fn(params, xc, tc)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    y = jnp.broadcast_to(jnp.asarray(y, jnp.int32), (x.shape[0],))
+    return jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
+
+  return log_prob

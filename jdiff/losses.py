@@ -10,6 +10,9 @@ Randomness: example ``i`` of the *global* batch uses keys ``fold_in(k, i)``, so 
 not depend on how the batch is split over devices or hosts (pass ``indices``, the global example
 indices).
 
+``noisy_classifier_loss`` is the cross-entropy of a classifier of ``x_t`` (for classifier guidance), with
+``t`` and noise drawn the same way.
+
 Per-example losses are means over the data dimensions; ``mean_loss`` turns any of this package's
 per-example losses into the batch mean to differentiate. Under data parallelism with equal per-device
 batches, ``lax.pmean`` of the per-device means is the global mean.
@@ -17,7 +20,7 @@ batches, ``lax.pmean`` of the per-device means is the global mean.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -236,6 +239,7 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
     learned_variance: the model outputs twice the channels; the variance half is ignored here.
   """
   batch = check_data(x0)
+  _checks.check_key(key)
   check_parametrization(parametrization)
   _checks.choice("weighting", weighting, WEIGHTINGS)
   if time_sampling is None:
@@ -276,3 +280,56 @@ def mean_loss(loss_fn: Callable[..., Any]) -> Callable[..., jnp.ndarray]:
     return jnp.mean(getattr(out, "total", out))
 
   return fn
+
+
+# ----------------------------------------------------------------------------------------------------
+# Noise-conditional classifier (for classifier guidance)
+# ----------------------------------------------------------------------------------------------------
+
+
+class ClassifierTerms(NamedTuple):
+  total: jnp.ndarray  # [batch] cross-entropy -log p(y | x_t)
+  correct: jnp.ndarray  # [batch] 1.0 where argmax_k p(k | x_t) == y
+  t: jnp.ndarray  # [batch] the sampled times
+
+
+def noisy_classifier_loss(logits_fn: Callable, params, schedule: Schedule, x0, labels, key,
+                          time_sampling: str = "uniform", indices=None, *,
+                          global_batch_size: Optional[int] = None, t_eps: float = 1e-5,
+                          p_mean: float = -1.2, p_std: float = 1.2) -> ClassifierTerms:
+  """Cross-entropy of a classifier of *noisy* data, per example (Dhariwal & Nichol 2021, Sec. 4.1).
+
+  ``L = E_{t, eps} [-log softmax(f(x_t, t))_y]`` with ``x_t = alpha(t) x0 + sigma(t) eps`` and ``t``,
+  ``eps`` drawn exactly as in ``denoising_loss`` (per example, from keys folded with ``indices``), so
+  the classifier sees the noise levels the sampler will query. Its gradient
+  ``grad_x log p(y | x_t)`` is what ``guidance.classifier_guidance`` adds to the score.
+
+  Args:
+    logits_fn: ``fn(params, x_t, t) -> [batch, K]`` logits.
+    labels: int ``[batch]`` class labels in ``[0, K)``.
+    key, time_sampling, indices, global_batch_size, t_eps, p_mean, p_std: as for ``denoising_loss``.
+  """
+  batch = check_data(x0)
+  _checks.check_key(key)
+  _checks.choice("time sampling", time_sampling, TIME_SAMPLINGS)
+  t_eps = check_time_bound(t_eps, "t_eps")
+  if np.shape(labels) != (batch,):
+    raise ValueError(f"labels must have shape [batch]=({batch},), got {np.shape(labels)}")
+  indices, gbs = resolve_indices(batch, indices, global_batch_size,
+                                 time_sampling == "low_discrepancy")
+  x0 = jnp.asarray(x0)
+  k_t, k_eps = jax.random.split(key)
+  t = sample_times(k_t, indices, time_sampling, t_min=t_eps, global_batch_size=gbs,
+                   schedule=schedule, p_mean=p_mean, p_std=p_std)
+  eps = example_normal(k_eps, indices, x0.shape[1:], x0.dtype)
+  alpha, sigma = schedule.alpha_sigma(t)
+  x_t = bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
+  logits = logits_fn(params, x_t, t)
+  if np.ndim(logits) != 2 or np.shape(logits)[0] != batch:
+    raise ValueError(f"logits_fn must return logits of shape [batch, K]=({batch}, K), got "
+                     f"{np.shape(logits)}")
+  labels = jnp.asarray(labels, jnp.int32)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return ClassifierTerms(nll, correct, t)

@@ -24,9 +24,12 @@ def bcast(a, x):
 def add_noise(schedule: Schedule, x0, t, eps):
   """``x_t = alpha(t) x0 + sigma(t) eps`` (Ho et al. 2020, eq. 4; Kingma et al. 2021, eq. 1)."""
   _checks.check_t(t)
+  _checks.check_float(x0, "x0")
   _checks.check_batch_t(x0, t, "x0")
   if jnp.shape(eps) != jnp.shape(x0):
     raise ValueError(f"eps must have the shape of x0 {jnp.shape(x0)}, got {jnp.shape(eps)}")
+  _checks.check_finite(x0, "x0")
+  _checks.check_finite(eps, "eps")
   alpha, sigma = schedule.alpha_sigma(t)
   return bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
 

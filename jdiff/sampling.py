@@ -113,6 +113,7 @@ def sample(sampler, denoise, schedule: Schedule, x_init, ts, key, *, indices=Non
     sampler = samplers_lib.get_sampler(sampler)
   _check_x(x_init)
   grids.check_grid(ts)
+  _checks.check_key(key)
   check_sampler_schedule(sampler, schedule)
   batch = np.shape(x_init)[0]
   indices = jnp.arange(batch, dtype=jnp.int32) if indices is None else _check_indices(indices, batch)
@@ -186,6 +187,7 @@ def make_sample_fn(model_fn, schedule: Schedule, parametrization: str, sampler_n
 
   def fn(params, x_init_or_shape, ts, key, cond=None, *, indices=None, **hparams) -> SampleOutput:
     grids.check_grid(ts)
+    _checks.check_key(key)
     if np.shape(ts)[0] != steps + 1:
       raise ValueError(f"ts has {np.shape(ts)[0]} entries but this sample fn was built for steps={steps}"
                        f" (needs {steps + 1}); rebuild with steps={np.shape(ts)[0] - 1}")

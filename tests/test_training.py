@@ -153,6 +153,32 @@ def test_bad_config_values(tmp_path):
     loop.check_workdir(target)
 
 
+def test_non_finite_step_in_the_loop_is_skipped_logged_and_counted(tmp_path, monkeypatch):
+  """train(): a batch that makes the loss and gradients NaN (step 2) never reaches the parameters; the
+  skip is logged and counted in metrics.jsonl (``skipped``, ``finite``) and in the state."""
+  import json
+  from jdiff import data as jdata
+  real_batch_at = jdata.Pipeline.batch_at
+
+  def batch_at(self, step):
+    b = real_batch_at(self, step)
+    if step == 1:
+      b["image"] = np.full_like(b["image"], np.nan)
+    return b
+
+  monkeypatch.setattr(jdata.Pipeline, "batch_at", batch_at)
+  msgs = []
+  state = loop.train(_toy_config(3), str(tmp_path), log=msgs.append)
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [l["skipped"] for l in lines] == [0, 1, 1] and [l["finite"] for l in lines] == [1, 0, 1]
+  assert not np.isfinite(lines[1]["loss"]) and np.isfinite(lines[2]["loss"])
+  assert any("step 2: non-finite loss or gradient, update skipped (1 skipped so far)" in m
+             for m in msgs), msgs
+  assert int(state.step) == 3 and int(state.skipped) == 1
+  assert all(np.all(np.isfinite(np.asarray(p)))
+             for p in jax.tree_util.tree_leaves((state.params, state.ema_params, state.opt_state)))
+
+
 def test_trained_toy_model_samples_the_mixture(tmp_path):
   """End to end: train the toy2d config briefly, sample from the EMA parameters with the config's
   sampler and compare with the true mixture (N=2000: the two-sample sliced-W1 floor is ~0.03)."""

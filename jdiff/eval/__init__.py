@@ -4,6 +4,8 @@
 - :mod:`jdiff.eval.features`: a Fashion-MNIST classifier (trained once, cached) whose 128-D
   penultimate layer is the feature space for Fashion-MNIST samples.
 - :mod:`jdiff.eval.evaluate`: :func:`report` scores samples and the real-data floor at the same N.
+- :mod:`jdiff.eval.bpd`: bits/dim of held-out data by the probability-flow ODE and the continuous VLB.
+- :mod:`jdiff.eval.model_eval`: every metric for a checkpoint and a sampler (``eval.py``).
 - :mod:`jdiff.eval.inception` and :mod:`jdiff.eval.fid_stats`: the standard FID Inception-v3
   (2015-12-05 graph, pytorch-fid's port) in Flax, with user-supplied weights converted by
   ``tools/convert_fid_inception.py``; dataset reference statistics as ``.npz``.
@@ -20,8 +22,10 @@ from jdiff.eval.metrics import (accuracy, feature_metrics, frechet_distance,
                                 frechet_distance_from_features, gaussian_stats,
                                 kernel_inception_distance, precision_recall)
 from jdiff.eval.evaluate import format_report, report
+from jdiff.eval.bpd import bits_per_dim_report, format_bpd
 
 __all__ = ["FIDInception", "FIDInceptionV3", "FashionCNN", "FeatureNet", "RunningStats", "accuracy",
+           "bits_per_dim_report", "format_bpd",
            "cache_dir", "check_fmnist_images", "compute_statistics", "dataset_statistics",
            "default_weights_path", "feature_metrics", "fid", "format_report", "frechet_distance",
            "frechet_distance_from_features", "gaussian_stats", "get_feature_net",

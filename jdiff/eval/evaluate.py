@@ -12,6 +12,7 @@ samples of one distribution), so a score is only readable next to the same metri
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -69,20 +70,35 @@ def report(images, labels=None, *, net: Optional[features_lib.FeatureNet] = None
   m = min(_checks.positive_int(kid_subset_size, "kid_subset_size"), max(2, n // 2))
   kw = {"kid_subset_size": m, "kid_num_subsets": kid_num_subsets, "k": k, "seed": seed}
 
-  ref_x, _ = _real_images("train", n, seed)
-  ref_f = net.features(ref_x)
+  ref_f, floor = _reference(net, n, kw)
   gen_f, gen_logits = net.features_and_logits(images)
   out = {"num_samples": n, **_pick(metrics.feature_metrics(ref_f, gen_f, **kw))}
   out["accuracy"] = None if labels is None else metrics.accuracy(gen_logits, labels)
   out["reference"] = f"fashion_mnist train ({ref_f.shape[0]} images, seed {seed})"
-
-  nf = min(n, _TEST_SIZE, ref_f.shape[0])
-  test_x, test_y = _real_images("test", nf, seed)
-  test_f, test_logits = net.features_and_logits(test_x)
-  floor = {"num_samples": nf, **_pick(metrics.feature_metrics(ref_f[:nf], test_f, **kw))}
-  floor["accuracy"] = metrics.accuracy(test_logits, test_y)
-  out["floor"] = floor
+  out["floor"] = dict(floor)
   return out
+
+
+# Reference features and floors per feature net, keyed by (N, metric options): computed once per
+# process (train.py's periodic evaluation and the quality-vs-NFE bench score many sample sets of one N).
+_REFERENCE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _reference(net: features_lib.FeatureNet, n: int, kw: dict) -> tuple[np.ndarray, dict]:
+  """Features of ``n`` real training images and the floor (``n`` real test images against them)."""
+  cache = _REFERENCE_CACHE.setdefault(net, {})
+  key = (n, tuple(sorted(kw.items())))
+  if key not in cache:
+    seed = kw["seed"]
+    ref_x, _ = _real_images("train", n, seed)
+    ref_f = net.features(ref_x)
+    nf = min(n, _TEST_SIZE, ref_f.shape[0])
+    test_x, test_y = _real_images("test", nf, seed)
+    test_f, test_logits = net.features_and_logits(test_x)
+    floor = {"num_samples": nf, **_pick(metrics.feature_metrics(ref_f[:nf], test_f, **kw))}
+    floor["accuracy"] = metrics.accuracy(test_logits, test_y)
+    cache[key] = (ref_f, floor)
+  return cache[key]
 
 
 def _pick(d: dict) -> dict:

@@ -261,19 +261,19 @@ def save_feature_net(net: FeatureNet, path: str) -> str:
 def _read_cache(path: str) -> tuple[Optional[FeatureNet], str]:
   """``(net, "")`` for a valid cache file, else ``(None, why)``."""
   try:
-    with np.load(path, allow_pickle=False) as data:
-      files = set(data.files)
-      if _META + "version" not in files or _META + "architecture" not in files:
-        return None, "it has no version/architecture record"
-      version = int(data[_META + "version"])
-      arch = str(data[_META + "architecture"])
-      if version != VERSION or arch != ARCHITECTURE:
-        return None, f"it holds version {version} ({arch}), this jdiff uses version {VERSION}"
-      flat = {k: np.asarray(data[k], np.float32) for k in files if not k.startswith(_META)}
-      acc = float(data[_META + "test_accuracy"])
-      secs = float(data[_META + "train_seconds"]) if _META + "train_seconds" in files else np.nan
+    data = _checks.load_arrays(path, "feature-net cache")  # never unpickles (object arrays refused)
+    files = set(data)
+    if _META + "version" not in files or _META + "architecture" not in files:
+      return None, "it has no version/architecture record"
+    version = int(data[_META + "version"])
+    arch = str(data[_META + "architecture"])
+    if version != VERSION or arch != ARCHITECTURE:
+      return None, f"it holds version {version} ({arch}), this jdiff uses version {VERSION}"
+    flat = {k: np.asarray(data[k], np.float32) for k in files if not k.startswith(_META)}
+    acc = float(data[_META + "test_accuracy"])
+    secs = float(data[_META + "train_seconds"]) if _META + "train_seconds" in files else np.nan
   except (OSError, ValueError, KeyError) as e:
-    return None, f"it cannot be read ({e})"
+    return None, f"it cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
   expected = _param_shapes()
   if {k: tuple(v.shape) for k, v in flat.items()} != expected:
     return None, "its parameter names or shapes do not match the architecture"

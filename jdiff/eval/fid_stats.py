@@ -89,12 +89,12 @@ def load_statistics(path: str) -> dict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no statistics file at {path}; compute it with "
                             f"jdiff.eval.dataset_statistics(name, split, net, path={path!r})")
-  with np.load(path, allow_pickle=False) as data:
-    if "mu" not in data.files or "sigma" not in data.files:
-      raise ValueError(f"{path} must hold arrays 'mu' and 'sigma', it holds {sorted(data.files)}")
-    out = {"mu": np.asarray(data["mu"], np.float64), "sigma": np.asarray(data["sigma"], np.float64)}
-    if "num_samples" in data.files:
-      out["num_samples"] = int(data["num_samples"])
+  data = _checks.load_arrays(path, "statistics file")  # never unpickles (object arrays refused)
+  if "mu" not in data or "sigma" not in data:
+    raise ValueError(f"{path} must hold arrays 'mu' and 'sigma', it holds {sorted(data)}")
+  out = {"mu": np.asarray(data["mu"], np.float64), "sigma": np.asarray(data["sigma"], np.float64)}
+  if "num_samples" in data:
+    out["num_samples"] = int(data["num_samples"])
   metrics._check_stats(out["mu"], out["sigma"], path)  # pylint: disable=protected-access
   return out
 

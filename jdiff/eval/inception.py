@@ -419,8 +419,9 @@ def load_params(path: Optional[str] = None) -> dict:
   path = default_weights_path() if path is None else os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(_missing_weights_message(path))
-  with np.load(path, allow_pickle=False) as data:
-    flat = {k: np.asarray(data[k], np.float32) for k in data.files}
+  from jdiff import _checks  # pylint: disable=g-import-not-at-top
+  arrays = _checks.load_arrays(path, "FID Inception weights")  # never unpickles (object arrays refused)
+  flat = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
   check_flat_params(flat, path)
   return {"params": _unflatten(flat)}
 

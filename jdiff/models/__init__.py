@@ -1,4 +1,5 @@
-"""Flax denoisers for jdiff: a DDPM/DDPM++ U-Net and a residual MLP, behind one functional interface.
+"""Flax denoisers for jdiff: a DDPM/DDPM++ U-Net and a residual MLP, behind one functional interface;
+plus ``NoisyClassifier`` (the U-Net's downsampling half with logits) for classifier guidance.
 
 Why Flax **Linen** (not NNX): a Linen module is a description, not a container of state.
 ``module.init(key, ...)`` returns the parameters as a plain pytree and ``module.apply(params, ...)`` is a
@@ -34,10 +35,11 @@ import numpy as np
 from jdiff import _checks
 from jdiff.models.embeddings import (EMBEDDINGS, NoiseEmbedding, fourier_embedding, prepare_labels,
                                      prepare_t, sinusoidal_embedding)
+from jdiff.models.classifier import NoisyClassifier
 from jdiff.models.mlp import MLP
 from jdiff.models.unet import UNet, num_groups
 
-MODELS = {"unet": UNet, "mlp": MLP}
+MODELS = {"unet": UNet, "mlp": MLP, "classifier": NoisyClassifier}
 
 
 def model_kwargs(cls) -> Tuple[str, ...]:
@@ -67,6 +69,10 @@ def _check_call(module, x, t, cond) -> None:
   model = type(module).__name__
   module.check_input(x)
   prepare_t(t, x.shape[0], model)
+  if not getattr(module, "takes_labels", True):  # a classifier predicts the label, it takes none
+    if cond is not None:
+      raise ValueError(f"{model} takes no label input (it predicts the label); pass cond=None")
+    return
   prepare_labels(cond, x.shape[0], module.num_classes, model)
 
 
@@ -78,8 +84,8 @@ def functional(module: nn.Module) -> Tuple[Callable, Callable]:
   ``train=True`` and then needs ``rng`` (when the model has ``dropout > 0``). ``train`` must be a
   Python bool: under ``jax.jit`` mark it static (``static_argnames="train"``).
   """
-  if not isinstance(module, (UNet, MLP)):
-    raise ValueError(f"functional() expects a jdiff denoiser (UNet or MLP, e.g. from "
+  if not isinstance(module, (UNet, MLP, NoisyClassifier)):
+    raise ValueError(f"functional() expects a jdiff model (UNet, MLP or NoisyClassifier, e.g. from "
                      f"jdiff.models.create), got {type(module).__name__}")
 
   def _init(key, x, t, cond):
@@ -124,5 +130,5 @@ def functional(module: nn.Module) -> Tuple[Callable, Callable]:
   return init, apply
 
 
-__all__ = ["EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "UNet", "count_params", "create",
-           "fourier_embedding", "functional", "model_kwargs", "num_groups", "sinusoidal_embedding"]
+__all__ = ["EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "NoisyClassifier", "UNet", "count_params",
+           "create", "fourier_embedding", "functional", "model_kwargs", "num_groups", "sinusoidal_embedding"]

@@ -2,9 +2,12 @@
 by ml_collections when the config is parsed from the command line)."""
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from jdiff import _checks
+from jdiff import grids, samplers, sampling, schedules
 
 _REQUIRED = {"data": ("name", "batch_size"), "model": ("name",), "diffusion": ("schedule",
              "parametrization"), "optim": ("lr",), "training": ("num_steps",), "sampling": ("sampler",)}
@@ -14,6 +17,13 @@ _POSITIVE_INT = [("data", "batch_size"), ("training", "num_steps"), ("training",
 PARAMETRIZATIONS = ("eps", "x0", "v", "score", "edm")
 WEIGHTINGS = ("simple", "snr", "min_snr", "edm")
 TIME_SAMPLINGS = ("uniform", "low_discrepancy", "lognormal")
+TASKS = ("diffusion", "classifier")
+
+
+def task_of(c) -> str:
+  """``config.task``: ``diffusion`` (a denoiser; the default, also for configs written before the field
+  existed) or ``classifier`` (a noise-conditional classifier for classifier guidance)."""
+  return c.get("task", "diffusion")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -28,8 +38,43 @@ def validate(c: ml_collections.ConfigDict) -> None:
       _checks.positive_int(c[section][key], f"config.{section}.{key}")
   if c.training.get("sample_every", 0) < 0:
     raise ValueError("config.training.sample_every must be >= 0 (0 = never)")
+  _checks.choice("task", task_of(c), TASKS)
+  if task_of(c) == "classifier":
+    if c.model.name != "classifier":
+      raise ValueError(f"task 'classifier' trains model 'classifier', not {c.model.name!r}; start from "
+                       f"configs/fashion_mnist_classifier.py")
+    if c.training.get("conditional", False):
+      raise ValueError("training.conditional applies to diffusion models; a classifier always reads the "
+                       "labels: set --config.training.conditional=False")
+    if c.get("eval", {}).get("every", 0):
+      raise ValueError("eval.every evaluates samples of a diffusion model; a classifier has none: set "
+                       "--config.eval.every=0")
+  elif c.model.name == "classifier":
+    raise ValueError("model 'classifier' is a noise-conditional classifier, not a denoiser: set "
+                     "config.task='classifier' (see configs/fashion_mnist_classifier.py)")
   _checks.choice("parametrization", c.diffusion.parametrization, PARAMETRIZATIONS)
   _checks.choice("weighting", c.diffusion.get("weighting", "simple"), WEIGHTINGS)
   _checks.choice("time sampling", c.diffusion.get("time_sampling", "uniform"), TIME_SAMPLINGS)
   if c.diffusion.parametrization == "edm" and c.diffusion.get("sigma_data", 0.5) <= 0:
     raise ValueError("config.diffusion.sigma_data must be > 0 for EDM preconditioning")
+  # Names and ranges that are otherwise only read after training has started (the first sample grid)
+  # or after the workdir is set up: fail before anything is written.
+  schedule = schedules.get_schedule(c.diffusion.schedule,
+                                    **dict(c.diffusion.get("schedule_kwargs", None) or {}))
+  _checks.choice("sampler", c.sampling.sampler, sampling.SAMPLER_NAMES)
+  if c.sampling.sampler != "ode":
+    sampling.check_sampler_schedule(samplers.get_sampler(c.sampling.sampler), schedule)
+  _checks.choice("grid", c.sampling.get("grid", "uniform_logsnr"), grids.GRIDS)
+  _in_range(c.optim.lr, "config.optim.lr", 0.0, math.inf, "> 0", lo_open=True)
+  if "ema_decay" in c.training:
+    _in_range(c.training.ema_decay, "config.training.ema_decay", 0.0, 1.0, "in [0, 1)",
+              hi_open=True)
+  if "cond_drop_prob" in c.training:
+    _in_range(c.training.cond_drop_prob, "config.training.cond_drop_prob", 0.0, 1.0, "in [0, 1]")
+
+
+def _in_range(v, name: str, lo: float, hi: float, text: str, lo_open: bool = False,
+              hi_open: bool = False) -> None:
+  ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+  if not (ok and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)):
+    raise ValueError(f"{name} must be a number {text}, got {v!r}")

@@ -4,9 +4,12 @@ devices, run over fixed-shape batches of global sample indices.
 * **One program.** The whole sampling loop (noise, every step of the grid, guidance, editing) is one
   ``lax.scan`` inside one ``pmap``; it is compiled once ahead of time (``lower().compile()``, timed on
   its own) for a given model, sampler, step count, batch shape and structure (guided or not, editing
-  mode, RePaint schedule, ``save_noise``). Seed, guidance scale, sampler hyperparameters (``eta``, churn,
-  ...), time-grid values (hence the grid name and the SDEdit strength), labels and inputs are arguments:
-  changing them never recompiles.
+  mode, RePaint schedule, ``save_noise``, classifier). Seed, guidance scales (classifier-free ``w``,
+  classifier ``s``), sampler hyperparameters (``eta``, churn, ...), time-grid values (hence the grid name
+  and the SDEdit strength), labels and inputs are arguments: changing them never recompiles.
+* **Guidance.** Classifier-free (Ho & Salimans 2022) for class-conditional models trained with label
+  dropout; classifier guidance (Dhariwal & Nichol 2021) with a noise-conditional classifier restored with
+  ``restore.restore(..., task="classifier")``, for any model of the same data shape.
 * **Reproducible.** Batches are ``[devices, per_device]`` blocks of consecutive global indices
   ``start_index, start_index + 1, ...``; the prior noise of sample ``i`` is drawn from
   ``fold_in(PRNGKey(seed), i)`` and its per-step noise from ``fold_in(fold_in(key, i), step)``
@@ -58,6 +61,7 @@ class Settings:
   start_index: int = 0
   batch_size: Optional[int] = None  # global batch per call (all devices); default min(num, 64)
   guidance: Optional[float] = None  # classifier-free guidance scale w (None: no guidance)
+  classifier_scale: Optional[float] = None  # classifier guidance scale s (with a classifier; None: 1)
   labels: Optional[tuple] = None  # class labels, sample i gets labels[i % len(labels)]
   hparams: dict = dataclasses.field(default_factory=dict)  # traced sampler hyperparameters (eta, ...)
   ddpm_variance: Optional[str] = None  # ddpm's variance option (default: learned if the model has one)
@@ -99,6 +103,8 @@ def check_settings(s: Settings) -> None:
     _int(s.batch_size, "batch_size", 1)
   if s.guidance is not None and not math.isfinite(float(s.guidance)):
     raise ValueError(f"guidance must be a finite number, got {s.guidance!r}")
+  if s.classifier_scale is not None and not math.isfinite(float(s.classifier_scale)):
+    raise ValueError(f"classifier_scale must be a finite number, got {s.classifier_scale!r}")
   if s.labels is not None:
     if len(s.labels) == 0:
       raise ValueError("labels is empty; pass comma-separated class labels such as 0,1,2")
@@ -146,21 +152,47 @@ def get_sampler(s: Settings, restored: Restored):
   return sampler
 
 
-def check_for_model(s: Settings, restored: Restored, x_known=None, mask=None) -> dict:
-  """Checks against the model; returns the resolved hyperparameters (numpy scalars)."""
-  k = restored.num_classes
+def check_classifier(s: Settings, restored: Restored, classifier: Optional[Restored]) -> None:
+  """Checks of classifier guidance: ``classifier`` must be a noise-conditional classifier (restored
+  with ``task="classifier"``) of the diffusion model's data shape (and classes, if the model is
+  conditional too)."""
+  if classifier is None:
+    if s.classifier_scale is not None:
+      raise ValueError("classifier_scale needs a classifier (--classifier=WORKDIR of a classifier "
+                       "trained with task 'classifier'); drop --classifier_scale")
+    return
+  if getattr(classifier.model, "task", "diffusion") != "classifier":
+    raise ValueError(f"{classifier.checkpoint_dir} is not a classifier; pass the workdir of one trained "
+                     f"with task 'classifier' (e.g. configs/fashion_mnist_classifier.py)")
+  if tuple(classifier.data_shape) != tuple(restored.data_shape):
+    raise ValueError(f"the classifier {classifier.checkpoint_dir} was trained on data of shape "
+                     f"{tuple(classifier.data_shape)} but the diffusion model makes data of shape "
+                     f"{tuple(restored.data_shape)}; use a classifier trained on the same data")
+  if restored.num_classes and restored.num_classes != classifier.num_classes:
+    raise ValueError(f"the classifier has {classifier.num_classes} classes but the conditional model "
+                     f"has {restored.num_classes}; use a classifier of the same labels")
+
+
+def check_for_model(s: Settings, restored: Restored, x_known=None, mask=None,
+                    classifier: Optional[Restored] = None) -> dict:
+  """Checks against the model (and the classifier of classifier guidance); returns the resolved
+  hyperparameters (numpy scalars)."""
+  check_classifier(s, restored, classifier)
+  k = restored.num_classes or (classifier.num_classes if classifier is not None else 0)
   if s.labels is not None:
     if not k:
       raise ValueError("labels were given but the model is unconditional (trained with "
-                       "training.conditional=False); drop --labels")
+                       "training.conditional=False) and there is no classifier to guide it; drop "
+                       "--labels or pass --classifier")
     bad = [l for l in s.labels if not 0 <= int(l) < k]
     if bad:
-      raise ValueError(f"label {bad[0]} is out of range: the model has {k} classes, labels must be in "
+      what = "model" if restored.num_classes else "classifier"
+      raise ValueError(f"label {bad[0]} is out of range: the {what} has {k} classes, labels must be in "
                        f"[0, {k - 1}]")
   if s.guidance is not None:
-    if not k:
+    if not restored.num_classes:
       raise ValueError("guidance needs a class-conditional model but this one is unconditional; drop "
-                       "--guidance")
+                       "--guidance (an unconditional model takes classifier guidance: --classifier)")
     if restored.cond_drop_prob <= 0:
       raise ValueError("guidance needs a model trained with label dropout (training.cond_drop_prob > 0) "
                        "so that it knows the unconditional (null-label) case; drop --guidance")
@@ -211,7 +243,7 @@ class Program:
 
   def __init__(self, restored: Restored, sampler, steps: int, *, mode: str = "sample",
                guided: bool = False, resample: int = 1, jump_length: int = 1, save_noise: bool = False,
-               clip_x0: bool = False, devices=None):
+               clip_x0: bool = False, devices=None, classifier: Optional[Restored] = None):
     _checks.choice("mode", mode, MODES)
     self.restored, self.sampler, self.steps, self.mode = restored, sampler, steps, mode
     self.guided, self.save_noise = guided, save_noise
@@ -225,50 +257,61 @@ class Program:
     model_fn = r.model_fn
     if guided:
       cfg = guidance_lib.classifier_free(r.model_fn, r.num_classes, learned_variance=lv)
+    self.classifier = classifier
 
-    def per_device(params, indices, seed, ts, cond, w, hp, x_known, mask):
+    def per_device(params, indices, seed, ts, cond, w, hp, x_known, mask, clf_params, y, scale):
       key = jax.random.PRNGKey(seed)
       fn = (lambda p, x, t, c: cfg(p, x, t, c, w)) if guided else model_fn
 
-      def denoiser(c):
+      def denoiser(c, yy):
         d = make_denoiser(fn, params, schedule, r.parametrization, c, lv)
+        if classifier is not None:  # Dhariwal & Nichol 2021, Alg. 2: the score gains s grad log p(y|x_t)
+          log_prob = guidance_lib.classifier_log_prob(classifier.model_fn, clf_params, schedule,
+                                                      classifier.schedule)
+          d = guidance_lib.classifier_guidance(d, schedule, log_prob, yy, scale)
         # Static thresholding of x0_hat to the data range (Ho et al. 2020), after guidance.
         return guidance_lib.clip_x0(d, schedule) if clip_x0 else d
 
       if mode == "sample":
         x_init = sampling.initial_noise(key, indices, shape, schedule)
         if sampler is None:  # probability-flow ODE, one system per example
-          def one(x1, c1):
+          def one(x1, c1, y1):
             c1 = None if c1 is None else c1[None]
-            out = ode.sample_ode(denoiser(c1), schedule, x1[None], ts)
+            y1 = None if y1 is None else y1[None]
+            out = ode.sample_ode(denoiser(c1, y1), schedule, x1[None], ts)
             return out.x[0], out.nfe
-          x, nfe = jax.vmap(one)(x_init, cond)
+          x, nfe = jax.vmap(one)(x_init, cond, y)
           nfe = jnp.max(nfe)
         else:
-          x, nfe = sampling.sample(sampler, denoiser(cond), schedule, x_init, ts, key, indices=indices,
-                                   **hp)
+          x, nfe = sampling.sample(sampler, denoiser(cond, y), schedule, x_init, ts, key,
+                                   indices=indices, **hp)
       else:
         x_init = editing.noised_input(key, indices, x_known, schedule, ts[0])
-        x, nfe = editing.edit(sampler, denoiser(cond), schedule, x_known, ts, key,
+        x, nfe = editing.edit(sampler, denoiser(cond, y), schedule, x_known, ts, key,
                               mask=mask if mode == "inpaint" else None, indices=indices,
                               resample=resample, jump_length=jump_length, **hp)
       return (x, nfe, x_init) if save_noise else (x, nfe)
 
     self._pmapped = jax.pmap(per_device, axis_name="data", devices=self.devices,
-                             in_axes=(0, 0, None, None, 0, None, None, 0, 0))
+                             in_axes=(0, 0, None, None, 0, None, None, 0, 0, 0, 0, None))
     d = self.num_devices
-    stacked = jax.tree_util.tree_map(lambda a: np.stack([np.asarray(a)] * d), r.params)
-    self.params = jax.pmap(lambda p: p, devices=self.devices)(stacked)  # one copy per device, once
+    replicate = lambda tree: jax.pmap(lambda p: p, devices=self.devices)(
+        jax.tree_util.tree_map(lambda a: np.stack([np.asarray(a)] * d), tree))
+    self.params = replicate(r.params)  # one copy per device, once
+    self.clf_params = replicate(classifier.params) if classifier is not None else None
 
   def _args(self, indices, seed, ts, labels=None, guidance=None, hparams=None, x_known=None,
-            mask=None):
+            mask=None, classifier_scale=None):
     d = self.num_devices
     b = indices.shape[0] // d
     split = lambda a: None if a is None else np.asarray(a).reshape((d, b) + np.shape(a)[1:])
     cond = split(np.asarray(labels, np.int32)) if self.conditional else None
+    y = split(np.asarray(labels, np.int32)) if self.classifier is not None else None
+    scale = np.float32(1.0 if classifier_scale is None else classifier_scale)
     return (self.params, split(np.asarray(indices, np.int32)), np.uint32(seed),
             np.asarray(ts, np.float32), cond, np.float32(guidance or 0.0),
-            {k: np.asarray(v) for k, v in (hparams or {}).items()}, split(x_known), split(mask))
+            {k: np.asarray(v) for k, v in (hparams or {}).items()}, split(x_known), split(mask),
+            self.clf_params, y, scale)
 
   def compile(self, args):
     """The program compiled ahead of time for the shapes of ``args`` (cached; the seconds spent
@@ -281,10 +324,11 @@ class Program:
     return self._compiled[sig]
 
   def __call__(self, indices, seed, ts, labels=None, guidance=None, hparams=None, x_known=None,
-               mask=None):
+               mask=None, classifier_scale=None):
     """Run one global batch (``len(indices)`` a multiple of the device count); returns host arrays
     ``(x [B, ...], nfe, x_init [B, ...] or None)``, blocking until the batch is done."""
-    args = self._args(indices, seed, ts, labels, guidance, hparams or {}, x_known, mask)
+    args = self._args(indices, seed, ts, labels, guidance, hparams or {}, x_known, mask,
+                      classifier_scale)
     out = jax.block_until_ready(self.compile(args)(*args))
     flat = lambda a: np.asarray(a).reshape((-1,) + np.shape(a)[2:])
     x_init = flat(out[2]) if self.save_noise else None
@@ -359,12 +403,15 @@ def make_grid_times(s: Settings, restored: Restored, steps: Optional[int] = None
   return np.asarray(grids.get_grid(s.grid, restored.schedule, steps or s.steps, **kwargs), np.float32)
 
 
-def labels_for(s: Settings, restored: Restored, indices: np.ndarray) -> Optional[np.ndarray]:
-  """Sample ``i``'s label: ``labels[i % len(labels)]``, by default ``i % num_classes``."""
-  if not restored.num_classes:
+def labels_for(s: Settings, restored: Restored, indices: np.ndarray,
+               classifier: Optional[Restored] = None) -> Optional[np.ndarray]:
+  """Sample ``i``'s label: ``labels[i % len(labels)]``, by default ``i % num_classes`` (of the model,
+  or of the classifier that guides an unconditional model)."""
+  k = restored.num_classes or (classifier.num_classes if classifier is not None else 0)
+  if not k:
     return None
   if s.labels is None:
-    return (indices % restored.num_classes).astype(np.int32)
+    return (indices % k).astype(np.int32)
   lab = np.asarray(s.labels, np.int32)
   return lab[indices % len(lab)]
 
@@ -377,22 +424,27 @@ def rows_for(a: Optional[np.ndarray], indices: np.ndarray) -> Optional[np.ndarra
 
 
 def generate(restored: Restored, s: Settings, x_known=None, mask=None, *, devices=None,
-             progress: bool = True) -> Result:
+             progress: bool = True, classifier: Optional[Restored] = None) -> Result:
   """Sample ``s.num`` examples with global indices ``s.start_index ...``; see the module docstring.
 
   ``x_known``: ``[M, ...]`` inputs to edit (SDEdit; inpainting with ``mask`` ``[1 or M, ...]``, 1 =
-  known). Raises ``ValueError`` for bad settings before anything is compiled. Compiled programs are
-  kept in ``restored.programs`` and reused by later calls with the same structure (sampler, steps,
-  mode, guided or not, RePaint schedule, save_noise, devices) and batch shape.
+  known). ``classifier``: a noise-conditional classifier (``restore.restore(..., task="classifier")``)
+  for classifier guidance at scale ``s.classifier_scale`` (default 1) toward the labels (Dhariwal &
+  Nichol 2021), for an unconditional or a conditional model. Raises ``ValueError`` for bad settings
+  before anything is compiled. Compiled programs are kept in ``restored.programs`` and reused by later
+  calls with the same structure (sampler, steps, mode, guided or not, classifier, RePaint schedule,
+  save_noise, devices) and batch shape.
   """
   check_settings(s)
   s = with_defaults(s, restored)
+  if classifier is not None and s.classifier_scale is None:
+    s = dataclasses.replace(s, classifier_scale=1.0)
   check_settings(s)
   if x_known is not None:
     x_known = np.asarray(x_known, np.float32)
   if mask is not None:
     mask = np.asarray(mask, np.float32)
-  hp = check_for_model(s, restored, x_known, mask)
+  hp = check_for_model(s, restored, x_known, mask, classifier)
   if mask is not None:  # one full-shape mask per input row (or one for all)
     mask = np.ascontiguousarray(np.broadcast_to(mask, mask.shape[:1] + x_known.shape[1:]))
   mode = "sample" if x_known is None else ("inpaint" if mask is not None else "sdedit")
@@ -403,17 +455,18 @@ def generate(restored: Restored, s: Settings, x_known=None, mask=None, *, device
   batch, num_batches = batch_layout(s.num, s.batch_size, len(devices))
   ts = make_grid_times(s, restored)
   structure = (s.sampler, s.ddpm_variance, s.steps, mode, s.guidance is not None, s.resample,
-               s.jump_length, s.save_noise, bool(s.clip_x0), tuple(d.id for d in devices))
+               s.jump_length, s.save_noise, bool(s.clip_x0), tuple(d.id for d in devices),
+               None if classifier is None else (classifier.checkpoint_dir, id(classifier)))
   program = restored.programs.get(structure)
   if program is None:
     program = Program(restored, sampler, s.steps, mode=mode, guided=s.guidance is not None,
                       resample=s.resample, jump_length=s.jump_length, save_noise=s.save_noise,
-                      clip_x0=bool(s.clip_x0), devices=devices)
+                      clip_x0=bool(s.clip_x0), devices=devices, classifier=classifier)
     restored.programs[structure] = program  # reused by later calls with the same structure
   def batch_args(b):
     idx = np.arange(s.start_index + b * batch, s.start_index + (b + 1) * batch, dtype=np.int32)
-    return (idx, s.seed, ts, labels_for(s, restored, idx), s.guidance, hp, rows_for(x_known, idx),
-            rows_for(mask, idx))
+    return (idx, s.seed, ts, labels_for(s, restored, idx, classifier), s.guidance, hp,
+            rows_for(x_known, idx), rows_for(mask, idx), s.classifier_scale)
 
   compile_before = program.compile_seconds
   program.compile(program._args(*batch_args(0)))  # ahead of time: not counted as sampling time
@@ -432,7 +485,7 @@ def generate(restored: Restored, s: Settings, x_known=None, mask=None, *, device
   n = s.num
   indices = np.arange(s.start_index, s.start_index + n, dtype=np.int64)
   return Result(samples=np.concatenate(outs)[:n], indices=indices,
-                labels=labels_for(s, restored, indices),
+                labels=labels_for(s, restored, indices, classifier),
                 x_init=np.concatenate(inits)[:n] if inits else None, ts=ts,
                 hparams={k: v.item() for k, v in hp.items()}, nfe_per_batch=nfe,
                 num_batches=num_batches, batch_size=batch, num_devices=len(devices),

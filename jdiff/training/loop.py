@@ -23,13 +23,23 @@ from jdiff import models
 from jdiff.training import checkpoint as ckpt_lib
 from jdiff.training import config_check
 from jdiff.training.state import TrainState, create_state, make_optimizer
-from jdiff.training.step import make_model_fn, make_train_step
+from jdiff.training.step import make_classifier_train_step, make_model_fn, make_train_step
 from jdiff.utils import images as image_utils
 from jdiff.utils.progress import Progress
 
 
-def check_workdir(workdir: str) -> str:
+def check_workdir(workdir: str, create: bool = True) -> str:
+  """``workdir`` as an absolute path, created (``create=False``: only checked, nothing created: it or
+  its nearest existing parent must be a writable directory)."""
   workdir = os.path.abspath(workdir)
+  if not create:
+    existing = workdir
+    while not os.path.exists(existing):
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+      raise ValueError(f"workdir {workdir} is not writable ({existing} is not a writable directory); "
+                       f"pass a --workdir you can write to")
+    return workdir
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write-test-{os.getpid()}")
@@ -59,10 +69,14 @@ class Experiment:
         self.source, c.data.batch_size, seed=c.seed, num_local_devices=self.num_local_devices,
         process_index=self.process_index, process_count=self.process_count,
         random_flip=c.data.random_flip)
-    self.num_classes = int(self.source.num_classes) if c.training.conditional else 0
+    self.task = config_check.task_of(c)
+    labelled = c.training.conditional or self.task == "classifier"
+    self.num_classes = int(self.source.num_classes) if labelled else 0
     if c.training.conditional and not self.num_classes:
       raise ValueError(f"training.conditional=True but dataset {c.data.name!r} has no labels; set "
                        f"--config.training.conditional=False")
+    if self.task == "classifier" and not self.num_classes:
+      raise ValueError(f"a classifier needs labelled data but dataset {c.data.name!r} has no labels")
     self.model = build_model(c, tuple(self.source.shape), self.num_classes)
     self.module, self.init_fn, self.apply_fn = self.model.module, self.model.init_fn, self.model.apply_fn
     self.schedule = self.model.schedule
@@ -78,6 +92,11 @@ class Experiment:
 
   def train_step_fn(self, axis_name: Optional[str] = "data"):
     f = self.config.diffusion
+    if self.task == "classifier":
+      return make_classifier_train_step(
+          self.apply_fn, self.schedule, self.optimizer, time_sampling=f.time_sampling,
+          ema_decay=self.config.training.ema_decay, global_batch_size=self.config.data.batch_size,
+          axis_name=axis_name, ema_warmup=self.config.training.get("ema_warmup", True))
     return make_train_step(
         self.apply_fn, self.schedule, self.optimizer, parametrization_name=f.parametrization,
         weighting=f.weighting, time_sampling=f.time_sampling, ema_decay=self.config.training.ema_decay,
@@ -100,6 +119,7 @@ class Model:
     c = self.config = config
     self.data_shape = tuple(int(d) for d in data_shape)
     self.num_classes = int(num_classes)
+    self.task = config_check.task_of(c)  # "diffusion", or "classifier": num_classes are its logits
     model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
     self.module = models.create(c.model.name, num_classes=self.num_classes, **model_kwargs)
     self.init_fn, self.apply_fn = models.functional(self.module)
@@ -108,7 +128,7 @@ class Model:
 
   def init_params(self):
     x = jnp.zeros((1,) + self.data_shape, jnp.float32)
-    cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+    cond = jnp.zeros((1,), jnp.int32) if self.num_classes and self.task == "diffusion" else None
     return self.init_fn(jax.random.PRNGKey(self.config.seed), x, jnp.zeros((1,), jnp.float32), cond)
 
   def init_state(self, optimizer) -> TrainState:
@@ -116,12 +136,18 @@ class Model:
 
   def meta(self, state: TrainState) -> dict:
     c = self.config
-    return {"params": ckpt_lib.param_signature(state.params), "model": c.model.name,
+    meta = {"params": ckpt_lib.param_signature(state.params), "model": c.model.name,
             "data_shape": list(self.data_shape), "num_classes": self.num_classes,
             "parametrization": c.diffusion.parametrization, "schedule": c.diffusion.schedule}
+    if self.task != "diffusion":  # diffusion checkpoints predate the field: no "task" means diffusion
+      meta["task"] = self.task
+    return meta
 
   def model_fn(self):
-    """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout)."""
+    """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout); for a classifier
+    ``(fn(params, x, t) -> logits, "logits")``."""
+    if self.task == "classifier":
+      return (lambda params, x, t: self.apply_fn(params, x, t, None)), "logits"
     factory, core = make_model_fn(self.apply_fn, self.schedule, self.config.diffusion.parametrization,
                                   self.config.diffusion.sigma_data)
     return factory(None, False), core
@@ -201,13 +227,16 @@ def sample_grid(exp: Experiment, params, num: int, seed: int, path: Optional[str
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> TrainState:
   """Train (or resume) into ``workdir``; returns the final state (host copy)."""
-  workdir = check_workdir(workdir)
+  # Every check of the config (data, model, train step) runs before anything is created or written,
+  # so a bad config leaves no workdir, checkpoint directory or config.json behind.
+  workdir = check_workdir(workdir, create=False)
   exp = Experiment(config)
+  train_step = exp.train_step_fn("data")
+  from jdiff.training.periodic_eval import PeriodicEval  # pylint: disable=g-import-not-at-top
+  evaluator = PeriodicEval.from_experiment(exp, log)  # config.eval: None when off
+  workdir = check_workdir(workdir)
   c = config
   is_main = jax.process_index() == 0
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(c.to_json_best_effort(indent=2))
   ckpt = ckpt_lib.Checkpointer(workdir, c.training.keep_checkpoints)
   state = exp.init_state()
   meta = exp.meta(state)
@@ -218,10 +247,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> Trai
     start, state, data_state, _ = restored
     exp.pipeline.set_state(data_state)
     log(f"resumed from checkpoint step {start} in {ckpt.directory}")
+  if is_main:  # after the checkpoint was accepted: a refused run leaves the workdir's config.json as is
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(c.to_json_best_effort(indent=2))
   step = int(state.step)
 
-  p_step = jax.pmap(exp.train_step_fn("data"), axis_name="data", donate_argnums=(0,))
+  p_step = jax.pmap(train_step, axis_name="data", donate_argnums=(0,))
   rstate = replicate(state)
+  if jax.process_count() == 1:
+    # Commit the host copy to the devices with the sharding pmap gives its outputs: from host numpy
+    # arrays pmap (JAX 0.10) compiles the step once for the first call and again for the second.
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+    rstate = jax.device_put(rstate, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
   writer = _MetricWriter(workdir) if is_main else None
   progress = Progress(c.training.num_steps, initial=step, enabled=is_main)
   total = c.training.num_steps
@@ -235,15 +272,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> Trai
       progress.update(step, m["loss"], c.data.batch_size)
       if writer and (step % c.training.log_every == 0 or step == total):
         writer.write(step, {**m, "images_per_sec": progress.rate(c.data.batch_size)})
-      if not np.isfinite(m["loss"]) and is_main:
-        log(f"step {step}: non-finite loss, update skipped ({int(m['skipped'])} skipped so far)")
+      if (m.get("finite", 1.0) == 0.0 or not np.isfinite(m["loss"])) and is_main:
+        log(f"step {step}: non-finite loss or gradient, update skipped ({int(m['skipped'])} skipped "
+            f"so far)")
       done = step == total or stop.signal is not None
       if step % c.training.ckpt_every == 0 or done:
         ckpt.save(step, unreplicate(rstate), exp.pipeline.get_state(), meta)
-      if c.training.sample_every and (step % c.training.sample_every == 0 or step == total) and is_main:
+      if c.training.sample_every and (step % c.training.sample_every == 0 or step == total) and \
+          is_main and exp.task == "diffusion":
         path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         sample_grid(exp, unreplicate(rstate).ema_params, min(c.sampling.num, 64), c.seed, path)
+      if evaluator is not None and evaluator.due(step, total) and is_main:
+        writer.write(step, evaluator(unreplicate(rstate).ema_params, step))
       if stop.signal is not None:
         log(f"received signal {stop.signal}: saved checkpoint at step {step}, exiting")
         break

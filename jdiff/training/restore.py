@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jdiff import _checks
 from jdiff.training import checkpoint as ckpt_lib
 from jdiff.training import config_check
 from jdiff.training.loop import Model, build_model
@@ -141,19 +142,37 @@ def _check_meta_matches(config, meta: dict, step_dir: str) -> None:
                        f"config.json written with this checkpoint")
 
 
+def _check_task(config, meta: dict, step_dir: str, task: str) -> None:
+  got = meta.get("task", "diffusion")  # diffusion checkpoints carry no "task"
+  if got != config_check.task_of(config):
+    raise ValueError(f"checkpoint {step_dir} is incompatible with its workdir's config.json: it is a "
+                     f"{got} checkpoint but config.json describes a {config_check.task_of(config)}")
+  if got == task:
+    return
+  if task == "diffusion":
+    raise ValueError(f"checkpoint {step_dir} is a noise-conditional classifier, not a diffusion model; "
+                     f"sample from a diffusion model's workdir and pass this one as --classifier")
+  raise ValueError(f"checkpoint {step_dir} is a {got} model, not a classifier; pass the workdir of a "
+                   f"classifier trained with task 'classifier' (e.g. configs/fashion_mnist_classifier.py)")
+
+
 def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, *,
-            step: Optional[int] = None, use_ema: bool = True) -> Restored:
+            step: Optional[int] = None, use_ema: bool = True, task: str = "diffusion") -> Restored:
   """Load the model of ``workdir`` (newest checkpoint, or ``step``) or of ``checkpoint``.
 
   ``use_ema``: the exponential moving average of the parameters (what ``train.py`` samples from and
   what diffusion models are evaluated with, Ho et al. 2020, App. B); ``False``: the raw parameters.
+  ``task``: what the checkpoint must hold: ``"diffusion"`` (a denoiser) or ``"classifier"`` (a
+  noise-conditional classifier; then ``model_fn(params, x, t)`` gives logits); anything else is refused.
   """
+  _checks.choice("task", task, config_check.TASKS)
   workdir, directory, step = locate(workdir, checkpoint, step)
   config = load_config(workdir)
   step_dir = os.path.join(directory, str(step))
   ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=None)  # the checkpoints directory exists
   try:
     meta = _read_meta(ckpt, step, step_dir)
+    _check_task(config, meta, step_dir, task)
     _check_meta_matches(config, meta, step_dir)
     try:
       model = build_model(config, tuple(meta["data_shape"]), int(meta["num_classes"]))

@@ -1,5 +1,6 @@
 """The pure train step: core loss, gradients averaged over the ``data`` axis, Optax update, EMA, and a
-guard that skips non-finite updates.
+guard that skips non-finite updates; ``make_classifier_train_step`` is the same for a noise-conditional
+classifier (classifier guidance).
 
 ``make_train_step`` returns ``train_step(state, batch) -> (state, metrics)`` for ONE device's share of
 the batch. With ``axis_name='data'`` it averages gradients and metrics with ``lax.pmean`` over that axis,
@@ -70,6 +71,7 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     raise ValueError(f"training.ema_decay must be in [0, 1), got {ema_decay}")
   if not 0.0 <= cond_drop_prob <= 1.0:
     raise ValueError(f"training.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
+  update = make_update(optimizer, ema_decay, ema_warmup)
 
   def pmean(x):
     return jax.lax.pmean(x, axis_name) if axis_name is not None else x
@@ -81,9 +83,7 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     k_loss, k_drop, k_cond = jax.random.split(step_key, 3)
     cond = None
     if num_classes > 0:
-      labels = batch["label"].astype(jnp.int32)
-      u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k_cond, i)))(index)
-      cond = jnp.where(u < cond_drop_prob, num_classes, labels)
+      cond = drop_labels(batch["label"], index, k_cond, num_classes, cond_drop_prob)
     model_fn = factory(jax.random.fold_in(k_drop, index[0]), True)
 
     def loss_fn(params):
@@ -99,6 +99,18 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     loss, grads = pmean(loss), pmean(grads)
+    return update(state, loss, grads)
+
+  return train_step
+
+
+def make_update(optimizer: optax.GradientTransformation, ema_decay: float = 0.9999,
+                ema_warmup: bool = True) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
+  """``update(state, loss, grads) -> (state, metrics)`` with already averaged ``loss`` and ``grads``:
+  the Optax update, the EMA of the parameters, and the guard that skips a non-finite update (shared
+  by the diffusion and the classifier train steps)."""
+
+  def update(state: TrainState, loss, grads):
     # One scalar test (any NaN/Inf makes the global norm non-finite); a per-leaf all() over the tree
     # gets duplicated into every fused update by XLA and made compiles 3-5x slower.
     grad_norm = optax.tree.norm(grads)
@@ -126,5 +138,50 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     metrics = {"loss": loss, "grad_norm": grad_norm,
                "skipped": new_state.skipped, "finite": finite.astype(jnp.float32)}
     return new_state, metrics
+
+  return update
+
+
+def drop_labels(labels, index, key, num_classes: int, cond_drop_prob):
+  """Classifier-free guidance's label dropout (Ho & Salimans 2022, Alg. 1): example ``i`` (global index
+  ``index[i]``) gets the null label ``num_classes`` with probability ``cond_drop_prob``, decided by
+  ``uniform(fold_in(key, index[i]))`` so that it does not depend on the device layout."""
+  u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(index)
+  return jnp.where(u < cond_drop_prob, num_classes, labels.astype(jnp.int32))
+
+
+def make_classifier_train_step(
+    apply: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,
+    time_sampling: str = "uniform", ema_decay: float = 0.9999, global_batch_size: Optional[int] = None,
+    axis_name: Optional[str] = "data",
+    ema_warmup: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The per-device train step of a noise-conditional classifier (Dhariwal & Nichol 2021, Sec. 4.1):
+  cross-entropy on ``x_t`` at random ``t`` (``losses.noisy_classifier_loss``), gradients and metrics
+  averaged with ``lax.pmean`` over ``axis_name``, then the same update, EMA and non-finite guard as
+  the diffusion step. ``batch`` holds ``image``, ``label`` and ``index``; the metrics add ``accuracy``
+  (on the noisy training inputs, averaged over t)."""
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"training.ema_decay must be in [0, 1), got {ema_decay}")
+  update = make_update(optimizer, ema_decay, ema_warmup)
+
+  def pmean(x):
+    return jax.lax.pmean(x, axis_name) if axis_name is not None else x
+
+  def train_step(state: TrainState, batch: dict):
+    index = batch["index"]
+    k_loss, k_drop = jax.random.split(jax.random.fold_in(state.rng, state.step))
+
+    def loss_fn(params):
+      logits_fn = lambda p, x, t: apply(p, x, t, None, rng=jax.random.fold_in(k_drop, index[0]),
+                                        train=True)
+      terms = losses.noisy_classifier_loss(
+          logits_fn, params, schedule, batch["image"], batch["label"], k_loss, time_sampling,
+          indices=index, global_batch_size=global_batch_size)
+      return jnp.mean(terms.total), jnp.mean(terms.correct)
+
+    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss, grads = pmean(loss), pmean(grads)
+    new_state, metrics = update(state, loss, grads)
+    return new_state, {**metrics, "accuracy": pmean(acc)}
 
   return train_step

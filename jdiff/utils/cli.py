@@ -36,15 +36,31 @@ def maybe_initialize_distributed(multihost: bool, coordinator_address: str, num_
     jax.distributed.initialize()
 
 
+def _type_hint(text: str) -> str:
+  """``"; --NAME takes an int"`` for absl's "flag --NAME=VALUE: <why>" messages about a bad value."""
+  import re
+  from absl import flags
+  m = re.match(r"flag --([\w.]+)=", text)
+  if not m or m.group(1) not in flags.FLAGS:
+    return ""
+  try:
+    kind = flags.FLAGS[m.group(1)].flag_type()
+  except Exception:  # pylint: disable=broad-except
+    return ""
+  kind = {"bool": "true or false"}.get(kind, kind)
+  return f"; --{m.group(1)} takes {'an' if kind[:1] in 'aeiou' else 'a'} {kind} value" if kind else ""
+
+
 def flags_parser(argv):
   """absl ``flags_parser`` for ``app.run``: a bad flag (unknown or misspelled config key, wrong type)
   ends with one line and exit status 2 instead of a traceback."""
   from absl import flags
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    # OSError: ml_collections' --config=FILE that does not exist or cannot be read
     text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").replace("'", "").split())
-    print(f"error: bad command-line flag: {text}", file=sys.stderr)
+    print(f"error: bad command-line flag: {text}{_type_hint(text)}", file=sys.stderr)
     if "--debug" in argv:
       traceback.print_exc()
     sys.exit(2)

@@ -10,9 +10,18 @@ from PIL import Image
 
 
 def to_uint8(images) -> np.ndarray:
-  """``[N, H, W, C]`` floats in [-1, 1] to uint8 in [0, 255] (values outside are clipped)."""
+  """``[N, H, W, C]`` floats in [-1, 1] to uint8 in [0, 255] (values outside are clipped). An image
+  holding any NaN or Inf becomes a black-and-white checkerboard (4-pixel squares), so a diverged
+  sample is never drawn as if it were a plausible one."""
   x = np.asarray(images, np.float32)
-  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  bad = ~np.isfinite(x).all(axis=tuple(range(1, x.ndim))) if x.ndim >= 2 else np.zeros((0,), bool)
+  x = np.where(np.isfinite(x), x, 0.0)
+  out = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  if bad.any() and x.ndim == 4:
+    h, w = x.shape[1:3]
+    checker = ((np.arange(h)[:, None] // 4 + np.arange(w)[None, :] // 4) % 2 * 255).astype(np.uint8)
+    out[bad] = checker[:, :, None]
+  return out
 
 
 def make_grid(images, ncols: int | None = None, pad: int = 2) -> np.ndarray:
