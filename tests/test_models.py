@@ -233,7 +233,7 @@ def _raises(match, fn, *args, **kw):
 
 
 def test_bad_configs_raise():
-  _raises(r"unknown model 'transformer'; valid models are: mlp, unet", models.create, "transformer")
+  _raises(r"unknown model 'transformer'; valid models are: classifier, mlp, unet", models.create, "transformer")
   _raises(r"unknown argument\(s\) \['chanels'\] for model 'unet'; valid arguments are: ch, ",
           models.create, "unet", chanels=3)
   _raises("non-empty tuple", models.create, "unet", ch_mult=())
@@ -247,7 +247,7 @@ def test_bad_configs_raise():
   _raises("num_classes must be an integer >= 0", models.create, "mlp", num_classes=-1)
   _raises("dtype must be a floating dtype", models.create, "mlp", dtype=jnp.int32)
   _raises("features must be an integer >= 1", models.create, "mlp", features=0)
-  _raises("expects a jdiff denoiser", models.functional, object())
+  _raises("expects a jdiff model", models.functional, object())
   assert models.create("unet", ch_mult=[1, 2]).ch_mult == (1, 2)  # lists from configs become tuples
 
 

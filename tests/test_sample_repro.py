@@ -141,8 +141,8 @@ def test_matches_the_library_sampler(restored):
   """sample.py's program computes what jdiff.sampling.make_sample_fn computes for the same seed,
   indices, labels and guided model (Ho & Salimans 2022 with the null label num_classes)."""
   s = gen.Settings(num=4, batch_size=4, sampler="ddim", steps=4, guidance=1.0, seed=0,
-                   hparams={"eta": 0.5}, grid="uniform_t", start_index=10)
-  got = gen.generate(restored, s, progress=False)
+                   hparams={"eta": 0.5}, grid="uniform_t", start_index=10, clip_x0=False)
+  got = gen.generate(restored, s, progress=False)  # (x0 clipping: tests/test_sample_cli.py)
   guided = guidance.classifier_free(restored.model_fn, restored.num_classes)
   model = lambda p, x, t, c: guided(p, x, t, c, 1.0)
   fn = sampling.make_sample_fn(model, restored.schedule, restored.parametrization, "ddim", 4)
