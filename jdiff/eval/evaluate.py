@@ -11,6 +11,7 @@ samples of one distribution), so a score is only readable next to the same metri
 """
 from __future__ import annotations
 
+import functools
 import warnings
 import weakref
 from typing import Optional
@@ -24,9 +25,14 @@ from jdiff.eval import metrics
 _TEST_SIZE = 10_000
 
 
-def _real_images(split: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=2)
+def _source(split: str):
   from jdiff.data import get_dataset  # pylint: disable=g-import-not-at-top
-  src = get_dataset("fashion_mnist", split=split)
+  return get_dataset("fashion_mnist", split=split)  # read (and decompressed) once per process
+
+
+def _real_images(split: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  src = _source(split)
   rng = np.random.default_rng([seed, 0 if split == "train" else 1])
   idx = np.sort(rng.choice(src.num_examples, min(n, src.num_examples), replace=False))
   x, y = src.read(idx)
