@@ -259,17 +259,24 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
                      "use t_eps > 0, e.g. 1e-5")
 
   x0 = jnp.asarray(x0)
-  k_t, k_eps = jax.random.split(key)
-  t = sample_times(k_t, indices, time_sampling, t_min=t_eps, global_batch_size=gbs,
-                   schedule=schedule, p_mean=p_mean, p_std=p_std)
-  eps = example_normal(k_eps, indices, x0.shape[1:], x0.dtype)
-  alpha, sigma = schedule.alpha_sigma(t)
-  x_t = bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
+  t, eps, alpha, sigma, x_t = _noised(schedule, x0, key, indices, time_sampling, t_eps, gbs, p_mean,
+                                      p_std)
   out, _ = model_output(model_fn, params, x_t, t, cond, x0.shape, learned_variance)
   tgt = target(parametrization, x0, eps, x_t, alpha, sigma)
   w = loss_weight(schedule, t, parametrization, weighting, min_snr_gamma=min_snr_gamma,
                   sigma_data=sigma_data)
   return w * mean_flat(jnp.square(out - tgt))
+
+
+def _noised(schedule: Schedule, x0, key, indices, time_sampling, t_eps, gbs, p_mean, p_std):
+  """Per-example ``t`` and ``eps`` from keys folded with ``indices``, and ``x_t = alpha x0 + sigma eps``
+  (Ho et al. 2020, eq. 4): the draw shared by the denoising and the noisy-classifier losses."""
+  k_t, k_eps = jax.random.split(key)
+  t = sample_times(k_t, indices, time_sampling, t_min=t_eps, global_batch_size=gbs,
+                   schedule=schedule, p_mean=p_mean, p_std=p_std)
+  eps = example_normal(k_eps, indices, x0.shape[1:], x0.dtype)
+  alpha, sigma = schedule.alpha_sigma(t)
+  return t, eps, alpha, sigma, bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
 
 
 def mean_loss(loss_fn: Callable[..., Any]) -> Callable[..., jnp.ndarray]:
@@ -318,12 +325,7 @@ def noisy_classifier_loss(logits_fn: Callable, params, schedule: Schedule, x0, l
   indices, gbs = resolve_indices(batch, indices, global_batch_size,
                                  time_sampling == "low_discrepancy")
   x0 = jnp.asarray(x0)
-  k_t, k_eps = jax.random.split(key)
-  t = sample_times(k_t, indices, time_sampling, t_min=t_eps, global_batch_size=gbs,
-                   schedule=schedule, p_mean=p_mean, p_std=p_std)
-  eps = example_normal(k_eps, indices, x0.shape[1:], x0.dtype)
-  alpha, sigma = schedule.alpha_sigma(t)
-  x_t = bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
+  t, _, _, _, x_t = _noised(schedule, x0, key, indices, time_sampling, t_eps, gbs, p_mean, p_std)
   logits = logits_fn(params, x_t, t)
   if np.ndim(logits) != 2 or np.shape(logits)[0] != batch:
     raise ValueError(f"logits_fn must return logits of shape [batch, K]=({batch}, K), got "
