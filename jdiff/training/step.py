@@ -67,8 +67,6 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
                      "weighting='simple' and a parametrization other than 'edm'")
   if weighting == "edm":
     loss_kwargs.setdefault("sigma_data", sigma_data)
-  if not 0.0 <= ema_decay < 1.0:
-    raise ValueError(f"training.ema_decay must be in [0, 1), got {ema_decay}")
   if not 0.0 <= cond_drop_prob <= 1.0:
     raise ValueError(f"training.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
   update = make_update(optimizer, ema_decay, ema_warmup)
@@ -109,6 +107,8 @@ def make_update(optimizer: optax.GradientTransformation, ema_decay: float = 0.99
   """``update(state, loss, grads) -> (state, metrics)`` with already averaged ``loss`` and ``grads``:
   the Optax update, the EMA of the parameters, and the guard that skips a non-finite update (shared
   by the diffusion and the classifier train steps)."""
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"training.ema_decay must be in [0, 1), got {ema_decay}")
 
   def update(state: TrainState, loss, grads):
     # One scalar test (any NaN/Inf makes the global norm non-finite); a per-leaf all() over the tree
@@ -160,8 +160,6 @@ def make_classifier_train_step(
   averaged with ``lax.pmean`` over ``axis_name``, then the same update, EMA and non-finite guard as
   the diffusion step. ``batch`` holds ``image``, ``label`` and ``index``; the metrics add ``accuracy``
   (on the noisy training inputs, averaged over t)."""
-  if not 0.0 <= ema_decay < 1.0:
-    raise ValueError(f"training.ema_decay must be in [0, 1), got {ema_decay}")
   update = make_update(optimizer, ema_decay, ema_warmup)
 
   def pmean(x):
