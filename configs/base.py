@@ -28,6 +28,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.dropout = 0.0
   m.embedding = "sinusoidal"   # or "fourier"
   m.learned_variance = False
+  m.dtype = "float32"          # compute dtype; "bfloat16" on GPU/TPU (params, loss, EMA stay float32)
 
   c.diffusion = f = ml_collections.ConfigDict()
   f.schedule = "linear"        # jdiff.SCHEDULES

@@ -19,7 +19,7 @@ def get_config():
   c.task = "classifier"
   c.model = ml_collections.ConfigDict(dict(
       name="classifier", ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
-      dropout=0.0, embedding="sinusoidal"))
+      dropout=0.0, embedding="sinusoidal", dtype="float32"))
   c.data.batch_size = 64
   c.training.num_steps = 6000
   c.training.conditional = False  # the classifier reads the labels as targets, not as a condition

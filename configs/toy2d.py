@@ -12,6 +12,7 @@ def get_config():
   c.model.num_blocks = 3
   c.model.embedding = "sinusoidal"
   c.model.learned_variance = False
+  c.model.dtype = "float32"
   c.diffusion.schedule = "cosine"
   # v-prediction: x0 = alpha x - sigma v needs no division by alpha, which is ~5e-5 at t=1 on the
   # cosine schedule, where eps-prediction errors are amplified (Salimans & Ho 2022, Sec. 4).

@@ -183,6 +183,8 @@ CASES = [
          "config.training.cond_drop_prob must be a number in [0, 1], got 2.0"),
     Case("train_negative_learning_rate", "train.py", ["--config.optim.lr=-0.001"],
          "config.optim.lr must be a number > 0, got -0.001"),
+    Case("train_integer_model_dtype", "train.py", ["--config.model.dtype=int8"],
+         "dtype must be a floating dtype such as jnp.float32 or jnp.bfloat16, got 'int8'"),
     Case("train_unknown_sampler", "train.py", ["--config.sampling.sampler=dpm"],
          "unknown sampler 'dpm'; valid samplers are"),
     Case("train_sampler_schedule_mismatch", "train.py", ["--config.sampling.sampler=langevin"],

@@ -1,0 +1,281 @@
+"""Train-step (and sampling) throughput of the DDPM CIFAR-10 U-Net on an accelerator, with MFU.
+
+The DDPM paper trained its 35.7M-parameter CIFAR-10 U-Net at batch 128 at about 21 steps/s on a TPU v3-8
+(Ho et al. 2020, App. B: 10.6 h for 800k steps). This script measures jdiff's train step for that model
+(``make_train_step``: eps-prediction with the simple loss, global-norm clipping, AdamW, EMA, the
+non-finite guard; the state donated) on the default JAX backend, in float32 and in bfloat16 compute
+(``UNet(dtype=bfloat16)``: parameters, optimizer state, the loss and the EMA stay float32).
+
+Reported per dtype:
+
+* steps/s and images/s: the median over timed blocks of ``--block-steps`` steps (dispatched
+  asynchronously, one ``block_until_ready`` per block, as a training loop runs);
+* compile time (``lower`` + ``compile``) and XLA's memory analysis of the compiled step;
+* **model FLOPs per step** from XLA's cost analysis of the *lowered* (unoptimized) step, i.e. the
+  arithmetic the model needs, not what XLA may recompute; and the compiled program's own count;
+* **MFU**: achieved model FLOP/s over the chip's dense peak for that compute type (datasheet: H100/H200
+  SXM bf16 989 TFLOP/s; float32 matmuls and convolutions run as TF32 on the tensor cores under JAX's
+  default precision, peak 495), and over the ceiling measured in the same run (an 8192^3 matmul at the
+  same precision).
+
+With ``--sample``, also images/s of sample.py's pmapped sampling program (DDIM, ``--sample-steps``) at
+the same batch, per dtype.
+
+Usage::
+
+  python bench/accel_throughput.py                      # batch 128, float32 and bfloat16
+  python bench/accel_throughput.py --sample             # plus DDIM-50 sampling
+  python bench/accel_throughput.py --tiny --batch 4     # a smoke test of the script on a CPU
+
+Writes ``bench/out/accel_throughput.json`` (``--out`` to change) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+DDPM = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
+TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.1)
+DDPM_PAPER_STEPS_PER_S = 21.0  # Ho et al. 2020, App. B (TPU v3-8, batch 128)
+
+# Dense peak TFLOP/s by device kind (vendor datasheets, SXM parts): (bf16, tf32).
+PEAKS = {"H100": (989.4, 494.7), "H200": (989.4, 494.7), "A100": (312.0, 156.0)}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--blocks", type=int, default=5, help="timed blocks per measurement")
+  p.add_argument("--block-steps", type=int, default=20, help="steps per timed block")
+  p.add_argument("--sample", action="store_true", help="also time DDIM sampling at the same batch")
+  p.add_argument("--sample-steps", type=int, default=50)
+  p.add_argument("--tiny", action="store_true", help="a tiny U-Net (smoke test of this script)")
+  p.add_argument("--budget-s", type=float, default=0.0,
+                 help="skip optional measurements (sampling) once this many seconds have passed (0: none)")
+  p.add_argument("--out", default=os.path.join(HERE, "out", "accel_throughput.json"))
+  a = p.parse_args(argv)
+  a.dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
+  bad = [d for d in a.dtypes if d not in ("float32", "bfloat16")]
+  if bad or not a.dtypes:
+    p.error(f"--dtypes takes float32 and/or bfloat16, got {bad or a.dtypes}")
+  if a.batch < 1 or a.blocks < 1 or a.block_steps < 1:
+    p.error("--batch, --blocks and --block-steps must be >= 1")
+  return a
+
+
+def _flops(analysis) -> float:
+  """The 'flops' entry of a cost analysis (a dict, or a list of one dict in older JAX)."""
+  if analysis is None:
+    return float("nan")
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float(analysis.get("flops", float("nan")))
+
+
+def _peak(device_kind: str):
+  for key, v in PEAKS.items():
+    if key in device_kind:
+      return v
+  return (float("nan"), float("nan"))
+
+
+def matmul_ceiling(dtype, n: int = 8192, reps: int = 10) -> float:
+  """Measured TFLOP/s of an n^3 matmul in ``dtype`` at JAX's default precision."""
+  import jax
+  import jax.numpy as jnp
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(k1, (n, n), dtype)
+  b = jax.random.normal(k2, (n, n), dtype)
+  f = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(f(a, b))
+  jax.block_until_ready(f(a, b))
+  t0 = time.perf_counter()
+  for _ in range(reps):
+    out = f(a, b)
+  jax.block_until_ready(out)
+  return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def time_blocks(run_block, blocks: int) -> list:
+  times = []
+  for _ in range(blocks):
+    t0 = time.perf_counter()
+    run_block()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def measure_train(args, dtype_name: str) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import numpy as np
+
+  import jdiff.models
+  from jdiff.schedules import LinearSchedule
+  from jdiff.training.state import create_state, make_optimizer
+  from jdiff.training.step import make_train_step
+
+  dtype = jnp.dtype(dtype_name)
+  size = 32
+  model = jdiff.models.create("unet", dtype=dtype, **(TINY if args.tiny else DDPM))
+  init, apply = jdiff.models.functional(model)
+  shape = (args.batch, size, size, 3)
+  params = init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32), jnp.zeros((1,)))
+  cfg = ml_collections.ConfigDict(dict(optimizer="adamw", lr=2e-4, warmup_steps=0, decay="constant",
+                                       grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
+  opt = make_optimizer(cfg, total_steps=800_000)
+  step = make_train_step(apply, LinearSchedule(), opt, parametrization_name="eps", axis_name=None,
+                         global_batch_size=args.batch, ema_decay=0.9999)
+  state = create_state(params, opt, 0)
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.uniform(-1, 1, shape), jnp.float32),
+           "index": jnp.arange(args.batch, dtype=jnp.int32)}
+  jitted = jax.jit(step, donate_argnums=(0,))
+  t0 = time.perf_counter()
+  lowered = jitted.lower(state, batch)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  model_flops, flops_source = _flops(lowered.cost_analysis()), "lowered"
+  if model_flops != model_flops:  # some backends (GPU) give no analysis of the unoptimized program:
+    # the same program lowered for the CPU has the same arithmetic
+    model_flops = _flops(jitted.trace(state, batch).lower(lowering_platforms=("cpu",)).cost_analysis())
+    flops_source = "lowered for cpu"
+  compiled_flops = _flops(compiled.cost_analysis())
+  mem = compiled.memory_analysis()
+  peak_mb = None
+  if mem is not None:
+    peak_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+               + mem.temp_size_in_bytes) / 2 ** 20
+  holder = {"state": state}
+
+  def one_block(n=args.block_steps):
+    s = holder["state"]
+    for _ in range(n):
+      s, metrics = compiled(s, batch)
+    holder["state"] = s
+    holder["loss"] = float(jax.block_until_ready(metrics["loss"]))
+
+  t3 = time.perf_counter()
+  one_block(2)  # first executions (allocation, autotuned kernels' first use)
+  first_s = time.perf_counter() - t3
+  times = time_blocks(one_block, args.blocks)
+  per_step = statistics.median(times) / args.block_steps
+  skipped = int(jax.device_get(holder["state"].skipped))
+  return {"dtype": dtype_name, "num_params": jdiff.models.count_params(params),
+          "lower_s": t1 - t0, "compile_s": t2 - t1, "first_steps_s": first_s,
+          "step_s": per_step, "steps_per_s": 1.0 / per_step, "images_per_s": args.batch / per_step,
+          "block_times_s": times, "model_flops_per_step": model_flops, "model_flops_source": flops_source,
+          "compiled_flops_per_step": compiled_flops, "peak_memory_mb": peak_mb,
+          "final_loss": holder["loss"], "skipped_updates": skipped}
+
+
+def measure_sampling(args, dtype_name: str) -> dict:
+  import jax
+  import numpy as np
+
+  from configs import base
+  from jdiff import grids, models
+  from jdiff.training import generate, loop
+  from jdiff.training.restore import Restored
+
+  c = base.get_base_config()
+  for k, v in (TINY if args.tiny else DDPM).items():
+    c.model[k] = v
+  c.model.dtype = dtype_name
+  model = loop.build_model(c, (32, 32, 3), 0)
+  params = model.init_params()
+  model_fn, param = model.model_fn()
+  restored = Restored(config=c, workdir="", checkpoint_dir="", step=0, which="random", params=params,
+                      meta={}, model=model, model_fn=model_fn, parametrization=param)
+  s = generate.Settings(num=args.batch, sampler="ddim", steps=args.sample_steps, grid="uniform_t")
+  sampler = generate.get_sampler(s, restored)
+  prog = generate.Program(restored, sampler, args.sample_steps)
+  indices = np.arange(args.batch, dtype=np.int32)
+  ts = np.asarray(grids.uniform_t(args.sample_steps), np.float32)
+  hp = generate.check_for_model(s, restored)
+  t0 = time.perf_counter()
+  prog.compile(prog._args(indices, 0, ts, None, None, hp))
+  compile_s = time.perf_counter() - t0
+  prog(indices, 0, ts, None, None, hp)  # first execution
+  times = time_blocks(lambda: prog(indices, 0, ts, None, None, hp), max(2, args.blocks // 2))
+  x, nfe, _ = prog(indices, 0, ts, None, None, hp)
+  per_batch = statistics.median(times)
+  return {"dtype": dtype_name, "sampler": "ddim", "steps": args.sample_steps, "nfe": int(nfe),
+          "compile_s": compile_s, "batch_s": per_batch, "images_per_s": args.batch / per_batch,
+          "nfe_per_s": nfe / per_batch, "finite": bool(np.isfinite(x).all()),
+          "devices": len(jax.local_devices())}
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  start = time.perf_counter()
+  import jax
+  import jax.numpy as jnp
+  dev = jax.devices()[0]
+  kind = getattr(dev, "device_kind", str(dev))
+  info = {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": kind,
+          "devices": len(jax.devices()), "batch": args.batch, "model": "tiny" if args.tiny else "ddpm"}
+  print(json.dumps(info), flush=True)
+  peak_bf16, peak_tf32 = _peak(kind)
+  n = 1024 if args.tiny else 8192
+  ceilings = {"bfloat16": matmul_ceiling(jnp.bfloat16, n), "float32": matmul_ceiling(jnp.float32, n)}
+  print("measured matmul ceilings (TFLOP/s):", {k: round(v, 1) for k, v in ceilings.items()}, flush=True)
+  train = []
+  for d in args.dtypes:
+    r = measure_train(args, d)
+    peak = peak_bf16 if d == "bfloat16" else peak_tf32
+    achieved = r["model_flops_per_step"] * r["steps_per_s"] / 1e12
+    r.update(model_tflops=achieved, datasheet_peak_tflops=peak, mfu=achieved / peak,
+             measured_ceiling_tflops=ceilings[d], fraction_of_measured=achieved / ceilings[d])
+    train.append(r)
+    print(json.dumps(r), flush=True)
+  sampling = []
+  if args.sample:
+    for d in args.dtypes:
+      if args.budget_s and time.perf_counter() - start > args.budget_s:
+        print(f"skipping sampling in {d}: past the {args.budget_s:.0f} s budget", flush=True)
+        continue
+      r = measure_sampling(args, d)
+      sampling.append(r)
+      print(json.dumps(r), flush=True)
+
+  print(f"\nDDPM CIFAR-10 U-Net train step, batch {args.batch}, on {kind} "
+        f"(target: >= {DDPM_PAPER_STEPS_PER_S:.0f} steps/s)")
+  print("| dtype | params | steps/s | img/s | compile s | GFLOP/step (model) | TFLOP/s | MFU (datasheet) "
+        "| of measured matmul | peak MB |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  for r in train:
+    print(f"| {r['dtype']} | {r['num_params'] / 1e6:.2f}M | {r['steps_per_s']:.2f} | "
+          f"{r['images_per_s']:.0f} | {r['compile_s']:.1f} | {r['model_flops_per_step'] / 1e9:.0f} | "
+          f"{r['model_tflops']:.1f} | {100 * r['mfu']:.1f}% | {100 * r['fraction_of_measured']:.1f}% | "
+          f"{r['peak_memory_mb'] or float('nan'):.0f} |")
+  if sampling:
+    print(f"\nDDIM sampling ({args.sample_steps} steps), batch {args.batch}")
+    print("| dtype | img/s | NFE/s | compile s | finite |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in sampling:
+      print(f"| {r['dtype']} | {r['images_per_s']:.1f} | {r['nfe_per_s']:.1f} | {r['compile_s']:.1f} | "
+            f"{r['finite']} |")
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  tmp = args.out + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"info": info, "matmul_ceilings_tflops": ceilings, "train": train, "sampling": sampling},
+              f, indent=1)
+  os.replace(tmp, args.out)
+  print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
