@@ -70,6 +70,9 @@ flags.DEFINE_bool("allow_nonfinite", False, "Write samples that contain NaN or I
                   "values as they are in FILE.npz, a black-and-white checkerboard tile in the PNG, and "
                   "their indices under 'nonfinite' in FILE.json, with a warning.")
 flags.DEFINE_bool("debug", False, "Show the full traceback of user errors.")
+flags.DEFINE_integer("cpu_devices", 0, "Split this host's CPU into N JAX devices that pmap shards each "
+                     "batch over (0: one device; CPU runs only). On 2 cores, 2 devices train the default "
+                     "model about 1.5x faster than one.")
 FLAGS = flags.FLAGS
 
 
@@ -142,6 +145,8 @@ def _sha256(path):
 def _main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}; flags look like --num=16")
+  from jdiff.utils import cli
+  cli.set_cpu_devices(FLAGS.cpu_devices)  # before anything starts JAX's backends
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   import dataclasses

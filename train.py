@@ -22,6 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config name>).")
 flags.DEFINE_bool("debug", False, "Show the full traceback of user errors.")
+flags.DEFINE_integer("cpu_devices", 0, "Split this host's CPU into N JAX devices that pmap shards each "
+                     "batch over (0: one device; CPU runs only). On 2 cores, 2 devices train the default "
+                     "model about 1.5x faster than one.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (cluster auto-detection).")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for explicit multi-process.")
 flags.DEFINE_integer("num_processes", 1, "Number of processes (with --coordinator_address).")
@@ -32,9 +35,10 @@ FLAGS = flags.FLAGS
 def _main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}; flags look like --config.training.num_steps=10")
+  from jdiff.utils import cli
+  cli.set_cpu_devices(FLAGS.cpu_devices)  # before anything starts JAX's backends
   from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-  from jdiff.utils import cli
   cli.maybe_initialize_distributed(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
   from jdiff.training import loop

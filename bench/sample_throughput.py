@@ -89,6 +89,9 @@ def parse_args(argv=None):
   p.add_argument("--xla-flags", default="",
                  help="extra XLA_FLAGS for the jdiff worker (appended to the environment's), e.g. "
                       "--xla_cpu_experimental_ynn_fusion_type= (YNNPACK fusion off)")
+  p.add_argument("--cpu-devices", type=int, default=1,
+                 help="split the CPU into N JAX devices for jdiff (sample.py --cpu_devices=N): its sampling "
+                      "program shards each batch over them (the denoiser-call reference stays on one)")
   p.add_argument("--out", default=os.path.join(HERE, "out", "sample_throughput.json"))
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -116,7 +119,7 @@ def parse_args(argv=None):
   args.small_steps = args.small_steps or (5 if args.quick else 10)
   if args.quiet_wait is None:
     args.quiet_wait = 1.0 if args.quick else 3.0
-  for name in ("rounds", "ddpm_steps", "small_steps"):
+  for name in ("rounds", "ddpm_steps", "small_steps", "cpu_devices"):
     if getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')} must be >= 1")
   return args
@@ -156,7 +159,9 @@ class JdiffRunner:
                         parametrization=param)
     from jdiff import models
     self.info = {"num_params": models.count_params(params), "compile_s": {}}
-    dev = jax.local_devices()[:1]
+    dev = jax.local_devices()  # one unless --cpu-devices split the CPU
+    if batch % len(dev):
+      raise ValueError(f"batch {batch} does not divide over {len(dev)} devices")
     self.batch = batch
     self.indices = np.arange(batch, dtype=np.int32)
     self.programs, self.calls = {}, {}
@@ -416,6 +421,7 @@ def main(argv=None) -> int:
   info = {"platform": platform.platform(), "python": platform.python_version(),
           "cpu_count": os.cpu_count(), "quick": args.quick, "rounds": args.rounds,
           "xla_flags_env": os.environ.get("XLA_FLAGS", ""), "xla_flags_jdiff": args.xla_flags,
+          "cpu_devices": args.cpu_devices,
           "note": "images/s are for the full step count (50 DDIM / 20 DPM-Solver++ steps), from the time "
                   "per step of runs over the first `timed_steps` steps; NFE/call = (time per NFE in "
                   "the sampler) / (time of one jitted denoiser call), target <= 1.05: median over "
@@ -428,7 +434,10 @@ def main(argv=None) -> int:
     plan = {s: timed_steps(case, s, args) for s in args.samplers}
     workers = {}
     try:
-      workers["jdiff"] = Worker("jdiff", case, args.xla_flags)
+      flags = args.xla_flags
+      if args.cpu_devices > 1:
+        flags = f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}".strip()
+      workers["jdiff"] = Worker("jdiff", case, flags)
       if with_torch:
         workers["diffusers"] = Worker("diffusers", case)
       for k, w in workers.items():

@@ -280,3 +280,18 @@ def test_failure_while_sampling_or_writing_leaves_nothing(mlp_wd, tmp_path, monk
   with pytest.raises(OSError):
     _main([f"--workdir={mlp_wd}", "--num=2", "--sampler=ddim", "--steps=2", f"--out={out / 's.png'}"])
   assert os.listdir(out) == []
+
+
+def test_cpu_devices_flag_samples_the_same_over_two_host_devices(mlp_wd, tmp_path):
+  """sample.py --cpu_devices=2 shards each batch over two CPU devices: same samples as one device
+  (same noise per sample index; the MLP's kernels may round differently per batch layout)."""
+  for n in (1, 2):
+    r = _subprocess([f"--workdir={mlp_wd}", f"--cpu_devices={n}", "--num=6", "--sampler=ddim",
+                     "--steps=4", f"--out={tmp_path / f'd{n}'}"], timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+  with np.load(tmp_path / "d1.npz") as a, np.load(tmp_path / "d2.npz") as b:
+    np.testing.assert_allclose(b["samples"], a["samples"], atol=1e-5)
+  r = _subprocess([f"--workdir={mlp_wd}", "--cpu_devices=-2", f"--out={tmp_path / 'x' / 's'}"],
+                  timeout=60)
+  assert r.returncode == 2 and "--cpu_devices must be an integer >= 0" in r.stderr
+  assert not (tmp_path / "x").exists()

@@ -251,6 +251,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> Trai
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(c.to_json_best_effort(indent=2))
   step = int(state.step)
+  if is_main:
+    log(f"training on {jax.device_count()} {jax.default_backend()} device(s) in {jax.process_count()} "
+        f"process(es), {c.data.batch_size // jax.device_count()} examples per device")
 
   p_step = jax.pmap(train_step, axis_name="data", donate_argnums=(0,))
   rstate = replicate(state)

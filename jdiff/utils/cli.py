@@ -21,6 +21,23 @@ def run_main(main, argv, debug: bool) -> int:
     return 2
 
 
+def set_cpu_devices(n) -> None:
+  """``jax_num_cpu_devices = n`` (n >= 1) before JAX starts its backends; 0 leaves JAX's default.
+
+  Data-parallel shards on one CPU keep more cores busy than one program whose small kernels XLA runs
+  on fewer threads (bench/README.md). Per-example noise and t depend on the global example index,
+  not on the device, so results match the 1-device run up to float32 reduction order."""
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    raise ValueError(f"--cpu_devices must be an integer >= 0 (0: one CPU device), got {n!r}")
+  if n == 0:
+    return
+  import jax
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError as e:  # JAX already started its backends in this process
+    raise ValueError(f"--cpu_devices={n} must be set before JAX runs anything ({e})") from None
+
+
 def maybe_initialize_distributed(multihost: bool, coordinator_address: str, num_processes: int,
                                  process_id: int) -> None:
   """``jax.distributed.initialize`` when asked by flag, by explicit coordinator flags, or by the usual
