@@ -55,9 +55,7 @@ flags.DEFINE_integer("bpd_vlb_repeats", 4, "VLB: Monte-Carlo draws (time, noise)
 flags.DEFINE_string("out", None, "Output JSON path.")
 flags.DEFINE_bool("progress", True, "Show a progress bar over sampling batches.")
 flags.DEFINE_bool("debug", False, "Show the full traceback of user errors.")
-flags.DEFINE_integer("cpu_devices", 0, "Split this host's CPU into N JAX devices that pmap shards each "
-                     "batch over (0: one device; CPU runs only). On 2 cores, 2 devices train the default "
-                     "model about 1.5x faster than one.")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N JAX devices for pmap (0: one; README: Training).")
 FLAGS = flags.FLAGS
 _MIN_SAMPLES = 4  # = jdiff.eval.model_eval.MIN_SAMPLES (not imported here: errors come before JAX loads)
 

@@ -70,9 +70,7 @@ flags.DEFINE_bool("allow_nonfinite", False, "Write samples that contain NaN or I
                   "values as they are in FILE.npz, a black-and-white checkerboard tile in the PNG, and "
                   "their indices under 'nonfinite' in FILE.json, with a warning.")
 flags.DEFINE_bool("debug", False, "Show the full traceback of user errors.")
-flags.DEFINE_integer("cpu_devices", 0, "Split this host's CPU into N JAX devices that pmap shards each "
-                     "batch over (0: one device; CPU runs only). On 2 cores, 2 devices train the default "
-                     "model about 1.5x faster than one.")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N JAX devices for pmap (0: one; README: Training).")
 FLAGS = flags.FLAGS
 
 

@@ -22,9 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config name>).")
 flags.DEFINE_bool("debug", False, "Show the full traceback of user errors.")
-flags.DEFINE_integer("cpu_devices", 0, "Split this host's CPU into N JAX devices that pmap shards each "
-                     "batch over (0: one device; CPU runs only). On 2 cores, 2 devices train the default "
-                     "model about 1.5x faster than one.")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N JAX devices for pmap (0: one; README: Training).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (cluster auto-detection).")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for explicit multi-process.")
 flags.DEFINE_integer("num_processes", 1, "Number of processes (with --coordinator_address).")

@@ -41,8 +41,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)  # the runners of train_throughput.py and sample_throughput.py
 
-DDPM = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
 TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.1)
 DDPM_PAPER_STEPS_PER_S = 21.0  # Ho et al. 2020, App. B (TPU v3-8, batch 128)
 
@@ -114,107 +114,56 @@ def time_blocks(run_block, blocks: int) -> list:
   return times
 
 
+def _model(args, dtype_name: str) -> dict:
+  import train_throughput
+  return dict(TINY if args.tiny else train_throughput.CASES["ddpm32"].model, dtype=dtype_name)
+
+
 def measure_train(args, dtype_name: str) -> dict:
+  """train_throughput.py's jdiff runner (the same step, compiled and run once), timed in asynchronous
+  blocks, with the model FLOPs of its unoptimized program."""
   import jax
-  import jax.numpy as jnp
-  import ml_collections
-  import numpy as np
 
-  import jdiff.models
-  from jdiff.schedules import LinearSchedule
-  from jdiff.training.state import create_state, make_optimizer
-  from jdiff.training.step import make_train_step
-
-  dtype = jnp.dtype(dtype_name)
-  size = 32
-  model = jdiff.models.create("unet", dtype=dtype, **(TINY if args.tiny else DDPM))
-  init, apply = jdiff.models.functional(model)
-  shape = (args.batch, size, size, 3)
-  params = init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32), jnp.zeros((1,)))
-  cfg = ml_collections.ConfigDict(dict(optimizer="adamw", lr=2e-4, warmup_steps=0, decay="constant",
-                                       grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
-  opt = make_optimizer(cfg, total_steps=800_000)
-  step = make_train_step(apply, LinearSchedule(), opt, parametrization_name="eps", axis_name=None,
-                         global_batch_size=args.batch, ema_decay=0.9999)
-  state = create_state(params, opt, 0)
-  rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.uniform(-1, 1, shape), jnp.float32),
-           "index": jnp.arange(args.batch, dtype=jnp.int32)}
-  jitted = jax.jit(step, donate_argnums=(0,))
-  t0 = time.perf_counter()
-  lowered = jitted.lower(state, batch)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
-  model_flops, flops_source = _flops(lowered.cost_analysis()), "lowered"
+  import train_throughput as T
+  r = T.JdiffRunner(T.Case("ddpm32", 32, 3, _model(args, dtype_name), 1.0), args.batch, T.Variant("accel"))
+  model_flops, flops_source = _flops(r.lowered.cost_analysis()), "lowered"
   if model_flops != model_flops:  # some backends (GPU) give no analysis of the unoptimized program:
     # the same program lowered for the CPU has the same arithmetic
-    model_flops = _flops(jitted.trace(state, batch).lower(lowering_platforms=("cpu",)).cost_analysis())
+    model_flops = _flops(r.jitted.trace(r.state, r.batch).lower(lowering_platforms=("cpu",)).cost_analysis())
     flops_source = "lowered for cpu"
-  compiled_flops = _flops(compiled.cost_analysis())
-  mem = compiled.memory_analysis()
-  peak_mb = None
-  if mem is not None:
-    peak_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-               + mem.temp_size_in_bytes) / 2 ** 20
-  holder = {"state": state}
+  out = {}
 
-  def one_block(n=args.block_steps):
-    s = holder["state"]
-    for _ in range(n):
-      s, metrics = compiled(s, batch)
-    holder["state"] = s
-    holder["loss"] = float(jax.block_until_ready(metrics["loss"]))
+  def one_block():
+    for _ in range(args.block_steps):
+      r.state, metrics = r.compiled(r.state, r.batch)
+    out["loss"] = float(jax.block_until_ready(metrics["loss"]))
 
-  t3 = time.perf_counter()
-  one_block(2)  # first executions (allocation, autotuned kernels' first use)
-  first_s = time.perf_counter() - t3
   times = time_blocks(one_block, args.blocks)
   per_step = statistics.median(times) / args.block_steps
-  skipped = int(jax.device_get(holder["state"].skipped))
-  return {"dtype": dtype_name, "num_params": jdiff.models.count_params(params),
-          "lower_s": t1 - t0, "compile_s": t2 - t1, "first_steps_s": first_s,
+  return {"dtype": dtype_name, "num_params": r.num_params, "lower_s": r.info["lower_s"],
+          "compile_s": r.info["compile_s"], "first_step_s": r.info["first_step_s"],
           "step_s": per_step, "steps_per_s": 1.0 / per_step, "images_per_s": args.batch / per_step,
           "block_times_s": times, "model_flops_per_step": model_flops, "model_flops_source": flops_source,
-          "compiled_flops_per_step": compiled_flops, "peak_memory_mb": peak_mb,
-          "final_loss": holder["loss"], "skipped_updates": skipped}
+          "compiled_flops_per_step": _flops(r.compiled.cost_analysis()),
+          "peak_memory_mb": r.info["memory"].get("peak_mb"), "final_loss": out["loss"],
+          "skipped_updates": int(jax.device_get(r.state.skipped))}
 
 
 def measure_sampling(args, dtype_name: str) -> dict:
+  """sample_throughput.py's jdiff runner (sample.py's pmapped program, random weights), timed."""
   import jax
-  import numpy as np
 
-  from configs import base
-  from jdiff import grids, models
-  from jdiff.training import generate, loop
-  from jdiff.training.restore import Restored
-
-  c = base.get_base_config()
-  for k, v in (TINY if args.tiny else DDPM).items():
-    c.model[k] = v
-  c.model.dtype = dtype_name
-  model = loop.build_model(c, (32, 32, 3), 0)
-  params = model.init_params()
-  model_fn, param = model.model_fn()
-  restored = Restored(config=c, workdir="", checkpoint_dir="", step=0, which="random", params=params,
-                      meta={}, model=model, model_fn=model_fn, parametrization=param)
-  s = generate.Settings(num=args.batch, sampler="ddim", steps=args.sample_steps, grid="uniform_t")
-  sampler = generate.get_sampler(s, restored)
-  prog = generate.Program(restored, sampler, args.sample_steps)
-  indices = np.arange(args.batch, dtype=np.int32)
-  ts = np.asarray(grids.uniform_t(args.sample_steps), np.float32)
-  hp = generate.check_for_model(s, restored)
-  t0 = time.perf_counter()
-  prog.compile(prog._args(indices, 0, ts, None, None, hp))
-  compile_s = time.perf_counter() - t0
-  prog(indices, 0, ts, None, None, hp)  # first execution
-  times = time_blocks(lambda: prog(indices, 0, ts, None, None, hp), max(2, args.blocks // 2))
-  x, nfe, _ = prog(indices, 0, ts, None, None, hp)
+  import sample_throughput as S
+  r = S.JdiffRunner(S.Case("ddpm32", 32, 3, _model(args, dtype_name), 1.0), args.batch,
+                    {"ddim": args.sample_steps})
+  results = []
+  times = time_blocks(lambda: results.append(r.run("ddim")), max(2, args.blocks // 2))
   per_batch = statistics.median(times)
+  nfe = results[-1]["nfe"]
   return {"dtype": dtype_name, "sampler": "ddim", "steps": args.sample_steps, "nfe": int(nfe),
-          "compile_s": compile_s, "batch_s": per_batch, "images_per_s": args.batch / per_batch,
-          "nfe_per_s": nfe / per_batch, "finite": bool(np.isfinite(x).all()),
-          "devices": len(jax.local_devices())}
+          "compile_s": r.info["compile_s"]["ddim"], "batch_s": per_batch,
+          "images_per_s": args.batch / per_batch, "nfe_per_s": nfe / per_batch,
+          "finite": all(x["finite"] for x in results), "devices": len(jax.local_devices())}
 
 
 def main(argv=None) -> int:

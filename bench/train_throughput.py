@@ -191,6 +191,7 @@ class JdiffRunner:
     t1 = time.perf_counter()
     self.compiled = lowered.compile()
     t2 = time.perf_counter()
+    self.jitted, self.lowered = jitted, lowered  # for callers that analyse the program
     self.info = {"num_params": self.num_params, "lower_s": t1 - t0, "compile_s": t2 - t1,
                  "memory": self._memory_analysis()}
     t0 = time.perf_counter()
