@@ -5,7 +5,7 @@ parametrizations, losses, likelihood bounds, samplers, guidance. Flax denoisers 
 ``jdiff.models``, training in ``jdiff.training``, data in ``jdiff.data``, evaluation in ``jdiff.eval``
 (import those explicitly; the core does not import Flax, Optax, orbax or TFDS).
 """
-from jdiff import (editing, grids, guidance, likelihood, losses, noising, ode, ode_likelihood,
+from jdiff import (editing, grids, guidance, keys, likelihood, losses, noising, ode, ode_likelihood,
                    parametrization, samplers, sampling, schedules, toy)
 from jdiff.grids import GRIDS, get_grid
 from jdiff.guidance import (classifier_free, classifier_guidance, classifier_log_prob, clip_x0,
@@ -16,8 +16,8 @@ from jdiff.losses import denoising_loss, loss_weight, noisy_classifier_loss, sam
 from jdiff.noising import add_noise, posterior, posterior_coefficients
 from jdiff.parametrization import (PARAMETRIZATIONS, Prediction, edm_coefficients, edm_precondition,
                                    from_x0_eps, make_denoiser, to_x0_eps)
-from jdiff.samplers import SAMPLERS, Sampler, SampleOutput, get_sampler
-from jdiff.sampling import SAMPLER_NAMES, initial_noise, make_sample_fn, sample
+from jdiff.samplers import Sampler, SampleOutput
+from jdiff.sampling import SAMPLER_NAMES, SAMPLERS, get_sampler, initial_noise, make_sample_fn, sample
 from jdiff.schedules import (SCHEDULES, CosineSchedule, EDMSchedule, LinearSchedule, Schedule,
                              SigmoidSchedule, VESchedule, VPSDESchedule, get_schedule)
 

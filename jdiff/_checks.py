@@ -5,6 +5,7 @@ before tracing and cost nothing inside ``jit``.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Iterable
 
@@ -57,9 +58,7 @@ def check_batch_t(x, t, xname: str = "x", tname: str = "t") -> None:
 
 
 def positive_int(v, name: str) -> int:
-  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-    raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-  return int(v)
+  return int_at_least(v, name, 1)
 
 
 def check_key(key, name: str = "key") -> None:
@@ -96,3 +95,41 @@ def load_arrays(path, what: str = "file") -> dict:
       raise ValueError(f"{what} {path} is not a .npy/.npz array file (a pickle or another format); "
                        f"{PICKLE_REFUSED}") from None
     raise
+
+
+def check_cond(cond, batch: int, name: str = "cond") -> None:
+  """Every array leaf of ``cond`` with a leading axis must have ``batch`` rows (scalars are allowed)."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
+    shape = np.shape(leaf)
+    if len(shape) >= 1 and shape[0] != batch:
+      raise ValueError(f"{name}{jax.tree_util.keystr(path)} has leading dimension {shape[0]} but the "
+                       f"batch has {batch} examples; give every conditioning array a leading batch axis")
+
+
+def check_data(x0, name: str = "x0") -> int:
+  """``x0`` is a float array ``[batch, ...]``; returns the batch size."""
+  check_float(x0, name)
+  if np.ndim(x0) < 1 or np.shape(x0)[0] < 1:
+    raise ValueError(f"{name} must have a leading batch axis, got shape {np.shape(x0)}")
+  check_finite(x0, name)
+  return int(np.shape(x0)[0])
+
+
+def check_time_bound(t_eps, name: str) -> float:
+  if not (isinstance(t_eps, (int, float)) and 0.0 <= t_eps < 1.0 and math.isfinite(t_eps)):
+    raise ValueError(f"{name} must be a number in [0, 1) (times are clipped into [{name}, 1]), "
+                     f"got {t_eps!r}")
+  return float(t_eps)
+
+
+def logsnr_is_finite(schedule, t: float) -> bool:
+  """Whether ``schedule.logsnr(t)`` is finite, evaluated eagerly (also while tracing)."""
+  with jax.ensure_compile_time_eval():
+    return bool(np.isfinite(np.asarray(schedule.logsnr(np.float32(t)))))
+
+
+def int_at_least(v, name: str, lo: int) -> int:
+  """``v`` as an int, refused unless it is an integer (not a bool) ``>= lo``."""
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+    raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+  return int(v)

@@ -19,10 +19,11 @@ is 1 where the input is known (kept) and 0 where it is generated (values in betw
   again, ``resample - 1`` times, which lets the two regions harmonise. A multistep sampler (DPM-Solver++)
   restarts its history after each jump.
 
-Randomness follows ``jdiff.sampling``: the SDEdit noise of example ``i`` is ``fold_in(key, i)`` (the
-``eps`` of ``initial_noise``); the ``n``-th transition of the loop uses the per-step keys
-``fold_in(fold_in(key, i), n)`` (the driver's keys when there are no jumps) and derives the known-region
-and jump noise from them with their own salts, so an example never depends on its batch.
+All three run through the one sampling driver (``jdiff.sampling.sample``): inpainting is its
+``after_step`` hook, RePaint its ``walk`` with jumps back up the grid. Randomness follows it: the SDEdit
+noise of example ``i`` is ``fold_in(key, i)`` (the ``eps`` of ``initial_noise``); the ``n``-th transition
+uses the per-step keys ``fold_in(fold_in(key, i), n)`` and the known-region and jump noise are derived
+from them with their own salts, so an example never depends on its batch.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from jdiff import _checks
 from jdiff import grids
 from jdiff import sampling
 from jdiff import samplers as samplers_lib
+from jdiff.keys import check_indices, normal_like, per_example_keys
 from jdiff.samplers import SampleOutput
 from jdiff.schedules import Schedule
 
@@ -104,7 +106,7 @@ def noised_input(key, indices, x_known, schedule: Schedule, t):
   """SDEdit's start ``alpha_t x_known + sigma_t eps`` with ``eps`` of example ``i`` from
   ``fold_in(key, i)`` (the same ``eps`` as ``sampling.initial_noise``)."""
   x_known = jnp.asarray(x_known, jnp.float32)
-  keys = sampling.per_example_keys(key, indices)
+  keys = per_example_keys(key, indices)
   eps = jax.vmap(lambda k: jax.random.normal(k, x_known.shape[1:], jnp.float32))(keys)
   c = samplers_lib.coefs(schedule, t)
   return c.alpha * x_known + c.sigma * eps
@@ -120,7 +122,7 @@ def edit(sampler, denoise, schedule: Schedule, x_known, ts, key, *, mask=None, i
   """SDEdit / inpainting / RePaint from ``x_known`` over the grid ``ts`` (its first time is the strength).
 
   Args:
-    sampler: a ``Sampler`` or a name for ``samplers.get_sampler``.
+    sampler: a ``Sampler`` or a name for ``sampling.get_sampler``.
     denoise: ``denoise(x, t) -> Prediction``.
     schedule: the noise schedule.
     x_known: ``[batch, ...]`` inputs (the data space of the model, e.g. images in [-1, 1]).
@@ -135,19 +137,14 @@ def edit(sampler, denoise, schedule: Schedule, x_known, ts, key, *, mask=None, i
   Returns ``SampleOutput(x, nfe)``; with a mask the known region of ``x`` equals ``x_known`` blended by
   the mask (exactly ``x_known`` where ``mask = 1``).
   """
-  if isinstance(sampler, str):
-    sampler = samplers_lib.get_sampler(sampler)
   _checks.check_float(x_known, "x_known")
   if np.ndim(x_known) < 1:
     raise ValueError(f"x_known must have a leading batch axis, got shape {np.shape(x_known)}")
   _checks.check_finite(x_known, "x_known")
   grids.check_grid(ts)
-  sampling.check_sampler_schedule(sampler, schedule)
   batch = np.shape(x_known)[0]
-  indices = (jnp.arange(batch, dtype=jnp.int32) if indices is None
-             else sampling._check_indices(indices, batch))
-  steps = np.shape(ts)[0] - 1
-  rows = repaint_transitions(steps, resample, jump_length)
+  indices = jnp.arange(batch, dtype=jnp.int32) if indices is None else check_indices(indices, batch)
+  walk = repaint_transitions(np.shape(ts)[0] - 1, resample, jump_length)
   if mask is None and resample > 1:
     raise ValueError("RePaint resampling (resample > 1) needs a mask of the known region")
   if mask is not None:
@@ -158,47 +155,19 @@ def edit(sampler, denoise, schedule: Schedule, x_known, ts, key, *, mask=None, i
   if mask is None:
     return sampling.sample(sampler, denoise, schedule, x_init, ts, key, indices=indices,
                            final_denoise=final_denoise, **hparams)
-
   mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), x_known.shape)
-  hp = sampling.resolve_hparams(sampler, hparams)
-  hp["num_steps"] = jnp.float32(steps)
-  keys = sampling.per_example_keys(key, indices)
 
-  def noise(step_keys, salt):
-    return samplers_lib.normal_like(step_keys, x_known, salt)
-
-  def descend(state, n, k_from, k_to, step_keys):
-    t, t_next = ts[k_from], ts[k_to]
-    state, nfe = sampler.step(denoise, schedule, state, k_from, t, t_next, step_keys, hp)
+  def replace_known(x, t_next, step_keys):
     c = samplers_lib.coefs(schedule, t_next)
-    known = c.alpha * x_known + c.sigma * noise(step_keys, _KNOWN_SALT)
-    return state._replace(x=_blend(mask, known, state.x)), nfe
+    return _blend(mask, c.alpha * x_known + c.sigma * normal_like(step_keys, x, _KNOWN_SALT), x)
 
-  def jump(state, n, k_from, k_to, step_keys):
-    cs, cu = samplers_lib.coefs(schedule, ts[k_from]), samplers_lib.coefs(schedule, ts[k_to])
+  def jump(x, t_from, t_to, step_keys):
+    cs, cu = samplers_lib.coefs(schedule, t_from), samplers_lib.coefs(schedule, t_to)
     a = cu.alpha / cs.alpha
     s = jnp.sqrt(jnp.maximum(cu.sigma ** 2 - (a * cs.sigma) ** 2, 0.0))
-    x = a * state.x + s * noise(step_keys, _JUMP_SALT)
-    return sampler.init(x), jnp.int32(0)
+    return a * x + s * normal_like(step_keys, x, _JUMP_SALT)
 
-  has_jumps = bool(np.any(rows[:, 1] < rows[:, 0]))
-
-  def body(carry, inputs):
-    state, nfe = carry
-    n, k_from, k_to = inputs
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, n))(keys)
-    args = (state, n, k_from, k_to, step_keys)
-    if has_jumps:
-      state, c = jax.lax.cond(k_to < k_from, lambda a: jump(*a), lambda a: descend(*a), args)
-    else:
-      state, c = descend(*args)
-    return (state, nfe + c), None
-
-  carry = (sampler.init(x_init), jnp.int32(0))
-  xs = (jnp.arange(rows.shape[0], dtype=jnp.int32), jnp.asarray(rows[:, 0]), jnp.asarray(rows[:, 1]))
-  (state, nfe), _ = jax.lax.scan(body, carry, xs)
-  x = state.x
-  if (final_denoise is None or final_denoise) and not grids.reaches_zero_noise(schedule):
-    x = denoise(x, ts[-1]).x0
-    nfe = nfe + 1
-  return SampleOutput(_blend(mask, x_known, x), nfe)
+  out = sampling.sample(sampler, denoise, schedule, x_init, ts, key, indices=indices,
+                        final_denoise=final_denoise, walk=walk, after_step=replace_known, jump=jump,
+                        **hparams)
+  return SampleOutput(_blend(mask, x_known, out.x), out.nfe)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import _checks
-from jdiff.losses import check_cond
+from jdiff._checks import check_cond
 from jdiff.noising import bcast
 from jdiff.parametrization import ModelFn, Prediction, broadcast_t, make_denoiser
 from jdiff.schedules import Schedule

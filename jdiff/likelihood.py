@@ -22,8 +22,9 @@ import numpy as np
 from jax.scipy.special import log_ndtr
 
 from jdiff import _checks
-from jdiff.losses import (check_cond, check_data, check_time_bound, example_keys, example_normal,
-                          logsnr_is_finite, mean_flat, model_output, resolve_indices, sample_times)
+from jdiff._checks import check_cond, check_data, check_time_bound, logsnr_is_finite
+from jdiff.keys import example_normal, per_example_keys, resolve_indices
+from jdiff.losses import mean_flat, model_output, sample_times
 from jdiff.noising import bcast, posterior_coefficients
 from jdiff.parametrization import ModelFn, check_parametrization, target, to_x0_eps
 from jdiff.schedules import Schedule
@@ -274,7 +275,7 @@ def discrete_vlb(model_fn: ModelFn, params, schedule: Schedule, x0, key, num_ste
     return _step_terms(schedule, num_steps, i, x0, x0_hat, v, variance, decoder, clip_x0)
 
   if estimator == "exact":
-    keys = example_keys(key, indices)
+    keys = per_example_keys(key, indices)
 
     def body(carry, i):
       eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x0.shape[1:],
@@ -287,7 +288,7 @@ def discrete_vlb(model_fn: ModelFn, params, schedule: Schedule, x0, key, num_ste
     recon = recons[-1]
   else:
     k_i, k_eps = jax.random.split(key)
-    i = jax.vmap(lambda k: jax.random.randint(k, (), 1, num_steps + 1))(example_keys(k_i, indices))
+    i = jax.vmap(lambda k: jax.random.randint(k, (), 1, num_steps + 1))(per_example_keys(k_i, indices))
     val = num_steps * term(i, example_normal(k_eps, indices, x0.shape[1:], x0.dtype))
     diffusion, recon = jnp.where(i == 1, 0.0, val), jnp.where(i == 1, val, 0.0)
   prior = _prior_kl(schedule, x0, prior_std)
@@ -314,7 +315,7 @@ def hybrid_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, num_step
   indices, _ = resolve_indices(batch, indices, None, False)
   x0 = jnp.asarray(x0)
   k_i, k_eps = jax.random.split(key)
-  i = jax.vmap(lambda k: jax.random.randint(k, (), 1, num_steps + 1))(example_keys(k_i, indices))
+  i = jax.vmap(lambda k: jax.random.randint(k, (), 1, num_steps + 1))(per_example_keys(k_i, indices))
   eps = example_normal(k_eps, indices, x0.shape[1:], x0.dtype)
   x_t, alpha, sigma, out, v = _predict_step(model_fn, params, schedule, parametrization, x0, eps, i,
                                             num_steps, cond, True)

@@ -27,78 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import _checks
+from jdiff._checks import check_cond, check_data, check_time_bound, logsnr_is_finite
+from jdiff.keys import example_normal, per_example_keys, resolve_indices
 from jdiff.noising import bcast
 from jdiff.parametrization import ModelFn, check_parametrization, target
 from jdiff.schedules import Schedule
 
 WEIGHTINGS = ("simple", "snr", "min_snr", "edm")
 TIME_SAMPLINGS = ("uniform", "low_discrepancy", "lognormal")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Validation and per-example randomness (shared with jdiff.likelihood and jdiff.guidance)
-# ----------------------------------------------------------------------------------------------------
-
-
-def check_cond(cond, batch: int, name: str = "cond") -> None:
-  """Every array leaf of ``cond`` with a leading axis must have ``batch`` rows (scalars are allowed)."""
-  for path, leaf in jax.tree_util.tree_leaves_with_path(cond):
-    shape = np.shape(leaf)
-    if len(shape) >= 1 and shape[0] != batch:
-      raise ValueError(f"{name}{jax.tree_util.keystr(path)} has leading dimension {shape[0]} but the "
-                       f"batch has {batch} examples; give every conditioning array a leading batch axis")
-
-
-def check_data(x0, name: str = "x0") -> int:
-  """``x0`` is a float array ``[batch, ...]``; returns the batch size."""
-  _checks.check_float(x0, name)
-  if np.ndim(x0) < 1 or np.shape(x0)[0] < 1:
-    raise ValueError(f"{name} must have a leading batch axis, got shape {np.shape(x0)}")
-  _checks.check_finite(x0, name)
-  return int(np.shape(x0)[0])
-
-
-def resolve_indices(batch: int, indices, global_batch_size: Optional[int], need_global: bool):
-  """Default ``indices = arange(batch)`` and ``global_batch_size = batch``, validated."""
-  if indices is None:
-    indices = jnp.arange(batch, dtype=jnp.int32)
-  else:
-    if np.shape(indices) != (batch,):
-      raise ValueError(f"indices must have shape [batch]=({batch},) (the global index of each "
-                       f"example), got shape {np.shape(indices)}")
-    dtype = indices.dtype if hasattr(indices, "dtype") else np.asarray(indices).dtype
-    if not np.issubdtype(np.dtype(dtype), np.integer):
-      raise ValueError(f"indices must be integers, got dtype {dtype}")
-    if global_batch_size is None and need_global:
-      raise ValueError("time_sampling='low_discrepancy' with explicit indices needs global_batch_size "
-                       "(the number of examples over all devices) to stratify the global batch")
-  if global_batch_size is None:
-    global_batch_size = batch
-  global_batch_size = _checks.positive_int(global_batch_size, "global_batch_size")
-  return jnp.asarray(indices), global_batch_size
-
-
-def example_keys(key, indices):
-  """``fold_in(key, i)`` for every global example index ``i``."""
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
-
-
-def example_normal(key, indices, shape, dtype=jnp.float32):
-  """Standard normal noise ``[batch, *shape]``; row ``i`` depends only on ``key`` and ``indices[i]``."""
-  return jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(example_keys(key, indices))
-
-
-def check_time_bound(t_eps, name: str) -> float:
-  if not (isinstance(t_eps, (int, float)) and 0.0 <= t_eps < 1.0 and math.isfinite(t_eps)):
-    raise ValueError(f"{name} must be a number in [0, 1) (times are clipped into [{name}, 1]), "
-                     f"got {t_eps!r}")
-  return float(t_eps)
-
-
-def logsnr_is_finite(schedule: Schedule, t: float) -> bool:
-  """Whether ``schedule.logsnr(t)`` is finite, evaluated eagerly (also while tracing)."""
-  with jax.ensure_compile_time_eval():
-    return bool(np.isfinite(np.asarray(schedule.logsnr(jnp.float32(t)))))
 
 
 def _check_positive(v, name: str) -> float:
@@ -129,11 +65,11 @@ def sample_times(key, indices, method: str = "uniform", *, t_min: float = 1e-5, 
   if method == "lognormal":
     if schedule is None:
       raise ValueError("time_sampling='lognormal' needs the schedule (to map sigma to t)")
-    n = jax.vmap(lambda k: jax.random.normal(k, ()))(example_keys(k_each, indices))
+    n = jax.vmap(lambda k: jax.random.normal(k, ()))(per_example_keys(k_each, indices))
     t = schedule.t_of_sigma_tilde(jnp.exp(p_mean + p_std * n))
     return jnp.clip(t, t_min, t_max).astype(jnp.float32)
   if method == "uniform":
-    u = jax.vmap(lambda k: jax.random.uniform(k, ()))(example_keys(k_each, indices))
+    u = jax.vmap(lambda k: jax.random.uniform(k, ()))(per_example_keys(k_each, indices))
   else:
     g = global_batch_size if global_batch_size is not None else indices.shape[0]
     u0 = jax.random.uniform(k_shared, ())

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jdiff import _checks
 from jdiff import grids
-from jdiff.samplers import SampleOutput
+from jdiff.samplers import Sampler, SampleOutput, XState, coefs
 
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
 # Both are 7-stage FSAL methods: 6 new vector-field evaluations per attempted step (accepted or
@@ -88,6 +88,34 @@ def sample_ode(denoise, schedule, x_init, ts, *, final_denoise: Optional[bool] =
     x = denoise(x, t_end).x0
     nfe = nfe + 1
   return SampleOutput(x, nfe)
+
+
+def ode_sampler(solver: str = "tsit5", rtol: float = 1e-5, atol: float = 1e-5,
+                max_steps: int = 4096) -> Sampler:
+  """The adaptive probability-flow ODE solver as a grid sampler: each step ``t -> t_next`` is one
+  adaptive solve (``solve_pf_ode``); a step to ``sigma(t_next) = 0`` (VP) returns ``x0_hat(x, t)``, as
+  every deterministic grid sampler's last step does. The grid only fixes where the solution is
+  reported, not the solver's steps: ``steps=2`` (``ts = [t_max, t_min, 0]``) is one solve and a final
+  denoise, exactly ``sample_ode``; a longer grid restarts the step-size controller at each grid time.
+  ``solver``, ``rtol``, ``atol`` and ``max_steps`` are static options. The whole batch is one system
+  (``Sampler.adaptive``)."""
+  check_options(solver, rtol, atol, max_steps)
+
+  def step(denoise, schedule, state, t, t_next, keys, hp):
+    del keys, hp
+    to_zero = coefs(schedule, t_next).sigma <= 0
+
+    def solve(x):
+      return solve_pf_ode(denoise, schedule, x, t, t_next, solver=solver, rtol=rtol, atol=atol,
+                          max_steps=max_steps)
+
+    def land(x):
+      return denoise(x, t).x0, jnp.int32(1)
+
+    x, nfe = jax.lax.cond(to_zero, land, solve, state.x)
+    return XState(x), nfe
+
+  return Sampler("ode", lambda x, num_steps: XState(x), step, {}, deterministic=True, adaptive=True)
 
 
 def nfe_per_step(solver: str) -> int:

@@ -40,8 +40,8 @@ import numpy as np
 
 from jdiff import _checks
 from jdiff import ode
-from jdiff.losses import check_cond, check_data, check_time_bound, example_keys, logsnr_is_finite
-from jdiff.losses import resolve_indices
+from jdiff._checks import check_cond, check_data, check_time_bound, logsnr_is_finite
+from jdiff.keys import per_example_keys, resolve_indices
 from jdiff.parametrization import ModelFn, check_parametrization, make_denoiser
 from jdiff.schedules import Schedule
 
@@ -72,7 +72,7 @@ def probes(key, indices, shape, kind: str):
   Rademacher (+-1) or standard normal; both have ``E[eps eps^T] = I``."""
   _checks.choice("trace estimator", kind, ("rademacher", "gaussian"))
   draw = jax.random.rademacher if kind == "rademacher" else jax.random.normal
-  return jax.vmap(lambda k: draw(k, shape, jnp.float32))(example_keys(key, indices))
+  return jax.vmap(lambda k: draw(k, shape, jnp.float32))(per_example_keys(key, indices))
 
 
 def divergence(fn, y, probe=None):
@@ -161,7 +161,7 @@ def ode_nll(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond: Any = 
   offset = jnp.zeros((batch,), jnp.float32)
   if dequantize:
     width = 2.0 / (num_bins - 1)
-    u = jax.vmap(lambda k: jax.random.uniform(k, shape, jnp.float32))(example_keys(k_deq, indices))
+    u = jax.vmap(lambda k: jax.random.uniform(k, shape, jnp.float32))(per_example_keys(k_deq, indices))
     x0 = x0 + (u - 0.5) * width
     offset = offset + d * math.log(1.0 / width)
   probe = None if trace == "exact" else probes(k_probe, indices, shape, trace)

@@ -1,11 +1,13 @@
-"""Samplers as pairs of pure functions over one denoiser interface (in the spirit of optax).
+"""Sampler step rules as pairs of pure functions over one denoiser interface (in the spirit of optax).
 
-A ``Sampler`` has ``init(x) -> state`` (a NamedTuple whose field ``x`` is the current sample) and
-``step(denoise, schedule, state, i, t, t_next, keys, hp) -> (state, nfe)``: one step of the time grid from
+A ``Sampler`` has ``init(x, num_steps) -> state`` (a NamedTuple whose field ``x`` is the current sample;
+``num_steps`` is the length of the grid, which some rules use: churn's ``S_churn / N``) and
+``step(denoise, schedule, state, t, t_next, keys, hp) -> (state, nfe)``: one step of the time grid from
 ``t`` to ``t_next < t``, where ``denoise(x, t) -> Prediction(x0, eps, var_frac)``, ``keys`` holds one PRNG
-key per example for this step (so sample ``i`` does not depend on the batch it is in), ``hp`` is a dict of
-traced hyperparameters (plus ``num_steps``, added by the driver) and ``nfe`` the number of denoiser calls
-spent (a traced int). The driver ``jdiff.sampling.sample`` runs the whole grid in one ``lax.scan``.
+key per example for this step (so sample ``i`` does not depend on the batch it is in), ``hp`` is the dict
+of the sampler's traced hyperparameters and ``nfe`` the number of denoiser calls spent (a traced int).
+The driver ``jdiff.sampling.sample`` runs the whole grid in one ``lax.scan``; ``jdiff.sampling.SAMPLERS``
+is the registry by name (with the adaptive probability-flow ODE solver of ``jdiff.ode``).
 
 Notation: ``x_t = alpha_t x0 + sigma_t eps``, ``lambda = logsnr / 2``, ``sigma_tilde = sigma / alpha`` and
 ``y = x / alpha`` (the scaled variable of Karras et al. 2022, eq. 4). A step to ``t_next = 0`` on a VP
@@ -20,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jdiff import _checks
+from jdiff.keys import normal_like
 
 
 class Sampler(NamedTuple):
@@ -28,7 +31,9 @@ class Sampler(NamedTuple):
   ``hparams``: the traced hyperparameters and their defaults (an ``int`` default means an integer one);
   ``deterministic``: no noise is drawn with the default hyperparameters (then the sampler solves the
   probability-flow ODE); ``ve_only``: needs ``alpha = 1`` (VE/EDM schedules); ``needs_var_frac``: the
-  denoiser must predict ``Prediction.var_frac``.
+  denoiser must predict ``Prediction.var_frac``; ``adaptive``: its steps depend on the whole batch
+  (one error norm of an adaptive solver), so a sample is batch-independent only when it is run one
+  example at a time (``jdiff.generation`` does so).
   """
   name: str
   init: Callable[[jnp.ndarray], Any]
@@ -37,6 +42,7 @@ class Sampler(NamedTuple):
   deterministic: bool
   ve_only: bool = False
   needs_var_frac: bool = False
+  adaptive: bool = False
 
 
 class SampleOutput(NamedTuple):
@@ -48,13 +54,9 @@ class XState(NamedTuple):
   x: jnp.ndarray
 
 
-def _init_x(x):
+def _init_x(x, num_steps):
+  del num_steps
   return XState(x)
-
-
-def normal_like(keys, x, salt):
-  """Standard normal noise shaped like ``x``, row ``b`` drawn from ``fold_in(keys[b], salt)``."""
-  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, salt), x.shape[1:], x.dtype))(keys)
 
 
 class Coefs(NamedTuple):
@@ -100,8 +102,8 @@ def ddpm(variance: str = "small") -> Sampler:
   """
   _checks.choice("ddpm variance", variance, ("small", "large", "learned"))
 
-  def step(denoise, schedule, state, i, t, t_next, keys, hp):
-    del i, hp
+  def step(denoise, schedule, state, t, t_next, keys, hp):
+    del hp
     x = state.x
     pred = denoise(x, t)
     ct, cs = coefs(schedule, t), coefs(schedule, t_next)
@@ -122,7 +124,7 @@ def ddpm(variance: str = "small") -> Sampler:
     std = jnp.where(cs.sigma > 0, std, 0.0)
     return XState(mean + std * normal_like(keys, x, 0)), jnp.int32(1)
 
-  return Sampler(f"ddpm", _init_x, step, {}, deterministic=False,
+  return Sampler("ddpm", _init_x, step, {}, deterministic=False,
                  needs_var_frac=variance == "learned")
 
 
@@ -133,8 +135,7 @@ def ddim() -> Sampler:
   probability-flow ODE in ``sigma_tilde``); ``eta = 1``: the same distribution of steps as DDPM ``small``.
   """
 
-  def step(denoise, schedule, state, i, t, t_next, keys, hp):
-    del i
+  def step(denoise, schedule, state, t, t_next, keys, hp):
     x = state.x
     pred = denoise(x, t)
     cs = coefs(schedule, t_next)
@@ -155,14 +156,23 @@ def ddim() -> Sampler:
 _KARRAS_HP = {"S_churn": 0.0, "S_tmin": 0.0, "S_tmax": math.inf, "S_noise": 1.0}
 
 
-def _churn(schedule, x, t, keys, hp):
+class ChurnState(NamedTuple):
+  x: jnp.ndarray
+  num_steps: jnp.ndarray  # N of S_churn / N
+
+
+def _init_churn(x, num_steps):
+  return ChurnState(x, jnp.float32(num_steps))
+
+
+def _churn(schedule, x, t, keys, hp, num_steps):
   """Alg. 2, lines 4-6: ``gamma = min(S_churn / N, sqrt(2) - 1)`` if ``S_tmin <= sigma <= S_tmax``;
   ``sigma_hat = sigma (1 + gamma)``; ``y_hat = y + sqrt(sigma_hat^2 - sigma^2) S_noise z``.
   ``t_hat`` is clipped to 1, and ``sigma_hat`` recomputed from it, so that the noise added matches the
   level at which the denoiser is evaluated."""
   st = schedule.sigma_tilde(t)
   in_range = (st >= hp["S_tmin"]) & (st <= hp["S_tmax"])
-  gamma = jnp.where(in_range, jnp.minimum(hp["S_churn"] / hp["num_steps"], math.sqrt(2.0) - 1.0), 0.0)
+  gamma = jnp.where(in_range, jnp.minimum(hp["S_churn"] / num_steps, math.sqrt(2.0) - 1.0), 0.0)
   t_hat = jnp.where(gamma > 0, jnp.clip(schedule.t_of_sigma_tilde(st * (1.0 + gamma)), t, 1.0), t)
   s_hat = jnp.where(gamma > 0, schedule.sigma_tilde(t_hat), st)
   # where(): s_hat^2 - st^2 is not exactly 0 for gamma = 0 under XLA's fused multiply-adds.
@@ -173,16 +183,15 @@ def _churn(schedule, x, t, keys, hp):
 
 def _karras(name: str, heun: bool) -> Sampler:
 
-  def step(denoise, schedule, state, i, t, t_next, keys, hp):
-    del i
-    y_hat, t_hat, s_hat = _churn(schedule, state.x, t, keys, hp)
+  def step(denoise, schedule, state, t, t_next, keys, hp):
+    y_hat, t_hat, s_hat = _churn(schedule, state.x, t, keys, hp, state.num_steps)
     d0 = denoise(schedule.alpha(t_hat) * y_hat, t_hat).x0
     cn = coefs(schedule, t_next)
     s_next, a_next = cn.sigma_tilde, cn.alpha
     # Euler: y + (s_next - s_hat) (y - D) / s_hat, written so that s_next = 0 gives exactly D.
     y_euler = d0 + (s_next / s_hat) * (y_hat - d0)
     if not heun:
-      return XState(a_next * y_euler), jnp.int32(1)
+      return state._replace(x=a_next * y_euler), jnp.int32(1)
 
     def correct(_):
       d1 = denoise(a_next * y_euler, t_next).x0
@@ -190,9 +199,9 @@ def _karras(name: str, heun: bool) -> Sampler:
       return y_hat + (s_next - s_hat) * slope
 
     y_next = jax.lax.cond(s_next > 0, correct, lambda _: y_euler, None)
-    return XState(a_next * y_next), 1 + (s_next > 0).astype(jnp.int32)
+    return state._replace(x=a_next * y_next), 1 + (s_next > 0).astype(jnp.int32)
 
-  return Sampler(name, _init_x, step, dict(_KARRAS_HP), deterministic=True)
+  return Sampler(name, _init_churn, step, dict(_KARRAS_HP), deterministic=True)
 
 
 def euler() -> Sampler:
@@ -224,7 +233,8 @@ class MultistepState(NamedTuple):
   count: jnp.ndarray  # how many previous predictions are stored (0, 1 or 2+)
 
 
-def _init_multistep(x):
+def _init_multistep(x, num_steps):
+  del num_steps
   z = jnp.zeros((), jnp.float32)
   return MultistepState(x, jnp.zeros_like(x), jnp.zeros_like(x), z, z, jnp.int32(0))
 
@@ -233,8 +243,8 @@ def _dpmpp(name: str, order: int) -> Sampler:
   """Exact-in-the-linear-part step ``x_s = (sigma_s / sigma_t) x_t + sigma_s int_{lam_t}^{lam_s}
   e^lam x0_hat(lam) dlam`` (Lu et al. 2022b, eq. 9) with ``x0_hat`` extrapolated from past predictions."""
 
-  def step(denoise, schedule, state, i, t, t_next, keys, hp):
-    del i, keys, hp
+  def step(denoise, schedule, state, t, t_next, keys, hp):
+    del keys, hp
     x = state.x
     f0 = denoise(x, t).x0
     ct, cs = coefs(schedule, t), coefs(schedule, t_next)
@@ -295,8 +305,8 @@ def langevin() -> Sampler:
   updates ``x <- x + a/2 score(x, sigma_i) + sqrt(a) z`` at the level ``sigma_i = sigma(t_next)`` with
   ``a = step_size sigma_i^2 / sigma_L^2`` and ``sigma_L = sigma(0)`` the smallest level. VE/EDM only."""
 
-  def step(denoise, schedule, state, i, t, t_next, keys, hp):
-    del i, t
+  def step(denoise, schedule, state, t, t_next, keys, hp):
+    del t
     sig = schedule.sigma(t_next)
     a = hp["step_size"] * (sig / schedule.sigma(jnp.float32(0.0))) ** 2
 
@@ -328,8 +338,7 @@ def pc(step_rule: str = "noise_level") -> Sampler:
   """
   _checks.choice("pc step_rule", step_rule, ("noise_level", "paper"))
 
-  def step(denoise, schedule, state, i, t, t_next, keys, hp):
-    del i
+  def step(denoise, schedule, state, t, t_next, keys, hp):
     s_t, s_s = schedule.sigma(t), schedule.sigma(t_next)
     dv = s_t * s_t - s_s * s_s
 
@@ -353,27 +362,3 @@ def pc(step_rule: str = "noise_level") -> Sampler:
 
   return Sampler("pc", _init_x, step, {"snr": 0.16, "n_corrector": 1}, deterministic=False,
                  ve_only=True)
-
-
-SAMPLERS = {
-    "ddpm": ddpm,
-    "ddim": ddim,
-    "euler": euler,
-    "heun": heun,
-    "dpmpp_2m": dpmpp_2m,
-    "dpmpp_3m": dpmpp_3m,
-    "langevin": langevin,
-    "pc": pc,
-}
-
-
-def get_sampler(name: str, **options) -> Sampler:
-  """A sampler by name (see ``SAMPLERS``); ``options`` are its structural (static) options, e.g.
-  ``get_sampler("ddpm", variance="large")``. Tunable hyperparameters are passed to the driver instead."""
-  _checks.choice("sampler", name, SAMPLERS)
-  allowed = {"ddpm": ("variance",), "pc": ("step_rule",)}.get(name, ())
-  bad = sorted(set(options) - set(allowed))
-  if bad:
-    raise ValueError(f"sampler {name!r} has no option(s) {', '.join(bad)}; its options are: "
-                     f"{', '.join(allowed) or 'none'} (tunable hyperparameters go to sample())")
-  return SAMPLERS[name](**options)

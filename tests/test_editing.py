@@ -239,4 +239,4 @@ def test_bad_editing_inputs():
   with pytest.raises(ValueError, match="strength must be in"):
     editing.check_strength(1.5)
   with pytest.raises(ValueError, match="unknown sampler"):
-    editing.edit("ode", _denoiser(), SCH, x, ts, key)
+    editing.edit("no_such_sampler", _denoiser(), SCH, x, ts, key)

@@ -68,7 +68,7 @@ def _sample(schedule, name, opts, hp, grid, steps, denoiser=None):
     fn = sampling.make_sample_fn(MIX.model_fn(sch), sch, "x0", name, steps, **opts)
     return fn(None, (N, 2), ts, INIT_KEY, **hp)
   x = sampling.initial_noise(INIT_KEY, jnp.arange(N), (2,), sch)
-  s = samplers.get_sampler(name, **opts)
+  s = sampling.get_sampler(name, **opts)
   return jax.jit(lambda x, ts: sampling.sample(s, denoiser, sch, x, ts, jax.random.PRNGKey(5)))(x, ts)
 
 

@@ -141,8 +141,8 @@ def test_final_denoise_flag():
 def _all_samplers(sch, x, ts):
   d = _denoiser(sch)
   out = {}
-  for name in samplers.SAMPLERS:
-    if samplers.SAMPLERS[name]().ve_only and sch.variance_preserving:
+  for name in sampling.SAMPLERS:
+    if sampling.SAMPLERS[name]().ve_only and sch.variance_preserving:
       continue
     hp = {"n_steps_each": 2} if name == "langevin" else {}
     out[name] = sampling.sample(name, d, sch, x, ts, jax.random.PRNGKey(1), **hp).x
@@ -157,7 +157,7 @@ def test_step_to_zero_lands_on_x0_hat(schedule):
   x = sampling.initial_noise(jax.random.PRNGKey(0), jnp.arange(64), (2,), sch)
   outs = jax.jit(lambda x, ts: _all_samplers(sch, x, ts))(x, grids.uniform_t(1))
   expected = _denoiser(sch)(x, 1.0).x0
-  assert len(outs) == 6
+  assert len(outs) == 7  # the six VP grid samplers and the ODE solver
   for name, v in outs.items():
     assert bool(jnp.all(jnp.isfinite(v))), name
     # Euler/Heun go through y = x / alpha with alpha(1) ~ 1e-2..1e-5: a few float32 ulps of x.
@@ -180,7 +180,7 @@ def _runner(name, schedule, learned=False, **opts):
   """One jitted sampler per configuration; hyperparameters (and var_frac) are traced arguments."""
   sch = jdiff.get_schedule(schedule)
   d = make_denoiser(GAUSS.model_fn(sch), None, sch, "x0")
-  s = samplers.get_sampler(name, **opts)
+  s = sampling.get_sampler(name, **opts)
 
   @jax.jit
   def run(ts, hp, frac):
@@ -192,7 +192,7 @@ def _runner(name, schedule, learned=False, **opts):
 
 
 def _run(name, schedule, ts, hp=None, frac=None, **opts):
-  hp = sampling.resolve_hparams(samplers.get_sampler(name, **opts), hp or {})  # fixed structure
+  hp = sampling.resolve_hparams(sampling.get_sampler(name, **opts), hp or {})  # fixed structure
   return _runner(name, schedule, frac is not None, **opts)(ts, hp, frac)
 
 
@@ -242,14 +242,14 @@ def _fn(name="ddim", steps=4, schedule=_VP, **kw):
 
 @pytest.mark.parametrize("call, match", [
     (lambda: _fn("ddmi"), "unknown sampler 'ddmi'; valid samplers are: ddim, ddpm, dpmpp_2m"),
-    (lambda: samplers.get_sampler("unipc"), "valid samplers are"),
+    (lambda: sampling.get_sampler("no_such_sampler"), "valid samplers are"),
     (lambda: _fn(steps=0), "steps must be an integer >= 1"),
     (lambda: _fn("langevin"), "is for variance-exploding schedules"),
     (lambda: _fn("pc"), "is for variance-exploding schedules"),
     (lambda: _fn("ddpm", variance="learned"), "pass learned_variance=True"),
     (lambda: _fn("ddpm", variance="medium"), "valid ddpm variances are"),
     (lambda: _fn("ddim", variance="small"), "has no option"),
-    (lambda: _fn("ode", ode_options={"solver": "rk4"}), "valid ODE solvers are"),
+    (lambda: _fn("ode", solver="rk4"), "valid ODE solvers are"),
     (lambda: sampling.make_sample_fn(_MODEL_VP, _VP, "noise", "ddim", 4), "valid parametrizations"),
     (lambda: _fn()(None, (4, 2), grids.uniform_t(5), jax.random.PRNGKey(0)),
      "ts has 6 entries but this sample fn was built for steps=4"),
