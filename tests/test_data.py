@@ -162,20 +162,29 @@ def test_mixture2d(mixture_train):
 # --- pipeline ---------------------------------------------------------------------------------------
 
 
-def test_order_is_the_documented_permutation_and_drops_remainder():
+def test_order_is_grains_per_epoch_shuffle_and_drops_remainder():
+  import grain
   n, b, seed = 103, 10, 7
   pipe = _pipe(_index_source(n), b, seed)
   assert pipe.steps_per_epoch == 10
   batches = _take(pipe, 20)  # two epochs
+  shuffled = grain.MapDataset.range(n).seed(seed).shuffle()  # the documented order
+  epochs = []
   for epoch in range(2):
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    perm = np.array([shuffled[epoch * n + i] for i in range(n)])
     got = np.concatenate([bt["image"].reshape(-1) for bt in batches[epoch * 10:(epoch + 1) * 10]])
-    np.testing.assert_array_equal(got.astype(np.int64), perm[:100])
+    np.testing.assert_array_equal(got.astype(np.int64), perm[:100])  # the last 3 are dropped
     assert len(set(got.tolist())) == 100  # each example at most once per epoch
+    np.testing.assert_array_equal(np.concatenate([pipe.global_indices(epoch * 10 + j)
+                                                  for j in range(10)]), perm[:100])
+    epochs.append(perm)
+  np.testing.assert_array_equal(np.sort(epochs[0]), np.arange(n))
+  assert not np.array_equal(epochs[0], epochs[1])  # a fresh shuffle each epoch
   bt = batches[0]
   np.testing.assert_array_equal(bt["label"], (bt["image"][..., 0].astype(np.int64) % 7))
   np.testing.assert_array_equal(bt["index"], np.arange(b)[None])
-  assert pipe.epoch == 2
+  assert pipe.epoch == 2 and pipe.step == 20
+  _assert_batches_equal(batches[8:12], [pipe.batch_at(k) for k in range(8, 12)])  # iteration
 
 
 def test_determinism_by_seed():
@@ -183,6 +192,10 @@ def test_determinism_by_seed():
   a, b, c = (_take(_pipe(src, 8, s), 12) for s in (3, 3, 4))
   _assert_batches_equal(a, b)
   assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
+  # Nearby seeds give unrelated orders: seed 4's epoch 0 is not seed 3's epoch 1 (grain shuffles
+  # epoch e with its shuffle seed + e, so seeds must not be passed to shuffle() as they are).
+  idx = lambda seed, steps: np.concatenate([_pipe(src, 8, seed).global_indices(s) for s in steps])
+  assert not np.array_equal(idx(3, range(6, 12)), idx(4, range(0, 6)))
 
 
 def test_images_scaled_to_unit_interval():
@@ -228,27 +241,61 @@ def test_process_shards_union_equals_single_process_batch(nproc, ndev, flip):
 
 
 @pytest.mark.parametrize("prefetch", [0, 3])
-def test_state_save_restore_gives_identical_batches(prefetch):
-  src = _image_source(n=45)
+@pytest.mark.parametrize("taken", [3, 5])  # mid-epoch; exactly at the epoch boundary
+def test_state_save_restore_gives_identical_batches(prefetch, taken):
+  src = _image_source(n=45)  # 5 steps per epoch, 5 examples dropped per epoch
   pipe = _pipe(src, 8, 11, random_flip=True, prefetch=prefetch)
-  _take(pipe, 4)
+  _take(pipe, taken)
   state = json.loads(json.dumps(pipe.get_state()))  # JSON-serializable
-  assert state["step"] == 4 and state["seed"] == 11
-  expected = _take(pipe, 5)  # crosses the epoch boundary (5 steps per epoch)
+  assert state["step"] == taken and state["seed"] == 11
+  expected = _take(pipe, 6)  # crosses into the next epoch
   resumed = _pipe(src, 8, 0, random_flip=True, prefetch=prefetch)  # other seed: state wins
   _take(resumed, 2)
   resumed.set_state(state)
-  _assert_batches_equal(_take(resumed, 5), expected)
+  assert resumed.seed == 11 and resumed.step == taken
+  _assert_batches_equal(_take(resumed, 6), expected)
   pipe.set_state(state)  # rewinding the same (prefetching) pipeline works as well
-  _assert_batches_equal(_take(pipe, 5), expected)
+  _assert_batches_equal(_take(pipe, 6), expected)
   pipe.close()
   resumed.close()
 
 
-def test_prefetch_does_not_change_batches():
+def test_two_processes_read_disjoint_shards_and_resume_any_layout():
+  n, b = 50, 8
+  single = _pipe(_index_source(n), b, 4)
+  procs = [_pipe(_index_source(n), b, 4, process_index=p, process_count=2) for p in range(2)]
+  for step in range(8):  # crosses the epoch boundary at step 6
+    ids = [set(next(p)["image"].ravel().astype(int).tolist()) for p in procs]
+    assert not ids[0] & ids[1]
+    assert ids[0] | ids[1] == set(next(single)["image"].ravel().astype(int).tolist()) == \
+        set(single.global_indices(step).tolist())
+    assert len(ids[0]) == len(ids[1]) == b // 2
+  # The state does not depend on the layout: a 1-process state resumes 2 processes, and back.
+  expected = _take(single, 3)
+  for p in procs:
+    p.set_state(single.get_state() | {"step": 8})
+  parts = [_take(p, 3) for p in procs]
+  for step in range(3):
+    joined = np.concatenate([parts[p][step]["image"] for p in range(2)], axis=1)
+    np.testing.assert_array_equal(joined, expected[step]["image"])
+  single.set_state(procs[1].get_state())
+  assert single.step == 11
+  _assert_batches_equal(_take(single, 2), [_pipe(_index_source(n), b, 4).batch_at(k)
+                                           for k in (11, 12)])
+
+
+def test_prefetch_does_not_change_batches_and_no_workers():
+  import multiprocessing
+  import threading
   src = _image_source()
+  threads = threading.active_count()
+  p0 = _pipe(src, 8, 2, prefetch=0)
+  plain = _take(p0, 9)
+  assert threading.active_count() <= threads  # prefetch=0 reads in the calling thread
   with _pipe(src, 8, 2, prefetch=4) as p4:
-    _assert_batches_equal(_take(_pipe(src, 8, 2, prefetch=0), 9), _take(p4, 9))
+    _assert_batches_equal(plain, _take(p4, 9))
+    assert threading.active_count() <= threads + 1  # one prefetch thread
+  assert not multiprocessing.active_children()  # never worker processes
 
 
 def test_flips_deterministic_and_mirror_images():
@@ -305,11 +352,24 @@ def test_errors():
   with pytest.raises(ValueError, match="source must be a jdiff.data.Source"):
     data.Pipeline(np.zeros((10, 2)), 2, 0, num_local_devices=1, process_index=0, process_count=1)
   pipe = _pipe(src, 10)
+  state = pipe.get_state()
   with pytest.raises(ValueError, match="saved with global_batch_size=5 but this pipeline has "
                      "global_batch_size=10"):
-    pipe.set_state({"step": 1, "seed": 0, "global_batch_size": 5, "num_examples": 50})
+    pipe.set_state(state | {"global_batch_size": 5})
+  other = _pipe(_image_source(n=60), 10).get_state()  # another dataset of the same name
+  with pytest.raises(ValueError, match="saved with num_examples=60 but this pipeline has "
+                     "num_examples=50; resume with the same dataset"):
+    pipe.set_state(other)
+  with pytest.raises(ValueError, match="saved with dataset='index/train' but this pipeline has "
+                     "dataset='img/train'") as e:
+    pipe.set_state(_pipe(_index_source(50), 10).get_state())
+  assert "\n" not in str(e.value)
   with pytest.raises(ValueError, match="keys 'step' and 'seed'"):
     pipe.set_state({"step": 1})
+  with pytest.raises(ValueError, match=r"state\['step'\] must be an integer >= 0"):
+    pipe.set_state(state | {"step": -1})
+  pipe.set_state({"step": 3, "seed": 2, "global_batch_size": 10, "num_examples": 50})  # older form
+  assert (pipe.step, pipe.seed) == (3, 2)
   with pytest.raises(ValueError, match="image_size must be an integer >= 1"):
     data.get_dataset("digits", image_size=0)
 

@@ -1,7 +1,8 @@
-"""jdiff.data: random-access datasets and a deterministic, resumable, multi-process input pipeline.
+"""jdiff.data: random-access datasets and a deterministic, resumable, multi-process input pipeline
+on grain.
 
-Imports numpy (and jax for device/process counts); scikit-learn and tensorflow_datasets are imported
-only when a dataset that needs them is requested.
+Imports numpy and grain (and jax for device/process counts); scikit-learn and tensorflow_datasets are
+imported only when a dataset that needs them is requested.
 """
 from jdiff.data.pipeline import Pipeline, flip_mask, make_pipeline
 from jdiff.data.sources import (FASHION_MNIST_DIR, OFFLINE_DATASETS, ArraySource, Source, TfdsSource,

@@ -1,18 +1,36 @@
-"""A deterministic, resumable, multi-process input pipeline over a random-access :class:`Source`.
+"""A deterministic, resumable, multi-process input pipeline over a random-access :class:`Source`, on
+grain's ``MapDataset``.
 
-The stream is a pure function of ``(seed, step)``:
+The order is a grain ``MapDataset`` of *global* dataset indices, the same in every process::
 
-- epoch ``e`` visits the examples in the order ``np.random.default_rng([seed, e]).permutation(N)``;
-- global batch ``step`` (``e = step // steps_per_epoch``) is the next ``global_batch_size`` entries of
-  that permutation; the ``N mod global_batch_size`` left over at the end of an epoch are dropped;
-- process ``p`` of ``P`` reads only positions ``[p B / P, (p + 1) B / P)`` of each global batch, so the
-  processes together read exactly the single-process global batch, each example once;
-- the optional horizontal flip of the example at position ``i`` of global batch ``step`` is bit ``i`` of
-  ``np.random.default_rng([seed, step, 1]).random(B) < 0.5`` — the same for any process layout.
+    grain.MapDataset.range(N).seed(seed).shuffle().batch(B, drop_remainder=True).repeat()
 
-So the position in the stream is one integer: :meth:`Pipeline.get_state` returns a small JSON-able
-dict and :meth:`Pipeline.set_state` resumes it exactly. Each host batch is a dict of numpy arrays
-shaped for ``jax.pmap`` over the local devices:
+- ``seed`` -> ``shuffle``: grain derives the shuffle's seed ``s`` from ``seed``
+  (``MapDataset.seed``: a ``numpy.random.SeedSequence`` hash, so nearby seeds give unrelated
+  orders), and ``ShuffleMapDataset`` visits epoch ``e`` in the order of grain's
+  ``experimental.index_shuffle`` permutation of ``0 .. N-1`` seeded with ``s + e``: a fresh shuffle
+  each epoch, each example once per epoch;
+- ``batch(B, drop_remainder=True)``: global batch ``j`` of an epoch is entries ``[jB, (j+1)B)`` of
+  that epoch's permutation; the ``N mod B`` left over are dropped, per epoch;
+- ``repeat()``: epochs follow one another forever; element ``step`` of this dataset is global batch
+  ``step`` (epoch ``step // steps_per_epoch``) -- :meth:`Pipeline.global_indices`.
+
+Process ``p`` of ``P`` then reads from the source only the examples at positions
+``[p B / P, (p + 1) B / P)`` of each global batch (one batched ``Source.read``), so the processes
+together read exactly the single-process global batch, each example once. The optional horizontal
+flip of the example at position ``i`` of global batch ``step`` is :func:`flip_mask` bit ``i``, a pure
+function of ``(seed, step, i)``: the same for any process layout.
+
+Iteration is a grain iterator (``MapDataset.to_iter_dataset`` with ``grain.ReadOptions``) over the
+step numbers ``0, 1, 2, ...`` mapped to :meth:`Pipeline.batch_at`: no worker processes; with
+``prefetch > 0`` one grain thread prepares that many batches ahead. Its state is the next step
+(grain's ``next_index``), so the position in the stream is one integer: :meth:`Pipeline.get_state`
+returns it in a small JSON-able dict and :meth:`Pipeline.set_state` resumes it exactly, with any
+number of processes. (grain's ``IndexSampler``/``ShardOptions`` are not used: they give each process
+a contiguous range of *records*, so the stream would depend on the process count.) The order is
+grain's: a grain release that changed ``index_shuffle`` or the seed derivation would change it.
+
+Each host batch is a dict of numpy arrays shaped for ``jax.pmap`` over the local devices:
 
 - ``image``: ``float32 [num_local_devices, per_device_batch, H, W, C]`` images scaled from ``uint8``
   to [-1, 1] (``x / 127.5 - 1``), or ``[num_local_devices, per_device_batch, D]`` vectors as stored;
@@ -23,23 +41,16 @@ shaped for ``jax.pmap`` over the local devices:
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import threading
+import sys
 from typing import Any, Optional
 
+import grain
 import numpy as np
 
 from jdiff import _checks
 from jdiff.data.sources import ArraySource, Source, get_dataset
 
-_FLIP_STREAM = 1  # distinguishes the flip generator's seed sequence from the permutation's
-
-
-def _nonneg_int(v, name: str) -> int:
-  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-    raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-  return int(v)
+_FLIP_STREAM = 1  # distinguishes the flip generator's seed sequence from other uses of the seed
 
 
 def _divisible_hint(b: int, d: int) -> str:
@@ -67,12 +78,12 @@ class Pipeline:
       ``jax.process_index()`` and ``jax.process_count()``).
     random_flip: flip images horizontally with probability 1/2 (images only).
     prefetch: batches prepared ahead on a background thread (0: none; default 0 for in-memory
-      sources, where a batch costs a fraction of a millisecond, and 2 otherwise, e.g. for TFDS
-      sources that decode images). Batches are a pure function of the step, so prefetching never
-      changes them.
+      sources, where a batch costs about 10 us per example, mostly grain's shuffle, and 2 otherwise,
+      e.g. for TFDS sources that decode images). Batches are a pure function of the step, so
+      prefetching never changes them.
 
-  Iterating yields host batches forever (epochs follow one another); :meth:`batch_at` gives any step
-  directly.
+  Iterating yields ``batch_at(step)`` for ``step = self.step, self.step + 1, ...`` forever (epochs
+  follow one another); :meth:`batch_at` gives any step directly.
   """
 
   def __init__(self, source: Source, global_batch_size: int, seed: int = 0, *,
@@ -90,7 +101,7 @@ class Pipeline:
     b = _checks.positive_int(global_batch_size, "global_batch_size")
     ndev = _checks.positive_int(num_local_devices, "num_local_devices")
     nproc = _checks.positive_int(process_count, "process_count")
-    pidx = _nonneg_int(process_index, "process_index")
+    pidx = _checks.int_at_least(process_index, "process_index", 0)
     if pidx >= nproc:
       raise ValueError(f"process_index must lie in [0, process_count={nproc}), got {pidx}")
     div = nproc * ndev
@@ -115,13 +126,24 @@ class Pipeline:
     self.random_flip = bool(random_flip)
     if prefetch is None:
       prefetch = 0 if isinstance(source, ArraySource) else 2
-    self._prefetch = _nonneg_int(prefetch, "prefetch")
-    self._seed = _nonneg_int(seed, "seed")
-    self._step = 0
-    self._perms: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
-    self._lock = threading.Lock()
-    self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
-    self._queue: collections.deque = collections.deque()
+    prefetch = _checks.int_at_least(prefetch, "prefetch", 0)
+    self._read_options = grain.ReadOptions(num_threads=min(prefetch, 1),
+                                           prefetch_buffer_size=prefetch)
+    # The step numbers, each mapped to its host batch (late-bound, so batch_at is the one source of
+    # batches); a grain iterator over them holds the position and does the prefetching.
+    self._steps = grain.MapDataset.range(sys.maxsize).map(lambda step: self.batch_at(step))
+    self._iterator = None
+    self._start(_checks.int_at_least(seed, "seed", 0), 0)
+
+  def _start(self, seed: int, step: int) -> None:
+    """(Re)start the stream of ``seed`` at ``step``, dropping any prefetched batches."""
+    if self._iterator is not None:
+      self._iterator.close()
+    self._seed = seed
+    self._order = (grain.MapDataset.range(self.source.num_examples).seed(seed).shuffle()
+                   .batch(self.global_batch_size, drop_remainder=True).repeat())
+    self._iterator = iter(self._steps.to_iter_dataset(self._read_options))
+    self._iterator.set_state({"next_index": step})
 
   # -- the stream as a pure function of (seed, step) ------------------------------------------------
 
@@ -132,11 +154,11 @@ class Pipeline:
   @property
   def step(self) -> int:
     """The step of the next batch that iteration returns."""
-    return self._step
+    return self._iterator.get_state()["next_index"]
 
   @property
   def epoch(self) -> int:
-    return self._step // self.steps_per_epoch
+    return self.step // self.steps_per_epoch
 
   @property
   def shapes(self) -> dict:
@@ -144,80 +166,37 @@ class Pipeline:
     lead = (self.num_local_devices, self.per_device_batch_size)
     return {"image": lead + tuple(self.source.shape), "label": lead, "index": lead}
 
-  def _permutation(self, seed: int, epoch: int) -> np.ndarray:
-    with self._lock:
-      perm = self._perms.get((seed, epoch))
-      if perm is None:
-        perm = np.random.default_rng([seed, epoch]).permutation(self.source.num_examples)
-        self._perms[(seed, epoch)] = perm
-        while len(self._perms) > 2:  # the current epoch and the next one (prefetch) suffice
-          self._perms.popitem(last=False)
-      return perm
-
-  def global_indices(self, step: int, seed: Optional[int] = None) -> np.ndarray:
+  def global_indices(self, step: int) -> np.ndarray:
     """Dataset indices of the whole global batch ``step`` (all processes), ``int64 [B]``."""
-    step = _nonneg_int(step, "step")
-    seed = self._seed if seed is None else seed
-    epoch, j = divmod(step, self.steps_per_epoch)
-    b = self.global_batch_size
-    return self._permutation(seed, epoch)[j * b:(j + 1) * b]
+    return self._order[_checks.int_at_least(step, "step", 0)]
 
   def batch_at(self, step: int) -> dict:
     """This process's host batch for global step ``step`` (does not move the iterator)."""
-    step = _nonneg_int(step, "step")
-    seed = self._seed  # read once: set_state may change it while a prefetched batch is built
     lo = self.process_index * self.local_batch_size
     positions = np.arange(lo, lo + self.local_batch_size)
-    indices = self.global_indices(step, seed)[positions]
-    data, labels = self.source.read(indices)
+    data, labels = self.source.read(self.global_indices(step)[positions])
     x = data.astype(np.float32)
     if self.source.is_image:
       x = x / np.float32(127.5) - np.float32(1.0)
       if self.random_flip:
-        flips = flip_mask(seed, step, self.global_batch_size)[positions]
+        flips = flip_mask(self._seed, step, self.global_batch_size)[positions]
         x[flips] = x[flips, :, ::-1]
     lead = (self.num_local_devices, self.per_device_batch_size)
     return {"image": x.reshape(lead + x.shape[1:]),
             "label": labels.astype(np.int32).reshape(lead),
             "index": positions.astype(np.int32).reshape(lead)}
 
-  # -- iteration with optional prefetch --------------------------------------------------------------
+  # -- iteration -------------------------------------------------------------------------------------
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
-    if self._prefetch == 0:
-      out = self.batch_at(self._step)
-    else:
-      self._fill_queue()
-      _, fut = self._queue.popleft()
-      out = fut.result()
-    self._step += 1
-    return out
-
-  def _fill_queue(self) -> None:
-    if self._queue and self._queue[0][0] != self._step:
-      self._clear_queue()
-    if self._executor is None:
-      self._executor = concurrent.futures.ThreadPoolExecutor(
-          max_workers=1, thread_name_prefix="jdiff-data")
-    nxt = self._queue[-1][0] + 1 if self._queue else self._step
-    while len(self._queue) < self._prefetch:
-      self._queue.append((nxt, self._executor.submit(self.batch_at, nxt)))
-      nxt += 1
-
-  def _clear_queue(self) -> None:
-    for _, fut in self._queue:
-      fut.cancel()
-    self._queue.clear()
+    return next(self._iterator)
 
   def close(self) -> None:
     """Stop the prefetch thread (iteration restarts it if needed)."""
-    self._clear_queue()
-    if self._executor is not None:
-      self._executor.shutdown(wait=True, cancel_futures=True)
-      self._executor = None
+    self._start(self._seed, self.step)
 
   def __enter__(self):
     return self
@@ -227,10 +206,13 @@ class Pipeline:
 
   # -- checkpointable position -----------------------------------------------------------------------
 
+  def _identity(self) -> dict:
+    return {"dataset": f"{self.source.name}/{self.source.split}",
+            "num_examples": self.source.num_examples, "global_batch_size": self.global_batch_size}
+
   def get_state(self) -> dict:
     """The position in the stream as a JSON-serializable dict (store it with the checkpoint)."""
-    return {"step": self._step, "seed": self._seed, "global_batch_size": self.global_batch_size,
-            "num_examples": self.source.num_examples}
+    return {"step": self.step, "seed": self._seed, **self._identity()}
 
   def set_state(self, state: dict) -> None:
     """Resume at a position from :meth:`get_state`: the following batches are identical to those
@@ -238,15 +220,12 @@ class Pipeline:
     if not isinstance(state, dict) or "step" not in state or "seed" not in state:
       raise ValueError(f"state must be a dict from Pipeline.get_state() with keys 'step' and "
                        f"'seed', got {state!r}")
-    for key, mine in (("global_batch_size", self.global_batch_size),
-                      ("num_examples", self.source.num_examples)):
-      if key in state and state[key] != mine:
-        raise ValueError(f"state was saved with {key}={state[key]} but this pipeline has "
-                         f"{key}={mine}; resume with the same dataset and global batch size")
-    step = _nonneg_int(state["step"], "state['step']")
-    seed = _nonneg_int(state["seed"], "state['seed']")
-    self._clear_queue()
-    self._seed, self._step = seed, step
+    for key, mine in self._identity().items():
+      if key in state and state[key] != mine:  # (older states lack 'dataset')
+        raise ValueError(f"state was saved with {key}={state[key]!r} but this pipeline has "
+                         f"{key}={mine!r}; resume with the same dataset and global batch size")
+    step = _checks.int_at_least(state["step"], "state['step']", 0)
+    self._start(_checks.int_at_least(state["seed"], "state['seed']", 0), step)
 
 
 def make_pipeline(name: str, global_batch_size: int, seed: int = 0, *, split: str = "train",
