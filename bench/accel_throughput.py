@@ -41,7 +41,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
-sys.path.insert(0, HERE)  # the runners of train_throughput.py and sample_throughput.py
+sys.path.insert(0, HERE)  # _harness.py and the runners of train_throughput.py and sample_throughput.py
+import _harness as H  # noqa: E402
 
 TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.1)
 DDPM_PAPER_STEPS_PER_S = 21.0  # Ho et al. 2020, App. B (TPU v3-8, batch 128)
@@ -91,7 +92,6 @@ def _peak(device_kind: str):
 def matmul_ceiling(dtype, n: int = 8192, reps: int = 10) -> float:
   """Measured TFLOP/s of an n^3 matmul in ``dtype`` at JAX's default precision."""
   import jax
-  import jax.numpy as jnp
   k1, k2 = jax.random.split(jax.random.PRNGKey(0))
   a = jax.random.normal(k1, (n, n), dtype)
   b = jax.random.normal(k2, (n, n), dtype)
@@ -125,7 +125,7 @@ def measure_train(args, dtype_name: str) -> dict:
   import jax
 
   import train_throughput as T
-  r = T.JdiffRunner(T.Case("ddpm32", 32, 3, _model(args, dtype_name), 1.0), args.batch, T.Variant("accel"))
+  r = T.JdiffRunner(H.Case("ddpm32", 32, 3, _model(args, dtype_name), 1.0), args.batch, T.Variant("accel"))
   model_flops, flops_source = _flops(r.lowered.cost_analysis()), "lowered"
   if model_flops != model_flops:  # some backends (GPU) give no analysis of the unoptimized program:
     # the same program lowered for the CPU has the same arithmetic
@@ -154,7 +154,7 @@ def measure_sampling(args, dtype_name: str) -> dict:
   import jax
 
   import sample_throughput as S
-  r = S.JdiffRunner(S.Case("ddpm32", 32, 3, _model(args, dtype_name), 1.0), args.batch,
+  r = S.JdiffRunner(H.Case("ddpm32", 32, 3, _model(args, dtype_name), 1.0), args.batch,
                     {"ddim": args.sample_steps})
   results = []
   times = time_blocks(lambda: results.append(r.run("ddim")), max(2, args.blocks // 2))
@@ -201,27 +201,20 @@ def main(argv=None) -> int:
 
   print(f"\nDDPM CIFAR-10 U-Net train step, batch {args.batch}, on {kind} "
         f"(target: >= {DDPM_PAPER_STEPS_PER_S:.0f} steps/s)")
-  print("| dtype | params | steps/s | img/s | compile s | GFLOP/step (model) | TFLOP/s | MFU (datasheet) "
-        "| of measured matmul | peak MB |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-  for r in train:
-    print(f"| {r['dtype']} | {r['num_params'] / 1e6:.2f}M | {r['steps_per_s']:.2f} | "
-          f"{r['images_per_s']:.0f} | {r['compile_s']:.1f} | {r['model_flops_per_step'] / 1e9:.0f} | "
-          f"{r['model_tflops']:.1f} | {100 * r['mfu']:.1f}% | {100 * r['fraction_of_measured']:.1f}% | "
-          f"{r['peak_memory_mb'] or float('nan'):.0f} |")
+  print(H.markdown_table(
+      ["dtype", "params", "steps/s", "img/s", "compile s", "GFLOP/step (model)", "TFLOP/s",
+       "MFU (datasheet)", "of measured matmul", "peak MB"],
+      [[r["dtype"], f"{r['num_params'] / 1e6:.2f}M", f"{r['steps_per_s']:.2f}", f"{r['images_per_s']:.0f}",
+        f"{r['compile_s']:.1f}", f"{r['model_flops_per_step'] / 1e9:.0f}", f"{r['model_tflops']:.1f}",
+        f"{100 * r['mfu']:.1f}%", f"{100 * r['fraction_of_measured']:.1f}%",
+        f"{r['peak_memory_mb'] or float('nan'):.0f}"] for r in train]))
   if sampling:
     print(f"\nDDIM sampling ({args.sample_steps} steps), batch {args.batch}")
-    print("| dtype | img/s | NFE/s | compile s | finite |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in sampling:
-      print(f"| {r['dtype']} | {r['images_per_s']:.1f} | {r['nfe_per_s']:.1f} | {r['compile_s']:.1f} | "
-            f"{r['finite']} |")
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  tmp = args.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"info": info, "matmul_ceilings_tflops": ceilings, "train": train, "sampling": sampling},
-              f, indent=1)
-  os.replace(tmp, args.out)
+    print(H.markdown_table(["dtype", "img/s", "NFE/s", "compile s", "finite"],
+                           [[r["dtype"], f"{r['images_per_s']:.1f}", f"{r['nfe_per_s']:.1f}",
+                             f"{r['compile_s']:.1f}", str(r["finite"])] for r in sampling]))
+  H.write_json(args.out, {"info": info, "matmul_ceilings_tflops": ceilings, "train": train,
+                          "sampling": sampling})
   print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")
   return 0
 

@@ -4,7 +4,7 @@ unconditional model with jdiff's noise-conditional classifier at several scales 
 
 Every row samples ``--num`` images (sample i gets label i % 10, so N/10 per class) with the same sampler
 (DPM-Solver++(2M), 20 steps, uniform-logSNR grid, x0 clipped to [-1, 1], EMA parameters; seed 0, so
-every row starts from the same noise) through ``jdiff.training.generate`` (what ``sample.py`` runs),
+every row starts from the same noise) through ``jdiff.generation`` (what ``sample.py`` runs),
 and scores them with ``jdiff.eval.report`` in the feature space of the Fashion-MNIST evaluation
 classifier: its accuracy on the samples against the requested labels, FD and KID against N real
 training images, and the floor of each number (N real test images against the same training images).
@@ -73,7 +73,7 @@ def _sample(restored, settings, classifier, cache):
   """``(samples, labels, timing)``, from ``cache`` when this exact row was sampled before."""
   import dataclasses
   import hashlib
-  from jdiff.training import generate as gen
+  from jdiff import generation as gen
   key = json.dumps([dataclasses.asdict(settings), restored.checkpoint_dir, restored.which,
                     classifier.checkpoint_dir if classifier is not None else None], sort_keys=True)
   path = os.path.join(cache, hashlib.sha256(key.encode()).hexdigest()[:20] + ".npz") if cache else None
@@ -140,8 +140,8 @@ def main(argv=None):
   args = parse_args(argv)
   import jax
   from jdiff.eval import features
-  from jdiff.training import generate as gen
-  from jdiff.training import restore
+  from jdiff import generation as gen
+  from jdiff.generation import restore
 
   cfg_scales, cg_scales = _floats(args.cfg), _floats(args.cg)
   net = features.get_feature_net()

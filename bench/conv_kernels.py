@@ -24,14 +24,15 @@ Writes ``bench/out/conv_kernels.json`` (``--out`` to change).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import _harness as H
+
+HERE = H.HERE
 # (B, H, W, C_in, C_out): the small U-Net's 32x32/16x16 levels at batch 8 and 32, the DDPM U-Net's
 # 32x32 (128 channels) and 16x16 (256 channels) levels.
 SHAPES = ((8, 32, 32, 32, 32), (32, 32, 32, 32, 32), (32, 16, 16, 64, 64), (8, 32, 32, 128, 128),
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
   import jax
   jax_rows = measure_jax(SHAPES)
   torch_rows, torch_version = None, None
-  if not args.no_torch and importlib.util.find_spec("torch") is not None:
+  if not args.no_torch and H.torch_available(("torch",))[0]:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker"],
                          capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -130,24 +131,22 @@ def main(argv=None) -> int:
   gf = lambda s, ms: 2 * s[0] * s[1] * s[2] * 9 * s[3] * s[4] / ms / 1e6
   print(f"3x3 conv, float32, {os.cpu_count()} CPUs, jax {jax.__version__}"
         + (f", torch {torch_version}" if torch_version else "") + "  (GFLOP/s; higher is faster)")
-  head = "| B, H, W, Cin, Cout | jax fwd | jax dX | jax dW | jax dW, 9 shifted matmuls |"
+  head = ["B, H, W, Cin, Cout", "jax fwd", "jax dX", "jax dW", "jax dW, 9 shifted matmuls"]
   if torch_rows:
-    head += " torch fwd | torch dX | torch dW | dW: torch / jax |"
-  print(head)
-  print("|" + " --- |" * (head.count("|") - 1))
+    head += ["torch fwd", "torch dX", "torch dW", "dW: torch / jax"]
+  lines = []
   for i, r in enumerate(jax_rows):
     s = r["shape"]
-    line = (f"| {', '.join(map(str, s))} | {gf(s, r['fwd_ms']):.0f} | {gf(s, r['dx_ms']):.0f} | "
-            f"{gf(s, r['dw_ms']):.0f} | {gf(s, r['dw_shifted_ms']):.0f} |")
+    line = [", ".join(map(str, s))] + [f"{gf(s, r[k]):.0f}" for k in ("fwd_ms", "dx_ms", "dw_ms",
+                                                                       "dw_shifted_ms")]
     if torch_rows:
       t = torch_rows[i]
-      line += (f" {gf(s, t['fwd_ms']):.0f} | {gf(s, t['dx_ms']):.0f} | {gf(s, t['dw_ms']):.0f} | "
-               f"{r['dw_ms'] / t['dw_ms']:.1f}x |")
-    print(line)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"jax": jax.__version__, "torch": torch_version, "cpus": os.cpu_count(),
-               "jax_rows": jax_rows, "torch_rows": torch_rows}, f, indent=1)
+      line += [f"{gf(s, t[k]):.0f}" for k in ("fwd_ms", "dx_ms", "dw_ms")] + [
+          f"{r['dw_ms'] / t['dw_ms']:.1f}x"]
+    lines.append(line)
+  print(H.markdown_table(head, lines))
+  H.write_json(args.out, {"jax": jax.__version__, "torch": torch_version, "cpus": os.cpu_count(),
+                          "jax_rows": jax_rows, "torch_rows": torch_rows})
   print(f"wrote {args.out}")
   return 0
 

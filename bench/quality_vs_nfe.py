@@ -160,8 +160,8 @@ def main():
 
   import jax
   from jdiff import eval as jeval
-  from jdiff.training import generate as gen
-  from jdiff.training import restore
+  from jdiff import generation as gen
+  from jdiff.generation import restore
 
   t_start = time.time()
   restored = restore.restore(args.workdir, step=args.step)

@@ -2,7 +2,7 @@
 
 For each case (model x image shape) x batch size x sampler (DDIM 50 steps, DPM-Solver++(2M) 20 steps):
 
-* jdiff: ``jdiff.training.generate.Program``, the program ``sample.py`` runs (prior noise, the whole grid
+* jdiff: ``jdiff.generation.program.Program``, the program ``sample.py`` runs (prior noise, the whole grid
   in one ``lax.scan``, ``pmap`` over one device), compiled ahead of time (compile time reported apart),
   with random weights, an eps-prediction model on DDPM's linear schedule; and one jitted call of the
   same denoiser network alone at the same batch size. Reported: images/s, seconds per NFE and the
@@ -24,9 +24,9 @@ cores (diffusers is the slow side). ``--small-steps=50 --ddpm-steps=50`` times f
 Every runner lives in its own worker process (XLA's and torch's thread pools never share a process).
 The coordinator interleaves them: each round runs one timed block per runner (order reversed every other
 round), after waiting briefly for other processes to leave the CPU, and records the load other
-processes put on the CPU during each block (``bench/train_throughput.py``'s helpers): a round is
-"quiet" when it stayed below 0.3 cores. Ratios are medians over the quiet rounds when there are at
-least 2, else over all rounds ("quiet" column).
+processes put on the CPU during each block (the machinery is ``bench/_harness.py``'s, shared with the
+train bench): a round is "quiet" when it stayed below 0.3 cores. Ratios are medians over the quiet
+rounds when there are at least 2, else over all rounds ("quiet" column).
 
   python bench/sample_throughput.py            # default (< ~10 min on 2 cores)
   python bench/sample_throughput.py --quick    # a few minutes
@@ -37,31 +37,19 @@ Writes ``bench/out/sample_throughput.json`` (``--out`` to change).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from train_throughput import CpuMeter, QUIET_CORES, peak_rss_mb, torch_available, wait_for_quiet  # noqa
+import _harness as H
+from _harness import Case
+
+HERE, REPO = H.HERE, H.REPO
 
 SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(14,), dropout=0.0)
 DDPM = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-  name: str
-  image_size: int
-  channels: int
-  model: dict
-  target: float  # images/s ratio jdiff / diffusers to reach
 
 
 CASES = {
@@ -97,23 +85,9 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.worker:
     return args
-
-  def ints(text, what):
-    try:
-      v = [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-      p.error(f"--{what} must be comma-separated integers, got {text!r}")
-    if not v or min(v) < 1:
-      p.error(f"--{what} must be positive integers, got {text!r}")
-    return v
-
-  args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-  if not args.cases or any(c not in CASES for c in args.cases):
-    p.error(f"unknown case in {args.cases}; valid cases are: {', '.join(CASES)}")
-  args.samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-  if not args.samplers or any(s not in SAMPLERS for s in args.samplers):
-    p.error(f"unknown sampler in {args.samplers}; valid: {', '.join(SAMPLERS)}")
-  args.batches = ints(args.batches, "batches")
+  args.cases = H.name_list(p, args.cases, "case", CASES)
+  args.samplers = H.name_list(p, args.samplers, "sampler", SAMPLERS)
+  args.batches = H.int_list(p, args.batches, "batches")
   args.rounds = args.rounds or (2 if args.quick else 3)
   args.ddpm_steps = args.ddpm_steps or (1 if args.quick else 2)
   args.small_steps = args.small_steps or (5 if args.quick else 10)
@@ -130,12 +104,12 @@ def timed_steps(case: Case, sampler: str, args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Workers
+# Workers (one process per framework and case, serving bench/_harness.py's protocol)
 # ----------------------------------------------------------------------------------------------------
 
 
 class JdiffRunner:
-  """sample.py's program (jdiff.training.generate.Program) and the bare denoiser call."""
+  """sample.py's program (jdiff.generation.program.Program) and the bare denoiser call."""
 
   def __init__(self, case: Case, batch: int, plan: dict, seed: int = 0):
     import jax
@@ -144,19 +118,19 @@ class JdiffRunner:
 
     sys.path.insert(0, REPO)
     from configs import base
-    from jdiff.training import generate, loop
-    from jdiff.training.restore import Restored
+    from jdiff import generation
+    from jdiff.experiment import builder
+    from jdiff.generation import program as program_lib
+    from jdiff.generation import settings as settings_lib
     self._jax, self._np = jax, np
     c = base.get_base_config()
     for k, v in case.model.items():
       c.model[k] = v
     shape = (case.image_size, case.image_size, case.channels)
-    model = loop.build_model(c, shape, 0)
+    model = builder.build_model(c, shape, 0)
     params = model.init_params()
-    model_fn, param = model.model_fn()
-    restored = Restored(config=c, workdir="", checkpoint_dir="", step=0, which="random",
-                        params=params, meta={}, model=model, model_fn=model_fn,
-                        parametrization=param)
+    model_fn, _ = model.model_fn()
+    restored = generation.Restored.from_params(model, params, which="random")
     from jdiff import models
     self.info = {"num_params": models.count_params(params), "compile_s": {}}
     dev = jax.local_devices()  # one unless --cpu-devices split the CPU
@@ -165,16 +139,17 @@ class JdiffRunner:
     self.batch = batch
     self.indices = np.arange(batch, dtype=np.int32)
     self.programs, self.calls = {}, {}
-    from jdiff import grids
+    replicated = program_lib.replicate(params, dev)
     for name, steps in plan.items():
-      s = generate.Settings(num=batch, sampler=name, steps=steps, grid="uniform_t")
-      sampler = generate.get_sampler(s, restored)
-      prog = generate.Program(restored, sampler, steps, devices=dev)
-      ts = np.asarray(grids.uniform_t(steps), np.float32)
-      hp = generate.check_for_model(s, restored)
-      args = (self.indices, seed, ts, None, None, hp)
+      s = generation.Settings(num=batch, batch_size=batch, sampler=name, steps=steps, grid="uniform_t",
+                              clip_x0=False)
+      p = generation.plan(restored, s, devices=dev)
+      prog = program_lib.Program(restored, settings_lib.resolve_sampler(p.settings, restored), steps,
+                                 devices=dev)
+      args = prog.args(replicated, None, self.indices, seed, settings_lib.grid_times(p.settings, restored),
+                       hparams=p.hparams)
       t0 = time.perf_counter()
-      prog.compile(prog._args(*args))
+      prog.compile(args)
       self.info["compile_s"][name] = time.perf_counter() - t0
       self.programs[name] = (prog, args)
     x = jnp.asarray(np.random.default_rng(seed).standard_normal((batch,) + shape), jnp.float32)
@@ -193,7 +168,7 @@ class JdiffRunner:
       out = self._jax.block_until_ready(self.denoiser(*self.den_args))
       return {"finite": bool(self._np.isfinite(self._np.asarray(out)).all())}
     prog, args = self.programs[what]
-    x, nfe, _ = prog(*args)  # blocks on the result
+    x, nfe, _ = prog(args)  # blocks on the result
     return {"nfe": nfe, "finite": bool(self._np.isfinite(x).all())}
 
 
@@ -243,74 +218,21 @@ class TorchRunner:
 
 
 def worker_main(spec: dict) -> int:
-  channel = os.fdopen(os.dup(1), "w", buffering=1)
-  os.dup2(2, 1)  # stray prints go to stderr, never into the protocol
+  """Serve the coordinator's commands (``_harness.serve``): one runner of ``spec``'s framework and case."""
   case = CASES[spec["case"]]
-  hello = {"pid": os.getpid()}
-  if spec["kind"] == "jdiff":
-    import jax
-    hello.update(jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
-    make = JdiffRunner
-  else:
-    import diffusers
-    import torch
+  hello, runner = (H.jax_hello, JdiffRunner) if spec["kind"] == "jdiff" else (H.torch_hello, TorchRunner)
 
-    import torch_reference
-    hello.update(torch=torch.__version__, diffusers=diffusers.__version__,
-                 torch_threads=torch_reference.set_threads())
-    make = TorchRunner
-  channel.write(json.dumps(hello) + "\n")
-  runner = None
-  for line in sys.stdin:
-    cmd = json.loads(line)
-    if cmd["cmd"] == "setup":
-      runner = None
-      t0 = time.perf_counter()
-      runner = make(case, cmd["batch"], cmd["plan"])
-      reply = dict(runner.info, setup_s=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
-    elif cmd["cmd"] == "run":
-      times, last = [], {}
-      for _ in range(cmd["n"]):
-        t0 = time.perf_counter()
-        last = runner.run(cmd["what"])
-        times.append(time.perf_counter() - t0)
-      reply = dict(last, times=times)
-    else:
-      return 0
-    channel.write(json.dumps(reply) + "\n")
-  return 0
+  def make(cmd):
+    t0 = time.perf_counter()
+    r = runner(case, cmd["batch"], cmd["plan"])
+    r.info["setup_s"] = time.perf_counter() - t0
+    return r
+
+  return H.serve(hello, make, lambda r, cmd: r.run(cmd["what"]))
 
 
-class Worker:
-  def __init__(self, kind: str, case: Case, xla_flags: str = ""):
-    spec = json.dumps({"kind": kind, "case": case.name})
-    self.kind = kind
-    env = dict(os.environ)
-    if kind == "jdiff" and xla_flags:
-      env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), xla_flags) if f)
-    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", spec],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-                                 env=env)
-    self.hello = self._read()
-
-  def _read(self) -> dict:
-    line = self.proc.stdout.readline()
-    if not line:
-      raise RuntimeError(f"{self.kind} worker exited with code {self.proc.wait()} (see stderr above)")
-    return json.loads(line)
-
-  def ask(self, **cmd) -> dict:
-    self.proc.stdin.write(json.dumps(cmd) + "\n")
-    self.proc.stdin.flush()
-    return self._read()
-
-  def close(self):
-    try:
-      self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-      self.proc.stdin.close()
-      self.proc.wait(timeout=60)
-    except Exception:  # already gone
-      self.proc.kill()
+def start_worker(kind: str, case: Case, xla_flags: str = "") -> H.Worker:
+  return H.Worker(__file__, kind, {"kind": kind, "case": case.name}, xla_flags=xla_flags)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -318,13 +240,11 @@ class Worker:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _block(worker: Worker, what: str, n: int, wait: float):
-  wait_for_quiet(wait)
-  with CpuMeter(worker.proc.pid) as meter:
-    reply = worker.ask(cmd="run", what=what, n=n)
+def _block(worker: H.Worker, what: str, n: int, wait: float):
+  reply, foreign = H.timed_block(worker, wait, what=what, n=n)
   if not reply["finite"]:
-    raise RuntimeError(f"{worker.kind} {what}: non-finite output")
-  return statistics.median(reply["times"]), meter.foreign
+    raise RuntimeError(f"{worker.label} {what}: non-finite output")
+  return statistics.median(reply["times"]), foreign
 
 
 def measure(workers: dict, plan: dict, batch: int, args) -> dict:
@@ -338,7 +258,7 @@ def measure(workers: dict, plan: dict, batch: int, args) -> dict:
   rec = {k: {w: [] for w in list(plan) + ["denoiser"]} for k in labels}
   foreign = {k: [] for k in labels}
   for r in range(args.rounds):
-    for k in (labels if r % 2 == 0 else labels[::-1]):
+    for k in H.round_order(labels, r):
       loads = []
       for what in plan:
         t, f = _block(workers[k], what, 1, args.quiet_wait)
@@ -348,16 +268,13 @@ def measure(workers: dict, plan: dict, batch: int, args) -> dict:
       rec[k]["denoiser"].append(t)
       loads.append(f)
       foreign[k].append(max((x for x in loads if x is not None), default=None))
-  quiet = [all(foreign[k][r] is not None and foreign[k][r] < QUIET_CORES for k in labels)
-           for r in range(args.rounds)]
+  quiet = H.quiet_rounds(foreign, args.rounds)
   return {"rounds": args.rounds, "quiet_rounds": quiet, "foreign_load_cores": foreign,
           "seconds": rec, "denoiser_calls_per_block": den_n}
 
 
 def _median_over(values, quiet):
-  calm = [v for v, q in zip(values, quiet) if q]
-  use = calm if len(calm) >= 2 else values
-  return statistics.median(use), use is calm
+  return H.median_over_quiet(values, quiet, min_quiet=2)
 
 
 def summarize(case: Case, batch: int, plan: dict, timing: dict, with_torch: bool) -> list[dict]:
@@ -381,10 +298,8 @@ def summarize(case: Case, batch: int, plan: dict, timing: dict, with_torch: bool
                 "nfe_over_denoiser_best": min(sec[k][name]) / steps / min(sec[k]["denoiser"]),
                 "images_per_s": batch / (per_nfe * full)}
     if with_torch:
-      ratios = [b / a for a, b in zip(sec["jdiff"][name], sec["diffusers"][name])]
-      med, from_quiet = _median_over(ratios, quiet)
-      row["ratio_vs_diffusers"] = {"per_round": ratios, "median": med, "from_quiet_rounds": from_quiet,
-                                   "best": min(sec["diffusers"][name]) / min(sec["jdiff"][name])}
+      row["ratio_vs_diffusers"] = H.speed_ratio(sec["jdiff"][name], sec["diffusers"][name], quiet,
+                                                min_quiet=2)
     rows.append(row)
   return rows
 
@@ -393,7 +308,7 @@ def format_table(rows: list[dict], with_torch: bool) -> str:
   head = ["case", "B", "sampler", "timed", "jdiff img/s", "s/NFE", "NFE/call", "best"]
   if with_torch:
     head += ["diffusers img/s", "ratio", "best", "quiet", "target", "met"]
-  lines = [head]
+  lines = []
   for r in rows:
     j = r["jdiff"]
     timed = f"{r['timed_steps']}/{r['steps']}"
@@ -406,20 +321,15 @@ def format_table(rows: list[dict], with_torch: bool) -> str:
                f"{sum(r['quiet'])}/{len(r['quiet'])}", f"{r['target']:.1f}x",
                "yes" if q["median"] >= r["target"] else "NO"]
     lines.append(line)
-  widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
-  fmt = lambda l: "  ".join(s.rjust(w) for s, w in zip(l, widths))
-  return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines[1:]])
+  return H.format_table(head, lines)
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.worker:
     return worker_main(json.loads(args.worker))
-  with_torch, why = (False, "--no-torch") if args.no_torch else torch_available()
-  if not with_torch and not args.no_torch:
-    print(f"note: {why}; measuring jdiff only (install a CPU torch build, then diffusers, to compare)")
-  info = {"platform": platform.platform(), "python": platform.python_version(),
-          "cpu_count": os.cpu_count(), "quick": args.quick, "rounds": args.rounds,
+  with_torch = H.use_torch(args.no_torch)
+  info = {**H.machine_info(), "quick": args.quick, "rounds": args.rounds,
           "xla_flags_env": os.environ.get("XLA_FLAGS", ""), "xla_flags_jdiff": args.xla_flags,
           "cpu_devices": args.cpu_devices,
           "note": "images/s are for the full step count (50 DDIM / 20 DPM-Solver++ steps), from the time "
@@ -432,14 +342,13 @@ def main(argv=None) -> int:
   for name in args.cases:
     case = CASES[name]
     plan = {s: timed_steps(case, s, args) for s in args.samplers}
-    workers = {}
-    try:
+    with H.Workers() as workers:
       flags = args.xla_flags
       if args.cpu_devices > 1:
         flags = f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}".strip()
-      workers["jdiff"] = Worker("jdiff", case, flags)
+      workers["jdiff"] = start_worker("jdiff", case, flags)
       if with_torch:
-        workers["diffusers"] = Worker("diffusers", case)
+        workers["diffusers"] = start_worker("diffusers", case)
       for k, w in workers.items():
         info.setdefault("versions", {})[k] = w.hello
       for batch in args.batches:
@@ -460,16 +369,11 @@ def main(argv=None) -> int:
             msg += (f"; diffusers {r['diffusers']['images_per_s']:.2f} img/s; ratio "
                     f"{r['ratio_vs_diffusers']['median']:.2f}x")
           print(msg, flush=True)
-    finally:
-      for w in workers.values():
-        w.close()
   info["total_seconds"] = time.perf_counter() - t_all
   print()
   print(format_table(rows, with_torch))
   print(f"\ntimed = steps timed / steps of the full run; {info['note']}\ntotal {info['total_seconds']:.0f} s")
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"info": info, "results": rows, "setup_and_timing": setups}, f, indent=1)
+  H.write_json(args.out, {"info": info, "results": rows, "setup_and_timing": setups})
   print(f"wrote {args.out}")
   return 0
 

@@ -12,7 +12,8 @@ For each case (model x image shape x batch size) this measures:
   with its process peak RSS.
 
 Every runner lives in its own worker process (so each can have its own ``XLA_FLAGS``, and the two
-runtimes' thread pools never share a process); one coordinator drives them **interleaved**: each round
+runtimes' thread pools never share a process; the protocol, the quiet-machine detection and the output
+helpers are ``bench/_harness.py``'s); one coordinator drives them **interleaved**: each round
 runs one timed block of steps per runner, one runner at a time (order reversed every other round), so
 all see the same load on a shared machine. Reported: images/s from the median step time; the ratio
 jdiff/diffusers per round (from the rounds' median step times) and its median over rounds (the
@@ -36,31 +37,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from typing import Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-QUIET_CORES = 0.3  # a timed block is "quiet" when other processes used fewer cores than this
+import _harness as H
+from _harness import Case
+
+HERE = H.HERE
 
 SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, dropout=0.0)
 DDPM = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, dropout=0.1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-  name: str
-  image_size: int
-  channels: int
-  model: dict  # jdiff UNet fields (also mapped onto diffusers UNet2DModel)
-  target: float  # the images/s ratio jdiff/diffusers to reach
 
 
 CASES = {
@@ -127,16 +117,8 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.worker:
     return args
-  args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-  unknown = [c for c in args.cases if c not in CASES]
-  if unknown or not args.cases:
-    p.error(f"unknown case(s) {unknown}; valid cases are: {', '.join(CASES)}")
-  try:
-    args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
-  except ValueError:
-    p.error(f"--batches must be comma-separated integers, got {args.batches!r}")
-  if not args.batches or min(args.batches) < 1:
-    p.error(f"--batches must be positive integers, got {args.batches}")
+  args.cases = H.name_list(p, args.cases, "case", CASES)
+  args.batches = H.int_list(p, args.batches, "batches")
   if args.rounds is not None and args.rounds < 1:
     p.error(f"--rounds must be >= 1, got {args.rounds}")
   args.rounds = args.rounds or (3 if args.quick else 7)
@@ -147,12 +129,8 @@ def parse_args(argv=None):
   return args
 
 
-def peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
 # ----------------------------------------------------------------------------------------------------
-# Workers (one process per variant and case; they speak JSON lines on a private pipe)
+# Workers (one process per variant and case, serving bench/_harness.py's protocol)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -167,7 +145,7 @@ class JdiffRunner:
 
     import jdiff.models
     from jdiff.schedules import LinearSchedule
-    from jdiff.training.state import create_state, make_optimizer
+    from jdiff.experiment.state import create_state, make_optimizer
     from jdiff.training.step import make_train_step
 
     self._jax = jax
@@ -232,95 +210,21 @@ class TorchRunner:
     return self.trainer.step(self.x)
 
 
-def _release_free_memory() -> None:
-  """Hands freed heap (e.g. the XLA compiler's) back to the OS, so idle workers hold little memory."""
-  try:
-    import ctypes
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
-
-
 def worker_main(spec: dict) -> int:
-  """Serve commands from the coordinator: setup BATCH, run N, drop, quit."""
-  channel = os.fdopen(os.dup(1), "w", buffering=1)
-  os.dup2(2, 1)  # anything else printed goes to stderr, never into the protocol
+  """Serve the coordinator's commands (``_harness.serve``): one runner of ``spec``'s variant and case."""
   variant = Variant(**spec["variant"])
   case = CASES[spec["case"]]
-  hello = {"pid": os.getpid()}
   if variant.kind == "jdiff":
-    import jax  # XLA_FLAGS came with the environment
-    if variant.matmul_precision:
-      jax.config.update("jax_default_matmul_precision", variant.matmul_precision)
-    hello.update(jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
-    make = JdiffRunner
+    hello, make = lambda: H.jax_hello(variant.matmul_precision), JdiffRunner
   else:
-    sys.path.insert(0, HERE)
-    import diffusers
-    import torch
-    import torch_reference
-    hello.update(torch=torch.__version__, diffusers=diffusers.__version__,
-                 torch_threads=torch_reference.set_threads())
-    make = TorchRunner
-  channel.write(json.dumps(hello) + "\n")
-  runner = None
-  for line in sys.stdin:
-    cmd = json.loads(line)
-    if cmd["cmd"] == "setup":
-      runner = None
-      runner = make(case, cmd["batch"], variant)
-      reply = dict(runner.info, peak_rss_mb=peak_rss_mb())
-      _release_free_memory()
-    elif cmd["cmd"] == "run":
-      times = []
-      for _ in range(cmd["n"]):
-        t0 = time.perf_counter()
-        loss = runner.step()
-        times.append(time.perf_counter() - t0)
-      reply = {"times": times, "loss": loss, "peak_rss_mb": peak_rss_mb()}
-    elif cmd["cmd"] == "drop":
-      runner = None
-      reply = {}
-    else:
-      channel.write(json.dumps({"peak_rss_mb": peak_rss_mb()}) + "\n")
-      return 0
-    channel.write(json.dumps(reply) + "\n")
-  return 0
+    hello, make = H.torch_hello, TorchRunner
+  return H.serve(hello, lambda cmd: make(case, cmd["batch"], variant),
+                 lambda runner, cmd: {"loss": runner.step()})
 
 
-class Worker:
-  """Coordinator-side handle of one worker process."""
-
-  def __init__(self, variant: Variant, case: Case, base_xla_flags: str):
-    self.variant = variant
-    env = dict(os.environ)
-    flags = " ".join(f for f in (base_xla_flags, variant.xla_flags) if f)
-    if variant.kind == "jdiff":
-      env["XLA_FLAGS"] = flags
-    spec = json.dumps({"variant": dataclasses.asdict(variant), "case": case.name})
-    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", spec],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                 cwd=os.path.dirname(HERE))
-    self.hello = self._read()
-
-  def _read(self) -> dict:
-    line = self.proc.stdout.readline()
-    if not line:
-      code = self.proc.wait()
-      raise RuntimeError(f"worker {self.variant.label!r} exited with code {code} (see its stderr above)")
-    return json.loads(line)
-
-  def ask(self, **cmd) -> dict:
-    self.proc.stdin.write(json.dumps(cmd) + "\n")
-    self.proc.stdin.flush()
-    return self._read()
-
-  def close(self) -> dict:
-    try:
-      return self.ask(cmd="quit")
-    finally:
-      self.proc.stdin.close()
-      self.proc.wait(timeout=60)
+def start_worker(variant: Variant, case: Case) -> H.Worker:
+  return H.Worker(__file__, variant.label, {"variant": dataclasses.asdict(variant), "case": case.name},
+                  xla_flags=variant.xla_flags if variant.kind == "jdiff" else "")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -328,64 +232,12 @@ class Worker:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _busy_jiffies() -> Optional[int]:
-  """Busy CPU time of the whole machine so far, in clock ticks (``/proc/stat``); None off Linux."""
-  try:
-    with open("/proc/stat") as f:
-      v = [int(x) for x in f.readline().split()[1:]]
-  except OSError:
-    return None
-  return sum(v) - v[3] - v[4]  # minus idle and iowait
-
-
-def _proc_jiffies(pid: int) -> int:
-  with open(f"/proc/{pid}/stat") as f:
-    fields = f.read().rsplit(")", 1)[1].split()
-  return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def wait_for_quiet(max_seconds: float, threshold: float = 0.3, window: float = 0.2) -> Optional[float]:
-  """Waits (at most ``max_seconds``) for a ``window`` in which other processes use less than
-  ``threshold`` cores (the workers are idle meanwhile); returns the last window's load in cores."""
-  hz = os.sysconf("SC_CLK_TCK")
-  deadline = time.perf_counter() + max_seconds
-  while True:
-    b0, t0 = _busy_jiffies(), time.perf_counter()
-    if b0 is None:
-      return None
-    time.sleep(window)
-    load = (_busy_jiffies() - b0) / hz / (time.perf_counter() - t0)
-    if load < threshold or time.perf_counter() > deadline:
-      return load
-
-
-class CpuMeter:
-  """Cores used by processes other than ``pid`` (and this one) while a block runs."""
-
-  def __init__(self, pid: int):
-    self.pid, self.hz = pid, os.sysconf("SC_CLK_TCK")
-
-  def __enter__(self):
-    self.b0, self.p0, self.t0 = _busy_jiffies(), _proc_jiffies(self.pid), time.perf_counter()
-    return self
-
-  def __exit__(self, *exc):
-    if self.b0 is None:
-      self.foreign = None
-      return
-    wall = time.perf_counter() - self.t0
-    other = (_busy_jiffies() - self.b0) - (_proc_jiffies(self.pid) - self.p0)
-    self.foreign = max(0.0, other / self.hz / wall)
-
-
 def measure(workers: dict, batch: int, args):
   """Interleaved rounds over ``workers`` (label -> Worker), one block per worker per round.
 
-  Before each block the coordinator waits (briefly) for a moment when other processes leave the CPU
-  alone, and it records how many cores other processes used during the block ("foreign load"): torch's
-  OpenMP threads slow down by an order of magnitude when another process takes a core, XLA's much less,
-  so ratios from busy rounds are not comparable. A round is "quiet" when every block in it ran with a
-  foreign load below ``QUIET_CORES``.
+  Each block waits briefly for a quiet CPU and records the load other processes put on it
+  (``_harness.timed_block``); a round is "quiet" when every block in it stayed below
+  ``_harness.QUIET_CORES``.
   """
   labels = list(workers)
   sizes = {k: max(1, round(args.block_seconds / workers[k].ask(cmd="run", n=1)["times"][0]))
@@ -401,20 +253,17 @@ def measure(workers: dict, batch: int, args):
     elapsed = time.perf_counter() - t_start
     if rounds >= 1 and (elapsed > 3 * args.case_seconds or (rounds >= 3 and elapsed > args.case_seconds)):
       break
-    for k in (labels if rounds % 2 == 0 else labels[::-1]):
-      wait_for_quiet(args.quiet_wait)
-      with CpuMeter(workers[k].proc.pid) as meter:
-        reply = workers[k].ask(cmd="run", n=sizes[k])
+    for k in H.round_order(labels, rounds):
+      reply, foreign_load = H.timed_block(workers[k], args.quiet_wait, n=sizes[k])
       if reply["loss"] != reply["loss"]:
         raise RuntimeError(f"{k}: non-finite loss during the benchmark")
       steps[k] += reply["times"]
       per_round[k].append(statistics.median(reply["times"]))
-      foreign[k].append(meter.foreign)
+      foreign[k].append(foreign_load)
       rss[k] = reply["peak_rss_mb"]
     rounds += 1
   load.append(os.getloadavg()[0])
-  quiet = [all(foreign[k][r] is not None and foreign[k][r] < QUIET_CORES for k in labels)
-           for r in range(rounds)]
+  quiet = H.quiet_rounds(foreign, rounds)
   out = {"rounds": rounds, "quiet_rounds": quiet, "loadavg_1min_start_end": load, "runners": {}}
   for k in labels:
     out["runners"][k] = {"steps_per_block": sizes[k], "step_seconds": steps[k],
@@ -428,11 +277,7 @@ def ratio(per_round: dict, steps: dict, quiet: list, a: str, b: str) -> dict:
   """Speed of ``a`` relative to ``b`` (images/s of a / images/s of b) per round; ``median`` over the
   quiet rounds when there are at least 3 (else over all rounds, ``from_quiet_rounds`` False); ``best``
   compares the fastest steps."""
-  rounds = [tb / ta for ta, tb in zip(per_round[a], per_round[b])]
-  calm = [r for r, q in zip(rounds, quiet) if q]
-  use = calm if len(calm) >= 3 else rounds
-  return {"per_round": rounds, "median": statistics.median(use), "from_quiet_rounds": use is calm,
-          "median_all_rounds": statistics.median(rounds), "best": min(steps[b]) / min(steps[a])}
+  return H.speed_ratio(per_round[a], per_round[b], quiet, min_quiet=3, a_best=steps[a], b_best=steps[b])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -440,16 +285,11 @@ def ratio(per_round: dict, steps: dict, quiet: list, a: str, b: str) -> dict:
 # ----------------------------------------------------------------------------------------------------
 
 
-def torch_available() -> tuple[bool, str]:
-  missing = [m for m in ("torch", "diffusers") if importlib.util.find_spec(m) is None]
-  return (not missing), (f"{' and '.join(missing)} not importable" if missing else "")
-
-
 def format_table(rows: list[dict], with_torch: bool) -> str:
   head = ["case", "B", "params", "jdiff img/s", "compile s", "XLA peak MB", "RSS MB"]
   if with_torch:
     head += ["diffusers img/s", "RSS MB", "ratio", "best", "quiet", "target", "met"]
-  lines = [head]
+  lines = []
   for r in rows:
     j, t = r["jdiff"], r["timing"]["runners"]
     line = [r["case"], str(r["batch"]), f"{j['num_params'] / 1e6:.2f}M", f"{t['jdiff']['images_per_s']:.1f}",
@@ -462,9 +302,7 @@ def format_table(rows: list[dict], with_torch: bool) -> str:
                f"{sum(r['timing']['quiet_rounds'])}/{r['timing']['rounds']}", f"{r['target']:.1f}x",
                ("yes" if q["median"] >= r["target"] else "NO") if q["from_quiet_rounds"] else "busy"]
     lines.append(line)
-  widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
-  fmt = lambda l: "  ".join(s.rjust(w) for s, w in zip(l, widths))
-  return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines[1:]])
+  return H.format_table(head, lines)
 
 
 def format_sweep(rows: list[dict]) -> str:
@@ -479,21 +317,12 @@ def format_sweep(rows: list[dict]) -> str:
   return "\n".join(out)
 
 
-def write_json(path: str, info: dict, rows: list) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({"info": info, "results": rows}, f, indent=1)
-
-
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.worker:
     return worker_main(json.loads(args.worker))
 
-  with_torch, why = (False, "--no-torch") if args.no_torch else torch_available()
-  if not with_torch and not args.no_torch:
-    print(f"note: {why}; measuring jdiff only. To compare, install a CPU build of torch first "
-          f"(`pip install torch`, from the CPU wheel index) and then `pip install diffusers`.")
+  with_torch = H.use_torch(args.no_torch)
   main_variant = Variant("jdiff", xla_flags=args.xla_flags, attention_impl=args.attention_impl,
                          matmul_precision=args.matmul_precision)
   variants = [main_variant]
@@ -503,9 +332,7 @@ def main(argv=None) -> int:
   if args.sweep:
     sweep = [dataclasses.replace(v, xla_flags=" ".join(f for f in (args.xla_flags, v.xla_flags) if f))
              for v in SWEEP if with_torch or v.kind == "jdiff"]
-  base_flags = os.environ.get("XLA_FLAGS", "")
-  info = {"platform": platform.platform(), "python": platform.python_version(),
-          "cpu_count": os.cpu_count(), "xla_flags_env": base_flags, "quick": args.quick,
+  info = {**H.machine_info(), "xla_flags_env": os.environ.get("XLA_FLAGS", ""), "quick": args.quick,
           "variants": [dataclasses.asdict(v) for v in variants + sweep],
           "memory": "XLA peak MB: memory_analysis of the compiled step, arguments + outputs - aliased "
                     "(donated) + temporaries. RSS MB: peak resident set of the worker process (includes "
@@ -517,10 +344,9 @@ def main(argv=None) -> int:
   t_all = time.perf_counter()
   for name in args.cases:
     case = CASES[name]
-    workers = {}
-    try:
+    with H.Workers() as workers:
       for v in variants:
-        workers[v.label] = Worker(v, case, base_flags)
+        workers[v.label] = start_worker(v, case)
         info.setdefault("versions", {}).setdefault(v.kind, workers[v.label].hello)
       for batch in args.batches:
         print(f"[{name} B={batch}] compiling / warming up ...", flush=True)
@@ -545,12 +371,9 @@ def main(argv=None) -> int:
         # Sweep: each variant alone against its baseline (still compiled), one extra process at a time.
         for v in sweep:
           base = "jdiff" if v.kind == "jdiff" else "diffusers"
-          w = Worker(v, case, base_flags)
-          try:
+          with start_worker(v, case) as w:
             s_info = w.ask(cmd="setup", batch=batch)
             s_timing, s_per_round, s_steps, s_quiet = measure({base: workers[base], v.label: w}, batch, args)
-          finally:
-            w.close()
           q = ratio(s_per_round, s_steps, s_quiet, v.label, base)
           s_info["peak_rss_mb"] = s_timing["runners"][v.label]["peak_rss_mb"]
           row.setdefault("sweep", {})[v.label] = {"setup": s_info, "timing": s_timing,
@@ -560,13 +383,8 @@ def main(argv=None) -> int:
         for w in workers.values():
           w.ask(cmd="drop")
         rows.append(row)
-        write_json(args.out, info, rows)  # after every case, so an interrupted run keeps its results
-    finally:
-      for w in workers.values():
-        try:
-          w.close()
-        except Exception:  # a worker that died already said why on stderr
-          w.proc.kill()
+        # after every case, so an interrupted run keeps its results
+        H.write_json(args.out, {"info": info, "results": rows})
   info["total_seconds"] = time.perf_counter() - t_all
 
   print()
@@ -577,9 +395,9 @@ def main(argv=None) -> int:
     print("ratio: median over quiet rounds of jdiff/diffusers images/s (over all rounds when fewer than 3 "
           "were quiet: then 'met' says 'busy', as torch's OpenMP threads slow down many times over when "
           "another process takes a core, so such ratios flatter jdiff); best: ratio of the fastest steps; "
-          f"quiet: rounds in which other processes used < {QUIET_CORES} cores")
+          f"quiet: rounds in which other processes used < {H.QUIET_CORES} cores")
   print(f"memory: {info['memory']}\ntotal {info['total_seconds']:.0f} s")
-  write_json(args.out, info, rows)
+  H.write_json(args.out, {"info": info, "results": rows})
   print(f"wrote {args.out}")
   return 0
 
