@@ -22,7 +22,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config name>).")
 flags.DEFINE_bool("debug", False, "Show the full traceback of user errors.")
-flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N JAX devices for pmap (0: one; README: Training).")
+flags.DEFINE_integer("cpu_devices", None, "CPU-only hosts: split the CPU into N JAX devices for pmap "
+                     "(default: automatic, the count recorded in the workdir when resuming; 1: one "
+                     "device; README: Training).")
+flags.DEFINE_bool("allow_device_change", False, "Resume a workdir on another device count than it was "
+                  "trained on (the run continues, but no longer bit-exactly).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (cluster auto-detection).")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for explicit multi-process.")
 flags.DEFINE_integer("num_processes", 1, "Number of processes (with --coordinator_address).")
@@ -34,12 +38,6 @@ def _main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}; flags look like --config.training.num_steps=10")
   from jdiff.utils import cli
-  cli.set_cpu_devices(FLAGS.cpu_devices)  # before anything starts JAX's backends
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-  cli.maybe_initialize_distributed(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
-                                   FLAGS.process_id)
-  from jdiff.training import loop
   workdir = FLAGS.workdir
   if not workdir:
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
@@ -51,7 +49,15 @@ def _main(argv):
     why = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
     raise ValueError(f"cannot load --config={config_flags.get_config_filename(FLAGS['config'])} "
                      f"({why}); pass a config file such as configs/toy2d.py") from None
-  loop.train(config, workdir)
+  # Before anything starts JAX's backends: the per-process batch must split over the devices.
+  per_process = config.data.batch_size // max(FLAGS.num_processes, 1)
+  cli.set_cpu_devices(FLAGS.cpu_devices, batch_size=per_process, workdir=os.path.abspath(workdir))
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  cli.maybe_initialize_distributed(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+  from jdiff.training import loop
+  loop.train(config, workdir, allow_device_change=FLAGS.allow_device_change)
 
 
 def main(argv):

@@ -1,12 +1,13 @@
 """jdiff: diffusion models in JAX.
 
 The functional core (this package's top-level modules) is pure ``jax.numpy``: schedules, noising,
-parametrizations, losses, likelihood bounds, samplers, guidance. Flax denoisers live in
-``jdiff.models``, training in ``jdiff.training``, data in ``jdiff.data``, evaluation in ``jdiff.eval``
-(import those explicitly; the core does not import Flax, Optax, orbax or TFDS).
+parametrizations, losses, likelihood bounds, samplers, guidance, conditions. Above it (import those
+explicitly; the core does not import Flax, Optax, orbax, grain or TFDS): Flax denoisers in
+``jdiff.models``, data in ``jdiff.data``, what a workdir holds in ``jdiff.experiment``, using a trained
+model in ``jdiff.generation``, evaluation in ``jdiff.eval``, training in ``jdiff.training``.
 """
-from jdiff import (editing, grids, guidance, keys, likelihood, losses, noising, ode, ode_likelihood,
-                   parametrization, samplers, sampling, schedules, toy)
+from jdiff import (conditions, editing, grids, guidance, keys, likelihood, losses, noising, ode,
+                   ode_likelihood, parametrization, samplers, sampling, schedules, toy)
 from jdiff.grids import GRIDS, get_grid
 from jdiff.guidance import (classifier_free, classifier_guidance, classifier_log_prob, clip_x0,
                             dynamic_threshold)

@@ -133,3 +133,19 @@ def int_at_least(v, name: str, lo: int) -> int:
   if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
     raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
   return int(v)
+
+
+def check_unit_images(images, name: str = "images", purpose: str = "") -> None:
+  """Images as floats in [-1, 1] (up to 1e-3 of rounding), finite; ``purpose`` (e.g. " for the
+  Fashion-MNIST feature net") completes the range error."""
+  dtype = np.dtype(getattr(images, "dtype", np.asarray(images).dtype))
+  if not np.issubdtype(dtype, np.floating):
+    raise ValueError(f"{name} must be floats in [-1, 1], got dtype {dtype}; scale uint8 images with "
+                     f"x / 127.5 - 1")
+  a = np.asarray(images)
+  if not np.all(np.isfinite(a)):
+    raise ValueError(f"{name} contains NaN or Inf; pass finite images in [-1, 1]")
+  lo, hi = float(a.min()), float(a.max())
+  if lo < -1.0 - 1e-3 or hi > 1.0 + 1e-3:
+    raise ValueError(f"{name} must lie in [-1, 1]{purpose}, got values in [{lo:.4g}, {hi:.4g}]; scale "
+                     f"uint8 images with x / 127.5 - 1 and clip samples with np.clip(x, -1, 1)")

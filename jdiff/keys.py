@@ -2,7 +2,7 @@
 
 Every random draw of jdiff (training noise and times, the prior draw and per-step noise of sampling,
 editing noise) goes through ``fold_in(key, i)``, so an example's randomness is the same whatever the
-batch size, the device count or the process count (DESIGN.md, *Randomness*).
+batch size, the device count or the process count.
 """
 from __future__ import annotations
 

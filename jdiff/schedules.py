@@ -21,10 +21,6 @@ import numpy as np
 from jdiff import _checks
 
 
-def _log_sigmoid(x):
-  return -jax.nn.softplus(-x)
-
-
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   """Base class. Subclasses implement ``logsnr`` and ``t_of_logsnr`` (VP) or ``sigma`` (VE)."""

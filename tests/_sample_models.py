@@ -51,10 +51,10 @@ def _perturb(tree, seed, scale):
 
 
 def write_workdir(workdir, config, data_shape, num_classes, step=3, scale=0.05):
-  from jdiff.training import checkpoint, loop
-  from jdiff.training.state import make_optimizer
+  from jdiff.experiment import builder, checkpoint
+  from jdiff.experiment.state import make_optimizer
   os.makedirs(workdir, exist_ok=True)
-  model = loop.build_model(config, data_shape, num_classes)
+  model = builder.build_model(config, data_shape, num_classes)
   state = model.init_state(make_optimizer(config.optim, config.training.num_steps))
   state = state.replace(step=jnp.int32(step),
                         params=_perturb(state.params, 1, scale),

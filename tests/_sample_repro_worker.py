@@ -11,7 +11,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, sys.argv[1])
-from jdiff.training import generate, restore  # noqa: E402
+from jdiff import generation  # noqa: E402
+from jdiff.generation import restore  # noqa: E402
 
 
 def main():
@@ -21,7 +22,7 @@ def main():
   arrays = {}
   for k, kwargs in enumerate(runs):
     # generate() blocks on every batch's result before the next is dispatched.
-    res = generate.generate(restored, generate.Settings(**kwargs), progress=False)
+    res = generation.generate(restored, generation.Settings(**kwargs), progress=False)
     assert res.num_devices == 2
     arrays[f"x_{k}"], arrays[f"init_{k}"] = res.samples, res.x_init
   np.savez(out, **arrays)

@@ -433,17 +433,18 @@ def test_feature_cache_holding_a_pickle_is_replaced_not_loaded(paths, monkeypatc
 def test_nonfinite_samples_are_refused_or_written_marked(paths, monkeypatch, capsys, tmp_path):
   """Samples 1 and 3 of 4 turn NaN/Inf (a monkeypatched program): by default sample.py exits 2 naming
   them and writes nothing; with --allow_nonfinite it writes them, warns, and lists them in the JSON."""
-  from jdiff.training import generate
-  real_call = generate.Program.__call__
+  from jdiff.generation import program
+  real_call = program.Program.__call__
 
-  def poisoned(self, indices, *a, **k):
-    x, nfe, x_init = real_call(self, indices, *a, **k)
+  def poisoned(self, args):
+    x, nfe, x_init = real_call(self, args)
+    indices = np.asarray(args[2]).reshape(-1)  # the global sample indices of the batch
     x = np.array(x)
-    x[np.asarray(indices) == 1] = np.nan
-    x[np.asarray(indices) == 3, 0] = np.inf
+    x[indices == 1] = np.nan
+    x[indices == 3, 0] = np.inf
     return x, nfe, x_init
 
-  monkeypatch.setattr(generate.Program, "__call__", poisoned)
+  monkeypatch.setattr(program.Program, "__call__", poisoned)
   args = [f"--workdir={paths['mlp']}", "--num=5", "--batch_size=2", "--sampler=ddim", "--steps=2"]
   assert run_sample(args + [f"--out={tmp_path / 'refused' / 's'}"]) == 2
   err = capsys.readouterr().err.strip().splitlines()

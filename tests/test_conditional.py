@@ -41,12 +41,12 @@ REPO = sm.REPO
 def _train_step_labels(p, n=8192, num_classes=5):
   """``labels_seen(step, index)``: the labels the model receives in one real train step
   (``make_train_step``, label dropout ``p``) for a batch of global example indices ``index``."""
-  from jdiff.training.state import create_state
+  from jdiff.experiment.state import create_state
   from jdiff.training.step import make_train_step
   seen = []
 
   def apply(params, x, t, cond, *, rng=None, train=False):
-    jax.debug.callback(lambda c: seen.append(np.asarray(c)), cond)
+    jax.debug.callback(lambda c: seen.append(np.asarray(c)), cond["label"])
     return params["w"] * x
 
   opt = optax.sgd(0.1)
@@ -65,7 +65,7 @@ def _train_step_labels(p, n=8192, num_classes=5):
 
 
 def test_label_dropout_rate_is_honoured():
-  from jdiff.training.step import drop_labels
+  from jdiff import conditions
   n, k, p = 8192, 5, 0.1
   labels_seen = _train_step_labels(p, n, k)
   index = np.arange(n)
@@ -78,15 +78,16 @@ def test_label_dropout_rate_is_honoured():
   perm = np.random.default_rng(0).permutation(n)
   np.testing.assert_array_equal(labels_seen(0, perm) == k, dropped[perm])
   assert not np.array_equal(labels_seen(1, index) == k, dropped)
-  key, lab = jax.random.PRNGKey(0), jnp.arange(256) % k
-  assert not np.any(np.asarray(drop_labels(lab, jnp.arange(256), key, k, 0.0)) == k)
-  assert np.all(np.asarray(drop_labels(lab, jnp.arange(256), key, k, 1.0)) == k)
+  key, lab = jax.random.PRNGKey(0), {"label": jnp.arange(256) % k}
+  drop = lambda prob: np.asarray(conditions.for_model(k).drop(lab, key, jnp.arange(256), prob)["label"])
+  assert not np.any(drop(0.0) == k)
+  assert np.all(drop(1.0) == k)
 
 
 def test_conditional_configs():
   from configs import cifar10_cond, fashion_mnist_classifier, fashion_mnist_cond
   from jdiff import models
-  from jdiff.training import config_check
+  from jdiff.experiment import config as config_check
   for mod, shape in ((fashion_mnist_cond, (28, 28, 1)), (cifar10_cond, (32, 32, 3))):
     c = mod.get_config()
     config_check.validate(c)
@@ -307,8 +308,8 @@ def test_train_py_trains_a_classifier_and_sample_py_guides_with_it(clf_wd, uncon
 
 
 def test_classifier_scale_is_traced_and_guides(clf_wd, uncond_wd):
-  from jdiff.training import generate as gen
-  from jdiff.training import restore
+  from jdiff import generation as gen
+  from jdiff.generation import restore
   model = restore.restore(uncond_wd)
   clf = restore.restore(clf_wd, task="classifier")
   # A classifier that has seen 2 steps barely varies with x; perturb its logits layer so that the

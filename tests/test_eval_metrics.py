@@ -15,6 +15,7 @@ from jdiff import data
 from jdiff import eval as jeval
 from jdiff.eval import features as features_lib
 from jdiff.eval import metrics
+from jdiff.utils import files
 
 HAVE_FMNIST = all(
     os.path.isfile(os.path.join(data.FASHION_MNIST_DIR, f"{p}-{k}-ubyte.gz"))
@@ -229,7 +230,7 @@ def test_feature_net_cache_version_and_corruption(trained, tmp_path):
     arrays = dict(f)
   arrays["__meta__/version"] = np.asarray(features_lib.VERSION + 1)
   other = tmp_path / "other"
-  features_lib.atomic_savez(features_lib.cache_path(str(other)), arrays)
+  files.write_npz(features_lib.cache_path(str(other)), arrays)
   with pytest.raises(FileNotFoundError, match="version"):
     jeval.load_feature_net(cache_dir=str(other), train_if_missing=False)
   broken = tmp_path / "broken"

@@ -120,8 +120,8 @@ def test_checkpoint_report_every_metric(trained_wd, feature_cache):
   """What eval.py computes for a conditional Fashion-MNIST checkpoint (in this process: the CLI itself
   is run below on a toy model)."""
   from jdiff.eval import model_eval
-  from jdiff.training import generate as gen
-  from jdiff.training import restore
+  from jdiff import generation as gen
+  from jdiff.generation import restore
   wd, _ = trained_wd
   restored = restore.restore(wd)
   lines = []
@@ -184,8 +184,8 @@ def test_eval_py_bits_per_dim_only(mlp_wd, tmp_path):
 
 def test_sample_metrics_refuse_other_data(mlp_wd):
   from jdiff.eval import model_eval
-  from jdiff.training import generate as gen
-  from jdiff.training import restore
+  from jdiff import generation as gen
+  from jdiff.generation import restore
   restored = restore.restore(mlp_wd)
   with pytest.raises(ValueError, match=r"'mixture2d' data of shape \(2,\); pass --num=0 --bpd"):
     model_eval.evaluate_checkpoint(restored, gen.Settings(num=8))

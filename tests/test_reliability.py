@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jdiff.training import checkpoint as ckpt_lib
+from jdiff.experiment import checkpoint as ckpt_lib
 from jdiff.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,8 @@ from configs import toy2d  # noqa: E402
 FLAGS = ["--config=configs/toy2d.py", "--config.training.ckpt_every=1", "--config.training.log_every=1",
          "--config.training.sample_every=0", "--config.data.batch_size=32",
          "--config.model.features=32", "--config.model.num_blocks=1",
-         "--config.training.keep_checkpoints=2"]
+         "--config.training.keep_checkpoints=2",
+         "--cpu_devices=1"]  # compared with an in-process run on this process's one CPU device
 
 
 def _config(num_steps, ckpt_every=1, **over):

@@ -145,7 +145,7 @@ def test_inpainting_and_sdedit_from_files(unet_wd, tmp_path):
   # The start is input row i noised to t = 0.5 with the noise of sample i (jdiff.editing).
   import jax
   from jdiff import editing
-  from jdiff.training import restore
+  from jdiff.generation import restore
   start = editing.noised_input(jax.random.PRNGKey(2), np.arange(3), x[..., None],
                                restore.restore(unet_wd).schedule, 0.5)
   np.testing.assert_allclose(np.load(tmp_path / "sd.npz")["x_init"], start, atol=1e-6)
@@ -249,9 +249,9 @@ def test_bad_input_subprocess_exit_status(args, message, unet_wd, tmp_path):
 
 
 def test_failure_while_sampling_or_writing_leaves_nothing(mlp_wd, tmp_path, monkeypatch, capsys):
-  from jdiff.training import generate
+  from jdiff.generation import program
   calls = []
-  real_call = generate.Program.__call__
+  real_call = program.Program.__call__
 
   def fail_second_batch(self, *a, **k):
     calls.append(1)
@@ -259,7 +259,7 @@ def test_failure_while_sampling_or_writing_leaves_nothing(mlp_wd, tmp_path, monk
       raise ValueError("simulated failure in batch 2")
     return real_call(self, *a, **k)
 
-  monkeypatch.setattr(generate.Program, "__call__", fail_second_batch)
+  monkeypatch.setattr(program.Program, "__call__", fail_second_batch)
   out = tmp_path / "o"
   assert _main([f"--workdir={mlp_wd}", "--num=4", "--batch_size=2", "--sampler=ddim", "--steps=2",
                 f"--out={out / 's.png'}"]) == 2
@@ -276,7 +276,7 @@ def test_failure_while_sampling_or_writing_leaves_nothing(mlp_wd, tmp_path, monk
       raise OSError(28, "No space left on device")
     return real_fdopen(fd, *a, **k)
 
-  monkeypatch.setattr(generate.os, "fdopen", fail_second_file)
+  monkeypatch.setattr(os, "fdopen", fail_second_file)
   with pytest.raises(OSError):
     _main([f"--workdir={mlp_wd}", "--num=2", "--sampler=ddim", "--steps=2", f"--out={out / 's.png'}"])
   assert os.listdir(out) == []

@@ -1,4 +1,4 @@
-"""Reproducibility and compilation of sampling from a checkpoint (jdiff.training.generate, sample.py).
+"""Reproducibility and compilation of sampling from a checkpoint (jdiff.generation, sample.py).
 
 Sample i must be the same whatever the batch size, the device count (1 or 2 forced host devices, in a
 subprocess) or how a run is split with start_index: the noise bit-identical; the sample bit-identical
@@ -19,8 +19,8 @@ import pytest
 
 import _sample_models as sm
 from jdiff import grids, guidance, sampling
-from jdiff.training import generate as gen
-from jdiff.training import restore
+from jdiff import generation as gen
+from jdiff.generation import restore
 
 REPO = sm.REPO
 BASE = dict(sampler="ddpm", steps=3, guidance=1.0, seed=5, save_noise=True)
@@ -116,7 +116,7 @@ def test_no_recompilation_when_values_change(restored):
               dict(grid="uniform_logsnr")]
   settings = [gen.Settings(**{**base, **v}) for v in [{}] + variants]
   for s in settings:  # build the host-side grids once (eager jnp ops compile small kernels)
-    gen.make_grid_times(gen.with_defaults(s, restored), restored)
+    gen.settings.grid_times(gen.resolve(s, restored), restored)
   first = gen.generate(restored, settings[0], progress=False)
   with counter:
     outs = [gen.generate(restored, s, progress=False) for s in settings[1:]]
@@ -128,7 +128,7 @@ def test_no_recompilation_when_values_change(restored):
   edit = [gen.Settings(num=4, batch_size=4, sampler="ddpm", steps=4, seed=0, strength=s)
           for s in (0.3, 0.7)]
   for s in edit:
-    gen.make_grid_times(gen.with_defaults(s, restored), restored)
+    gen.settings.grid_times(gen.resolve(s, restored), restored)
   e0 = gen.generate(restored, edit[0], x_in, progress=False)
   with counter:
     e1 = gen.generate(restored, edit[1], x_in, progress=False)

@@ -89,3 +89,54 @@ def test_train_py_cpu_devices_splits_the_batch_over_host_devices(tmp_path):
     losses[n] = [json.loads(l)["loss"] for l in open(os.path.join(wd, "metrics.jsonl"))]
   assert len(losses[1]) == 3
   np.testing.assert_allclose(losses[2], losses[1], rtol=1e-5)
+
+
+def test_train_py_chooses_the_cpu_device_count_and_resumes_with_it(tmp_path):
+  """Without --cpu_devices a CPU-only host is split into the automatic device count (both cores of
+  the 2-core development machine), recorded in the workdir; a resume takes the recorded count again,
+  a forced other count is refused with one line (nothing written), and --allow_device_change
+  continues anyway."""
+  from jdiff.utils import cli
+  want = cli.auto_cpu_devices(32)
+  other = 1 if want > 1 else 2
+  wd = tmp_path / "auto"
+  common = ["--config=configs/toy2d.py", f"--workdir={wd}", "--config.training.log_every=1",
+            "--config.training.sample_every=0", "--config.data.batch_size=32"]
+  r = _run(common + ["--config.training.num_steps=2"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"training on {want} cpu device(s)" in r.stdout + r.stderr
+  assert json.load(open(wd / "devices.json"))["num_devices"] == want
+  metrics = (wd / "metrics.jsonl").read_text()
+
+  r = _run(common + ["--config.training.num_steps=3", f"--cpu_devices={other}"])
+  assert r.returncode == 2, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "Traceback" not in r.stderr
+  assert f"checkpoint step 2 was trained on {want} device(s) but this run has {other}" in last
+  assert f"--cpu_devices={want}" in last
+  assert sorted(os.listdir(wd / "checkpoints")) == ["2"] and (wd / "metrics.jsonl").read_text() == metrics
+  assert json.load(open(wd / "devices.json"))["num_devices"] == want
+
+  r = _run(common + ["--config.training.num_steps=3"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = r.stdout + r.stderr
+  assert "resumed from checkpoint step 2" in out and f"training on {want} cpu device(s)" in out
+
+  r = _run(common + ["--config.training.num_steps=4", f"--cpu_devices={other}", "--allow_device_change"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "not bit-exact" in r.stdout + r.stderr
+  assert json.load(open(wd / "devices.json"))["num_devices"] == other
+
+
+def test_automatic_cpu_device_count(monkeypatch):
+  from jdiff.utils import cli
+  monkeypatch.setattr(os, "cpu_count", lambda: 6)
+  assert cli.auto_cpu_devices(None) == 6
+  assert cli.auto_cpu_devices(128) == 4  # the largest count <= 6 that divides the batch
+  assert cli.auto_cpu_devices(7) == 1
+  monkeypatch.setattr(os, "cpu_count", lambda: 64)
+  assert cli.auto_cpu_devices(512) == 8  # capped
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert cli.cpu_only()
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+  assert not cli.cpu_only()

@@ -10,8 +10,9 @@ import pytest
 
 import jdiff
 from jdiff import models
+from jdiff.experiment import builder
 from jdiff.training import loop
-from jdiff.training.state import create_state, make_optimizer
+from jdiff.experiment.state import create_state, make_optimizer
 from jdiff.training.step import make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,7 +207,7 @@ def test_bfloat16_compute_from_the_config_trains_with_float32_state():
   for dtype in ("float32", "bfloat16"):
     c = toy2d.get_config()
     c.model.dtype = dtype
-    model = loop.build_model(c, (2,), 0)
+    model = builder.build_model(c, (2,), 0)
     assert jnp.dtype(model.module.dtype) == jnp.dtype(dtype)
     opt = make_optimizer(_optim(), 1000)
     state = create_state(model.init_params(), opt, 1)

@@ -23,6 +23,15 @@ from jdiff.eval import features as features_lib
 from jdiff.eval import metrics
 
 _TEST_SIZE = 10_000
+MIN_SAMPLES = 4  # precision/recall with k = 3 need N > 3 (FD and KID need 2)
+
+
+def check_num_samples(num: int, what: str = "num") -> None:
+  """``report`` needs at least ``MIN_SAMPLES`` samples (``what`` names the setting in the error)."""
+  if num < MIN_SAMPLES:
+    raise ValueError(f"{what}={num} is too few samples: precision/recall (k=3) need at least "
+                     f"{MIN_SAMPLES}, FD and KID at least 2; use 1000 or more for stable numbers "
+                     f"(or --num=0 with --bpd to skip the sample metrics)")
 
 
 @functools.lru_cache(maxsize=2)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from typing import Mapping, Optional
 
@@ -29,6 +28,7 @@ import numpy as np
 import optax
 
 from jdiff import _checks
+from jdiff.utils import files
 
 VERSION = 1
 ARCHITECTURE = "conv3x3s2(32)-conv3x3s2(64)-conv3x3s2(128)-dense(128)-dense(10), relu"
@@ -52,24 +52,6 @@ def cache_path(cache_dir_: Optional[str] = None) -> str:
   return os.path.join(cache_dir(cache_dir_), f"fmnist_classifier_v{VERSION}.npz")
 
 
-def atomic_savez(path: str, arrays: Mapping[str, np.ndarray]) -> str:
-  """``np.savez`` to a temporary file in the same directory, then ``os.replace`` onto ``path``, so a
-  reader never sees a half-written file."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
-
-
 class FashionCNN(nn.Module):
   """``__call__(x) -> (logits [N, 10], features [N, 128])`` for ``x`` ``[N, 28, 28, 1]`` in [-1, 1]."""
   feature_dim: int = FEATURE_DIM
@@ -90,18 +72,7 @@ def check_fmnist_images(images, name: str = "images") -> None:
   if len(shape) != 4 or tuple(shape[1:]) != IMAGE_SHAPE or shape[0] < 1:
     raise ValueError(f"{name} must have shape [N, 28, 28, 1] (Fashion-MNIST, channels last, N >= 1) "
                      f"for the Fashion-MNIST feature net, got shape {tuple(shape)}")
-  dtype = np.dtype(getattr(images, "dtype", np.asarray(images).dtype))
-  if not np.issubdtype(dtype, np.floating):
-    raise ValueError(f"{name} must be floats in [-1, 1], got dtype {dtype}; scale uint8 images with "
-                     f"x / 127.5 - 1")
-  a = np.asarray(images)
-  if not np.all(np.isfinite(a)):
-    raise ValueError(f"{name} contains NaN or Inf; pass finite images in [-1, 1]")
-  lo, hi = float(a.min()), float(a.max())
-  if lo < -1.0 - 1e-3 or hi > 1.0 + 1e-3:
-    raise ValueError(f"{name} must lie in [-1, 1] for the Fashion-MNIST feature net, got values in "
-                     f"[{lo:.4g}, {hi:.4g}]; scale uint8 images with x / 127.5 - 1 and clip samples "
-                     f"with np.clip(x, -1, 1)")
+  _checks.check_unit_images(images, name, " for the Fashion-MNIST feature net")
 
 
 def check_labels(labels, n: int, name: str = "labels") -> np.ndarray:
@@ -254,7 +225,7 @@ def save_feature_net(net: FeatureNet, path: str) -> str:
   arrays[_META + "architecture"] = np.asarray(ARCHITECTURE)
   arrays[_META + "test_accuracy"] = np.asarray(net.test_accuracy, np.float64)
   arrays[_META + "train_seconds"] = np.asarray(net.train_seconds, np.float64)
-  net.path = atomic_savez(path, arrays)
+  net.path = files.write_npz(path, arrays)
   return net.path
 
 
@@ -322,6 +293,6 @@ def get_feature_net(cache_dir: Optional[str] = None) -> FeatureNet:
 
 
 __all__ = ["ARCHITECTURE", "CACHE_ENV", "FEATURE_DIM", "FashionCNN", "FeatureNet", "IMAGE_SHAPE",
-           "NUM_CLASSES", "TRAIN_CONFIG", "VERSION", "atomic_savez", "cache_dir", "cache_path",
+           "NUM_CLASSES", "TRAIN_CONFIG", "VERSION", "cache_dir", "cache_path",
            "check_fmnist_images", "check_labels", "get_feature_net", "load_feature_net",
            "save_feature_net", "train_feature_net"]

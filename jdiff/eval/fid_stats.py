@@ -19,7 +19,7 @@ import numpy as np
 
 from jdiff import _checks
 from jdiff.eval import metrics
-from jdiff.eval.features import atomic_savez
+from jdiff.utils import files
 from jdiff.eval.inception import FIDInception, load_fid_inception
 
 
@@ -80,7 +80,7 @@ def save_statistics(path: str, stats: Mapping) -> str:
   arrays = {"mu": mu, "sigma": sigma}
   if "num_samples" in stats:
     arrays["num_samples"] = np.asarray(int(stats["num_samples"]), np.int64)
-  return atomic_savez(path, arrays)
+  return files.write_npz(path, arrays)
 
 
 def load_statistics(path: str) -> dict:

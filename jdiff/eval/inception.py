@@ -31,6 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jdiff import _checks
+from jdiff.utils import files
+
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
 BN_EPS = 1e-3
@@ -205,17 +208,7 @@ def check_images(images, name: str = "images") -> None:
   if len(shape) != 4 or shape[-1] not in (1, 3) or shape[0] < 1:
     raise ValueError(f"{name} must have shape [N, H, W, C] with N >= 1 and C = 1 or 3 (channels "
                      f"last), got shape {shape}")
-  dtype = np.dtype(getattr(images, "dtype", np.asarray(images).dtype))
-  if not np.issubdtype(dtype, np.floating):
-    raise ValueError(f"{name} must be floats in [-1, 1], got dtype {dtype}; scale uint8 images with "
-                     f"x / 127.5 - 1")
-  a = np.asarray(images)
-  if not np.all(np.isfinite(a)):
-    raise ValueError(f"{name} contains NaN or Inf; pass finite images in [-1, 1]")
-  lo, hi = float(a.min()), float(a.max())
-  if lo < -1.0 - 1e-3 or hi > 1.0 + 1e-3:
-    raise ValueError(f"{name} must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]; scale uint8 "
-                     f"images with x / 127.5 - 1 and clip samples with np.clip(x, -1, 1)")
+  _checks.check_unit_images(images, name)
 
 
 def preprocess(images, size: int = INCEPTION_SIZE) -> jax.Array:
@@ -393,9 +386,8 @@ def check_flat_params(flat: Mapping[str, np.ndarray], source: str) -> None:
 
 def save_params(flat: Mapping[str, np.ndarray], path: str) -> str:
   """Write flat params to ``path`` (``.npz``) atomically (temporary file, then rename)."""
-  from jdiff.eval.features import atomic_savez  # pylint: disable=g-import-not-at-top
   check_flat_params(flat, "params")
-  return atomic_savez(path, {k: np.asarray(v, np.float32) for k, v in flat.items()})
+  return files.write_npz(path, {k: np.asarray(v, np.float32) for k, v in flat.items()})
 
 
 def _missing_weights_message(path: str) -> str:

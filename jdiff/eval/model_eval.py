@@ -1,6 +1,6 @@
 """Every metric for one checkpoint and one sampler (``eval.py``).
 
-Samples come from :func:`jdiff.training.generate.generate` (the ``sample.py`` path: pmapped over the
+Samples come from :func:`jdiff.generation.generate` (the ``sample.py`` path: pmapped over the
 local devices, sample ``i`` from ``fold_in(PRNGKey(seed), i)``), are clipped to [-1, 1] and scored by
 :func:`jdiff.eval.report` (FD, KID ± std, precision, recall, classifier accuracy of the requested labels
 for conditional models, each with its floor: real test images at the same N). Optionally,
@@ -15,24 +15,32 @@ from typing import Optional
 
 import numpy as np
 
+from jdiff import generation
 from jdiff.eval import bpd as bpd_lib
 from jdiff.eval import evaluate
 from jdiff.eval import features as features_lib
+from jdiff.eval.evaluate import MIN_SAMPLES
 
-MIN_SAMPLES = 4  # report(): precision/recall with k = 3 need N > 3; FD and KID need N >= 2
+
+class NonFiniteSamples(ValueError):
+  """Some samples hold NaN or Inf, so no metric can be computed."""
+
+  def __init__(self, count: int, num: int):
+    super().__init__(f"{count} of {num} samples are NaN or Inf; the model or sampler diverged (try "
+                     f"more --steps or another --sampler)")
+    self.count = count
 
 
-def check_sample_metrics(restored, num: int) -> None:
-  """The sample metrics need a Fashion-MNIST model and at least ``MIN_SAMPLES`` samples."""
+def check_sample_metrics(restored, num: int, *, what: str = "--num",
+                         fix: str = "pass --num=0 --bpd for bits/dim only") -> None:
+  """The sample metrics need a Fashion-MNIST model and at least ``MIN_SAMPLES`` samples (``what``
+  names the setting and ``fix`` the way out in the errors)."""
   name = restored.config.data.name
   if name != "fashion_mnist" or tuple(restored.data_shape) != features_lib.IMAGE_SHAPE:
-    raise ValueError(f"the sample metrics (FD, KID, precision, recall) use the Fashion-MNIST feature "
-                     f"net and Fashion-MNIST reference images, but this model makes {name!r} data of "
-                     f"shape {tuple(restored.data_shape)}; pass --num=0 --bpd for bits/dim only")
-  if num < MIN_SAMPLES:
-    raise ValueError(f"--num={num} is too few samples: precision/recall (k=3) need at least "
-                     f"{MIN_SAMPLES}, FD and KID at least 2; use 1000 or more for stable numbers "
-                     f"(or --num=0 with --bpd to skip the sample metrics)")
+    raise ValueError(f"the sample metrics (FD, KID, precision, recall) score samples with the "
+                     f"Fashion-MNIST feature net against Fashion-MNIST images (28x28x1), but this model "
+                     f"makes {name!r} data of shape {tuple(restored.data_shape)}; {fix}")
+  evaluate.check_num_samples(num, what)
 
 
 def heldout_data(config, num: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -60,7 +68,6 @@ def evaluate_checkpoint(restored, settings, *, bpd_num: int = 0, bpd_options: Op
                         progress: bool = True, log=print) -> dict:
   """Sample ``settings.num`` images (``0``: none) and score them; with ``bpd_num > 0`` also the bits/dim
   of that many test images. Returns the JSON-ready report."""
-  from jdiff.training import generate as gen  # pylint: disable=g-import-not-at-top
   out = {"checkpoint": restored.checkpoint_dir, "workdir": restored.workdir, "step": restored.step,
          "params": restored.which, "metrics": None, "bpd": None}
   if settings.num:
@@ -68,16 +75,15 @@ def evaluate_checkpoint(restored, settings, *, bpd_num: int = 0, bpd_options: Op
   if bpd_num and bpd_num < 2:
     raise ValueError(f"--bpd_num={bpd_num} is too few: the standard error needs at least 2 images")
   if settings.num:
-    result = gen.generate(restored, settings, devices=devices, progress=progress)
+    result = generation.generate(restored, settings, devices=devices, progress=progress)
     s = result.settings
     out["settings"] = s.to_json()
     out["nfe"] = result.nfe_per_batch
     out["timing"] = result.throughput()
     x = result.samples
-    bad = ~np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+    bad = generation.nonfinite_rows(x)
     if bad.any():
-      raise ValueError(f"{int(bad.sum())} of {x.shape[0]} samples are NaN or Inf; the model or sampler "
-                       f"diverged (try more --steps or another --sampler)")
+      raise NonFiniteSamples(int(bad.sum()), x.shape[0])
     net = features_lib.get_feature_net() if net is None else net
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # small N: FD is biased; the floor at the same N says how much
@@ -98,4 +104,5 @@ def evaluate_checkpoint(restored, settings, *, bpd_num: int = 0, bpd_options: Op
   return out
 
 
-__all__ = ["MIN_SAMPLES", "check_sample_metrics", "evaluate_checkpoint", "heldout_data"]
+__all__ = ["MIN_SAMPLES", "NonFiniteSamples", "check_sample_metrics", "evaluate_checkpoint",
+           "heldout_data"]

@@ -9,7 +9,6 @@ states come back with their own types. Nothing here uses pickle.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -18,6 +17,8 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jdiff.utils import files
 
 
 CHECKSUMS = "jdiff_checksums.json"
@@ -29,17 +30,13 @@ class DamagedCheckpointError(ValueError):
 
 def _file_digests(step_dir: str) -> dict:
   out = {}
-  for root, _, files in os.walk(step_dir):
-    for name in files:
+  for root, _, names in os.walk(step_dir):
+    for name in names:
       path = os.path.join(root, name)
       rel = os.path.relpath(path, step_dir)
       if name == CHECKSUMS or name.startswith(f".{CHECKSUMS}"):
         continue
-      h = hashlib.sha256()
-      with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-          h.update(chunk)
-      out[rel] = [os.path.getsize(path), h.hexdigest()]
+      out[rel] = [os.path.getsize(path), files.sha256(path)]
   return dict(sorted(out.items()))
 
 
@@ -75,10 +72,7 @@ class Checkpointer:
       # verifies them, so a truncated or corrupted checkpoint is refused instead of loaded.
       step_dir = self.step_dir(step)
       digests = _file_digests(step_dir)
-      tmp = os.path.join(step_dir, f".{CHECKSUMS}.tmp")
-      with open(tmp, "w") as f:
-        json.dump(digests, f)
-      os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
+      files.write_json(os.path.join(step_dir, CHECKSUMS), digests, indent=None)
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(int(step)))

@@ -7,7 +7,7 @@ import math
 import ml_collections
 
 from jdiff import _checks
-from jdiff import grids, samplers, sampling, schedules
+from jdiff import grids, sampling, schedules
 
 _REQUIRED = {"data": ("name", "batch_size"), "model": ("name",), "diffusion": ("schedule",
              "parametrization"), "optim": ("lr",), "training": ("num_steps",), "sampling": ("sampler",)}
@@ -61,9 +61,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   # or after the workdir is set up: fail before anything is written.
   schedule = schedules.get_schedule(c.diffusion.schedule,
                                     **dict(c.diffusion.get("schedule_kwargs", None) or {}))
-  _checks.choice("sampler", c.sampling.sampler, sampling.SAMPLER_NAMES)
-  if c.sampling.sampler != "ode":
-    sampling.check_sampler_schedule(samplers.get_sampler(c.sampling.sampler), schedule)
+  sampling.check_sampler_schedule(sampling.get_sampler(c.sampling.sampler), schedule)
   _checks.choice("grid", c.sampling.get("grid", "uniform_logsnr"), grids.GRIDS)
   _in_range(c.optim.lr, "config.optim.lr", 0.0, math.inf, "> 0", lo_open=True)
   if "ema_decay" in c.training:

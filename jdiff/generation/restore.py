@@ -2,9 +2,11 @@
 (built without touching the dataset) and the EMA (default) or raw parameters of one checkpoint.
 
 A workdir written by ``train.py`` holds ``config.json`` and ``checkpoints/<step>/`` (orbax items
-``state``, ``data`` and ``meta``; see ``jdiff.training.checkpoint``). The checkpoint's ``meta`` gives the
-data shape and the number of classes, so nothing here reads the training data. Every problem is one
+``state``, ``data`` and ``meta``; see ``jdiff.experiment.checkpoint``). The checkpoint's ``meta`` gives
+the data shape and the number of classes, so nothing here reads the training data. Every problem is one
 ``ValueError`` naming what is wrong and how to fix it; nothing is created or written.
+``Restored.from_params`` wraps parameters that are still in training (the training loop's sample grids
+and evaluations) the same way.
 """
 from __future__ import annotations
 
@@ -19,18 +21,18 @@ import ml_collections
 import numpy as np
 
 from jdiff import _checks
-from jdiff.training import checkpoint as ckpt_lib
-from jdiff.training import config_check
-from jdiff.training.loop import Model, build_model
-from jdiff.training.state import make_optimizer
+from jdiff.experiment import checkpoint as ckpt_lib
+from jdiff.experiment import config as config_check
+from jdiff.experiment.builder import Model, build_model
+from jdiff.experiment.state import make_optimizer
 
 
 @dataclasses.dataclass
 class Restored:
   """A model ready to sample: ``model_fn(params, x, t, cond)`` read with ``parametrization``."""
   config: ml_collections.ConfigDict
-  workdir: str
-  checkpoint_dir: str  # <workdir>/checkpoints/<step>
+  workdir: Optional[str]
+  checkpoint_dir: Optional[str]  # <workdir>/checkpoints/<step>; None for parameters still in training
   step: int
   which: str  # "ema" or "raw"
   params: Any
@@ -39,6 +41,20 @@ class Restored:
   model_fn: Any
   parametrization: str  # the core parametrization ("x0" for EDM-preconditioned models)
   programs: dict = dataclasses.field(default_factory=dict, repr=False)  # compiled sampling programs
+
+  @classmethod
+  def from_params(cls, model: Model, params, step: int = 0, *, workdir: Optional[str] = None,
+                  which: str = "ema") -> "Restored":
+    """Parameters that have no checkpoint (yet): e.g. the EMA parameters during training. Reuse one
+    object with ``dataclasses.replace(r, params=..., step=...)``: the replacement shares the compiled
+    programs."""
+    model_fn, param = model.model_fn()
+    return cls(config=model.config, workdir=workdir, checkpoint_dir=None, step=int(step), which=which,
+               params=params, meta={}, model=model, model_fn=model_fn, parametrization=param)
+
+  @property
+  def conditions(self):
+    return self.model.conditions
 
   @property
   def schedule(self):
@@ -203,7 +219,14 @@ def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, *,
     ckpt.close()
   params = state.ema_params if use_ema else state.params
   params = jax.tree_util.tree_map(np.asarray, params)
-  model_fn, param = model.model_fn()
-  return Restored(config=config, workdir=workdir, checkpoint_dir=step_dir, step=int(step),
-                  which="ema" if use_ema else "raw", params=params, meta=meta, model=model,
-                  model_fn=model_fn, parametrization=param)
+  restored = Restored.from_params(model, params, step, workdir=workdir,
+                                  which="ema" if use_ema else "raw")
+  return dataclasses.replace(restored, checkpoint_dir=step_dir, meta=meta)
+
+
+def restore_path(path: str, *, use_ema: bool = True, task: str = "diffusion") -> Restored:
+  """``restore`` of a path that is either a workdir (its newest checkpoint) or one of its
+  ``checkpoints/<step>`` directories."""
+  path = os.path.abspath(path.rstrip("/"))
+  is_step = os.path.basename(path).isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints"
+  return restore(None if is_step else path, path if is_step else None, use_ema=use_ema, task=task)

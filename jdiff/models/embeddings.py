@@ -127,7 +127,14 @@ def prepare_t(t, batch: int, model: str):
 
 
 def prepare_labels(cond, batch: int, num_classes: int, model: str):
-  """``cond``: int labels ``[batch]`` in ``[0, num_classes]`` (``num_classes`` = NULL) or ``None``."""
+  """``cond``: the condition pytree ``{"label": int [batch]}`` (``jdiff.conditions``), bare int labels
+  ``[batch]``, or ``None``; labels lie in ``[0, num_classes]`` (``num_classes`` = NULL)."""
+  if isinstance(cond, dict):
+    unknown = sorted(set(cond) - {"label"})
+    if unknown:
+      raise ValueError(f"{model} takes the condition 'label' only, got {unknown}; drop them or use a "
+                       f"model that reads them")
+    cond = cond.get("label")
   if num_classes == 0:
     if cond is not None:
       raise ValueError(f"{model} was created with num_classes=0 (unconditional) but got labels; pass "

@@ -5,6 +5,7 @@ checkpoint (state and data position) and continues exactly as an uninterrupted r
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,17 +14,18 @@ import time
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import jdiff
 from jdiff import data as jdata
-from jdiff import models
-from jdiff.training import checkpoint as ckpt_lib
-from jdiff.training import config_check
-from jdiff.training.state import TrainState, create_state, make_optimizer
-from jdiff.training.step import make_classifier_train_step, make_model_fn, make_train_step
+from jdiff import generation
+from jdiff.experiment import checkpoint as ckpt_lib
+from jdiff.experiment import config as config_check
+from jdiff.experiment.builder import build_model
+from jdiff.experiment.state import TrainState, make_optimizer
+from jdiff.training.periodic_eval import PeriodicEval
+from jdiff.training.step import make_classifier_train_step, make_train_step
+from jdiff.utils import cli, files
 from jdiff.utils import images as image_utils
 from jdiff.utils.progress import Progress
 
@@ -88,7 +90,9 @@ class Experiment:
     return self.model.init_state(self.optimizer)
 
   def meta(self, state: TrainState) -> dict:
-    return self.model.meta(state)
+    """The checkpoint metadata: the model's, plus the device layout (for bit-exact resume)."""
+    return {**self.model.meta(state), "num_devices": jax.device_count(),
+            "process_count": jax.process_count()}
 
   def train_step_fn(self, axis_name: Optional[str] = "data"):
     f = self.config.diffusion
@@ -100,7 +104,7 @@ class Experiment:
     return make_train_step(
         self.apply_fn, self.schedule, self.optimizer, parametrization_name=f.parametrization,
         weighting=f.weighting, time_sampling=f.time_sampling, ema_decay=self.config.training.ema_decay,
-        num_classes=self.num_classes, cond_drop_prob=self.config.training.cond_drop_prob,
+        conditions=self.model.conditions, cond_drop_prob=self.config.training.cond_drop_prob,
         global_batch_size=self.config.data.batch_size, axis_name=axis_name,
         sigma_data=f.sigma_data, learned_variance=self.learned_variance,
         ema_warmup=self.config.training.get("ema_warmup", True))
@@ -108,54 +112,6 @@ class Experiment:
   def model_fn(self):
     """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout)."""
     return self.model.model_fn()
-
-
-class Model:
-  """The model half of an ``Experiment``: network, schedule and parametrization built from a config,
-  the data shape and the number of classes, without touching the dataset (``sample.py`` builds one
-  from a workdir's ``config.json`` and the checkpoint's metadata)."""
-
-  def __init__(self, config: ml_collections.ConfigDict, data_shape, num_classes: int):
-    c = self.config = config
-    self.data_shape = tuple(int(d) for d in data_shape)
-    self.num_classes = int(num_classes)
-    self.task = config_check.task_of(c)  # "diffusion", or "classifier": num_classes are its logits
-    model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
-    self.module = models.create(c.model.name, num_classes=self.num_classes, **model_kwargs)
-    self.init_fn, self.apply_fn = models.functional(self.module)
-    self.schedule = jdiff.get_schedule(c.diffusion.schedule, **dict(c.diffusion.schedule_kwargs))
-    self.learned_variance = bool(c.model.get("learned_variance", False))
-
-  def init_params(self):
-    x = jnp.zeros((1,) + self.data_shape, jnp.float32)
-    cond = jnp.zeros((1,), jnp.int32) if self.num_classes and self.task == "diffusion" else None
-    return self.init_fn(jax.random.PRNGKey(self.config.seed), x, jnp.zeros((1,), jnp.float32), cond)
-
-  def init_state(self, optimizer) -> TrainState:
-    return create_state(self.init_params(), optimizer, self.config.seed + 1)
-
-  def meta(self, state: TrainState) -> dict:
-    c = self.config
-    meta = {"params": ckpt_lib.param_signature(state.params), "model": c.model.name,
-            "data_shape": list(self.data_shape), "num_classes": self.num_classes,
-            "parametrization": c.diffusion.parametrization, "schedule": c.diffusion.schedule}
-    if self.task != "diffusion":  # diffusion checkpoints predate the field: no "task" means diffusion
-      meta["task"] = self.task
-    return meta
-
-  def model_fn(self):
-    """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout); for a classifier
-    ``(fn(params, x, t) -> logits, "logits")``."""
-    if self.task == "classifier":
-      return (lambda params, x, t: self.apply_fn(params, x, t, None)), "logits"
-    factory, core = make_model_fn(self.apply_fn, self.schedule, self.config.diffusion.parametrization,
-                                  self.config.diffusion.sigma_data)
-    return factory(None, False), core
-
-
-def build_model(config: ml_collections.ConfigDict, data_shape, num_classes: int) -> Model:
-  """The network, schedule and parametrization of ``config`` for data of ``data_shape`` (no dataset)."""
-  return Model(config, data_shape, num_classes)
 
 
 def replicate(tree, num_devices: Optional[int] = None):
@@ -194,45 +150,44 @@ class _StopFlag:
       signal.signal(s, h)
 
 
-def clip_model_x0(fn, schedule, parametrization: str, lo: float = -1.0, hi: float = 1.0):
-  """A model that predicts ``clip(x0_hat, lo, hi)`` (parametrization ``x0``): DDPM's clipping of the
-  denoised image to the data range at every sampling step (Ho et al. 2020; Nichol & Dhariwal 2021)."""
-  def clipped(params, x, t, cond):
-    tb = jdiff.parametrization.broadcast_t(t, x)
-    out = fn(params, x, tb, cond)
-    a, s = schedule.alpha_sigma(tb)
-    return jnp.clip(jdiff.to_x0_eps(parametrization, out, x, a, s)[0], lo, hi)
-  return clipped
-
-
-def sample_grid(exp: Experiment, params, num: int, seed: int, path: Optional[str]):
-  """Sample ``num`` examples from ``params`` with the config's sampler; write a PNG grid (images)."""
-  from jdiff import grids, sampling
-  c = exp.config.sampling
-  fn, param = exp.model_fn()
-  if c.get("clip_x0", True) and len(exp.data_shape) == 3:
-    fn, param = clip_model_x0(fn, exp.schedule, param), "x0"
-  sample_fn = sampling.make_sample_fn(fn, exp.schedule, param, c.sampler, c.steps,
-                                      learned_variance=exp.learned_variance)
-  ts = grids.get_grid(c.grid, exp.schedule, c.steps)
-  cond = None
-  if exp.num_classes:
-    cond = jnp.arange(num, dtype=jnp.int32) % exp.num_classes
-  x = np.asarray(jax.device_get(sample_fn(params, (num,) + exp.data_shape, ts,
-                                          jax.random.PRNGKey(seed), cond).x))
+def sample_grid(exp: Experiment, params, num: int, seed: int, path: Optional[str], *,
+                restored: Optional[generation.Restored] = None):
+  """Sample ``num`` examples from ``params`` with the config's sampling settings through the one front
+  door (``jdiff.generation.generate``, as ``sample.py --seed=seed`` draws them); write a PNG grid
+  (images). Pass the ``restored`` of an earlier call to reuse its compiled program."""
+  restored = restored or generation.Restored.from_params(exp.model, params)
+  restored = dataclasses.replace(restored, params=params)
+  result = generation.generate(restored, generation.Settings(num=num, seed=seed), progress=False)
   if path is not None and len(exp.data_shape) == 3:
-    image_utils.save_grid(x, path, ncols=int(np.ceil(np.sqrt(num))), scale=2)
-  return x
+    image_utils.save_grid(result.samples, path, ncols=int(np.ceil(np.sqrt(num))), scale=2)
+  return result.samples
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> TrainState:
-  """Train (or resume) into ``workdir``; returns the final state (host copy)."""
+def _check_devices(saved_meta: dict, step: int, allow_change: bool, log) -> None:
+  """Bit-exact resume needs the device layout a checkpoint was trained on (reduction order)."""
+  saved = saved_meta.get("num_devices")
+  if saved is None or saved == jax.device_count():
+    return
+  what = (f"checkpoint step {step} was trained on {saved} device(s) but this run has "
+          f"{jax.device_count()}")
+  if not allow_change:
+    raise ValueError(f"{what}; resume with --cpu_devices={saved} (bit-exact), or pass "
+                     f"--allow_device_change to continue on {jax.device_count()} (not bit-exact)")
+  log(f"warning: {what}; continuing (--allow_device_change): not bit-exact")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, log=print,
+          allow_device_change: bool = False) -> TrainState:
+  """Train (or resume) into ``workdir``; returns the final state (host copy).
+
+  A resumed run must have the device count its checkpoint was trained on (recorded in the checkpoint
+  and in ``<workdir>/devices.json``, which ``train.py`` reads to choose it again); with
+  ``allow_device_change`` another count is accepted with a warning."""
   # Every check of the config (data, model, train step) runs before anything is created or written,
   # so a bad config leaves no workdir, checkpoint directory or config.json behind.
   workdir = check_workdir(workdir, create=False)
   exp = Experiment(config)
   train_step = exp.train_step_fn("data")
-  from jdiff.training.periodic_eval import PeriodicEval  # pylint: disable=g-import-not-at-top
   evaluator = PeriodicEval.from_experiment(exp, log)  # config.eval: None when off
   workdir = check_workdir(workdir)
   c = config
@@ -244,12 +199,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> Trai
                                  fallback=c.training.get("fallback_to_previous_checkpoint", False),
                                  warn=log)
   if restored is not None:
-    start, state, data_state, _ = restored
+    start, state, data_state, saved_meta = restored
+    _check_devices(saved_meta, start, allow_device_change, log)
     exp.pipeline.set_state(data_state)
     log(f"resumed from checkpoint step {start} in {ckpt.directory}")
-  if is_main:  # after the checkpoint was accepted: a refused run leaves the workdir's config.json as is
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(c.to_json_best_effort(indent=2))
+  if is_main:  # after the checkpoint was accepted: a refused run leaves the workdir's files as they are
+    files.write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
+    files.write_json(os.path.join(workdir, cli.DEVICES_FILE),
+                     {"num_devices": jax.device_count(), "platform": jax.default_backend(),
+                      "process_count": jax.process_count()})
   step = int(state.step)
   if is_main:
     log(f"training on {jax.device_count()} {jax.default_backend()} device(s) in {jax.process_count()} "
@@ -263,6 +221,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> Trai
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     rstate = jax.device_put(rstate, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
   writer = _MetricWriter(workdir) if is_main else None
+  grid_model = generation.Restored.from_params(exp.model, None, workdir=workdir)  # programs cached
   progress = Progress(c.training.num_steps, initial=step, enabled=is_main)
   total = c.training.num_steps
   with _StopFlag() as stop:
@@ -285,7 +244,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> Trai
           is_main and exp.task == "diffusion":
         path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        sample_grid(exp, unreplicate(rstate).ema_params, min(c.sampling.num, 64), c.seed, path)
+        sample_grid(exp, unreplicate(rstate).ema_params, min(c.sampling.num, 64), c.seed, path,
+                    restored=grid_model)
       if evaluator is not None and evaluator.due(step, total) and is_main:
         writer.write(step, evaluator(unreplicate(rstate).ema_params, step))
       if stop.signal is not None:

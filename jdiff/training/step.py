@@ -21,41 +21,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jdiff import likelihood, losses, parametrization
+from jdiff import conditions as conditions_lib
+from jdiff import likelihood, losses
+from jdiff.experiment.builder import make_model_fn
+from jdiff.experiment.state import TrainState
 from jdiff.schedules import Schedule
-from jdiff.training.state import TrainState
-
-
-def make_model_fn(apply: Callable, schedule: Schedule, parametrization_name: str,
-                  sigma_data: float = 0.5):
-  """Returns ``(model_fn_factory, core_parametrization)``.
-
-  ``model_fn_factory(rng, train)`` gives ``fn(params, x, t, cond)`` for the core; with
-  ``parametrization_name == 'edm'`` the network is wrapped in EDM preconditioning (Karras et al. 2022,
-  Table 1) and read as an ``x0`` model.
-  """
-  def factory(rng: Optional[jax.Array], train: bool):
-    def raw(params, x, t, cond):
-      return apply(params, x, t, cond, rng=rng, train=train)
-    if parametrization_name == "edm":
-      return parametrization.edm_precondition(raw, schedule, sigma_data)
-    return raw
-
-  core = "x0" if parametrization_name == "edm" else parametrization_name
-  if parametrization_name != "edm":
-    parametrization.check_parametrization(parametrization_name)
-  return factory, core
 
 
 def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,
                     parametrization_name: str = "eps", weighting: str = "simple",
                     time_sampling: str = "uniform", loss_kwargs: Optional[dict] = None,
-                    ema_decay: float = 0.9999, num_classes: int = 0, cond_drop_prob: float = 0.0,
+                    ema_decay: float = 0.9999, conditions: Optional[conditions_lib.Conditions] = None,
+                    num_classes: int = 0, cond_drop_prob: float = 0.0,
                     global_batch_size: Optional[int] = None, axis_name: Optional[str] = "data",
                     sigma_data: float = 0.5, learned_variance: bool = False,
                     hybrid_num_steps: int = 1000, ema_warmup: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Build the per-device train step. ``batch`` holds ``image`` (the data, any shape ``[b, ...]``),
-  ``index`` (int32 ``[b]``, each example's position in the global batch) and optionally ``label``.
+  ``index`` (int32 ``[b]``, each example's position in the global batch) and a field per condition kind.
+
+  ``conditions`` (``jdiff.conditions``; ``num_classes`` > 0 is shorthand for class labels) are read from
+  the batch and dropped to their nulls with probability ``cond_drop_prob`` per example, for
+  classifier-free guidance (Ho & Salimans 2022, Alg. 1).
 
   With ``learned_variance`` the model predicts its variance too and is trained with the hybrid loss
   ``L_simple + 0.001 L_vlb`` over ``hybrid_num_steps`` discrete steps (Nichol & Dhariwal 2021, Sec. 3.1).
@@ -70,6 +56,8 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
   if not 0.0 <= cond_drop_prob <= 1.0:
     raise ValueError(f"training.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
   update = make_update(optimizer, ema_decay, ema_warmup)
+  if conditions is None:
+    conditions = conditions_lib.for_model(num_classes)
 
   def pmean(x):
     return jax.lax.pmean(x, axis_name) if axis_name is not None else x
@@ -79,9 +67,7 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     index = batch["index"]
     step_key = jax.random.fold_in(state.rng, state.step)
     k_loss, k_drop, k_cond = jax.random.split(step_key, 3)
-    cond = None
-    if num_classes > 0:
-      cond = drop_labels(batch["label"], index, k_cond, num_classes, cond_drop_prob)
+    cond = conditions.drop(conditions.from_batch(batch), k_cond, index, cond_drop_prob)
     model_fn = factory(jax.random.fold_in(k_drop, index[0]), True)
 
     def loss_fn(params):
@@ -140,14 +126,6 @@ def make_update(optimizer: optax.GradientTransformation, ema_decay: float = 0.99
     return new_state, metrics
 
   return update
-
-
-def drop_labels(labels, index, key, num_classes: int, cond_drop_prob):
-  """Classifier-free guidance's label dropout (Ho & Salimans 2022, Alg. 1): example ``i`` (global index
-  ``index[i]``) gets the null label ``num_classes`` with probability ``cond_drop_prob``, decided by
-  ``uniform(fold_in(key, index[i]))`` so that it does not depend on the device layout."""
-  u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(index)
-  return jnp.where(u < cond_drop_prob, num_classes, labels.astype(jnp.int32))
 
 
 def make_classifier_train_step(

@@ -1,12 +1,13 @@
-"""Image grids written as PNG, atomically (a crash never leaves a half-written file)."""
+"""Image grids as PNG, written atomically (a crash never leaves a half-written file)."""
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 
 import numpy as np
 from PIL import Image
+
+from jdiff.utils import files
 
 
 def to_uint8(images) -> np.ndarray:
@@ -39,26 +40,18 @@ def make_grid(images, ncols: int | None = None, pad: int = 2) -> np.ndarray:
   return grid
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def save_grid(images, path: str, ncols: int | None = None, scale: int = 1) -> None:
-  """Write a PNG grid of ``[N, H, W, C]`` images in [-1, 1] (C = 1 or 3) to ``path`` atomically."""
-  import io
+def grid_png(images, ncols: int | None = None, scale: int = 1) -> bytes:
+  """The PNG bytes of a grid of ``[N, H, W, C]`` images in [-1, 1] (C = 1 or 3), each pixel drawn as a
+  ``scale`` x ``scale`` block; ``ncols`` defaults to ``ceil(sqrt(N))``."""
   g = make_grid(images, ncols)
   img = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
   if scale > 1:
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
   buf = io.BytesIO()
   img.save(buf, format="PNG")
-  atomic_write_bytes(path, buf.getvalue())
+  return buf.getvalue()
+
+
+def save_grid(images, path: str, ncols: int | None = None, scale: int = 1) -> None:
+  """Write a PNG grid of ``[N, H, W, C]`` images in [-1, 1] (C = 1 or 3) to ``path`` atomically."""
+  files.write_bytes(path, grid_png(images, ncols, scale))

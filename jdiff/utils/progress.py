@@ -1,4 +1,5 @@
-"""A dependency-free progress bar: step, loss, images/s and ETA on one line (stderr)."""
+"""Dependency-free progress bars on one line (stderr): training steps (step, loss, images/s, ETA) and
+sampling batches (samples, images/s, ETA)."""
 from __future__ import annotations
 
 import sys
@@ -51,3 +52,29 @@ class Progress:
     if self.enabled and self.tty:
       self.stream.write("\n")
       self.stream.flush()
+
+
+class BatchProgress:
+  """A one-line progress bar over batches on stderr (images/s and ETA exclude compilation)."""
+
+  def __init__(self, total: int, num: int, enabled: bool = True, stream=None):
+    self.total, self.num, self.enabled = total, num, enabled
+    self.stream = stream or sys.stderr
+    self.tty = getattr(self.stream, "isatty", lambda: False)()
+    self.t0 = time.perf_counter()
+
+  def update(self, done: int, samples_done: int) -> None:
+    if not self.enabled:
+      return
+    dt = time.perf_counter() - self.t0
+    rate = samples_done / dt if dt > 0 else 0.0
+    eta = (self.num - samples_done) / rate if rate else float("nan")
+    width = 24
+    bar = "#" * int(width * done / self.total) + "-" * (width - int(width * done / self.total))
+    eta_s = f"{int(eta) // 60:02d}:{int(eta) % 60:02d}" if eta == eta else "--:--"
+    line = (f"[{bar}] batch {done}/{self.total} | {samples_done}/{self.num} samples | "
+            f"{rate:7.1f} img/s | ETA {eta_s}")
+    self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+    if self.tty and done == self.total:
+      self.stream.write("\n")
+    self.stream.flush()

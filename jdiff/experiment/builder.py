@@ -1,0 +1,92 @@
+"""The model a config describes: network, schedule, parametrization and conditions, built from the
+config, the data shape and the number of classes, without touching the dataset (so ``sample.py`` builds
+it from a workdir's ``config.json`` and the checkpoint's metadata, and ``train.py`` from its data).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jdiff import conditions as conditions_lib
+from jdiff import models
+from jdiff import parametrization
+from jdiff import schedules
+from jdiff.experiment import checkpoint as ckpt_lib
+from jdiff.experiment import config as config_lib
+from jdiff.experiment.state import TrainState, create_state
+from jdiff.schedules import Schedule
+
+
+def make_model_fn(apply: Callable, schedule: Schedule, parametrization_name: str,
+                  sigma_data: float = 0.5):
+  """Returns ``(model_fn_factory, core_parametrization)``.
+
+  ``model_fn_factory(rng, train)`` gives ``fn(params, x, t, cond)`` for the core; with
+  ``parametrization_name == 'edm'`` the network is wrapped in EDM preconditioning (Karras et al. 2022,
+  Table 1) and read as an ``x0`` model.
+  """
+  def factory(rng: Optional[jax.Array], train: bool):
+    def raw(params, x, t, cond):
+      return apply(params, x, t, cond, rng=rng, train=train)
+    if parametrization_name == "edm":
+      return parametrization.edm_precondition(raw, schedule, sigma_data)
+    return raw
+
+  core = "x0" if parametrization_name == "edm" else parametrization_name
+  if parametrization_name != "edm":
+    parametrization.check_parametrization(parametrization_name)
+  return factory, core
+
+
+class Model:
+  """Network, schedule, parametrization and conditions built from a config, the data shape and the
+  number of classes (see the module docstring)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, data_shape, num_classes: int):
+    c = self.config = config
+    self.data_shape = tuple(int(d) for d in data_shape)
+    self.num_classes = int(num_classes)
+    self.task = config_lib.task_of(c)  # "diffusion", or "classifier": num_classes are its logits
+    model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
+    self.module = models.create(c.model.name, num_classes=self.num_classes, **model_kwargs)
+    self.init_fn, self.apply_fn = models.functional(self.module)
+    self.schedule = schedules.get_schedule(c.diffusion.schedule, **dict(c.diffusion.schedule_kwargs))
+    self.learned_variance = bool(c.model.get("learned_variance", False))
+    # What the denoiser is conditioned on (a classifier reads no condition: it predicts the label).
+    self.conditions = (conditions_lib.for_model(self.num_classes) if self.task == "diffusion"
+                       else conditions_lib.Conditions())
+
+  def init_params(self):
+    x = jnp.zeros((1,) + self.data_shape, jnp.float32)
+    cond = self.conditions.for_indices(np.zeros((1,), np.int32))
+    return self.init_fn(jax.random.PRNGKey(self.config.seed), x, jnp.zeros((1,), jnp.float32), cond)
+
+  def init_state(self, optimizer) -> TrainState:
+    return create_state(self.init_params(), optimizer, self.config.seed + 1)
+
+  def meta(self, state: TrainState) -> dict:
+    c = self.config
+    meta = {"params": ckpt_lib.param_signature(state.params), "model": c.model.name,
+            "data_shape": list(self.data_shape), "num_classes": self.num_classes,
+            "parametrization": c.diffusion.parametrization, "schedule": c.diffusion.schedule}
+    if self.task != "diffusion":  # diffusion checkpoints predate the field: no "task" means diffusion
+      meta["task"] = self.task
+    return meta
+
+  def model_fn(self):
+    """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout); for a classifier
+    ``(fn(params, x, t) -> logits, "logits")``."""
+    if self.task == "classifier":
+      return (lambda params, x, t: self.apply_fn(params, x, t, None)), "logits"
+    factory, core = make_model_fn(self.apply_fn, self.schedule, self.config.diffusion.parametrization,
+                                  self.config.diffusion.sigma_data)
+    return factory(None, False), core
+
+
+def build_model(config: ml_collections.ConfigDict, data_shape, num_classes: int) -> Model:
+  """The network, schedule and parametrization of ``config`` for data of ``data_shape`` (no dataset)."""
+  return Model(config, data_shape, num_classes)

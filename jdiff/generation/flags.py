@@ -1,0 +1,111 @@
+"""The command-line flags that ``sample.py`` and ``eval.py`` share, defined once: which checkpoint, how
+many samples, and the sampling settings; ``settings`` turns them into ``jdiff.generation.Settings`` and
+``command`` writes the line that reproduces a run."""
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Optional, Sequence
+
+from absl import flags
+
+from jdiff.generation.settings import Settings
+
+FLAGS = flags.FLAGS
+
+
+def define(num_default: int) -> None:
+  """Define the shared flags (once per program)."""
+  flags.DEFINE_string("workdir", None, "A train.py workdir: uses its newest checkpoint.")
+  flags.DEFINE_string("checkpoint", None, "A checkpoint directory <workdir>/checkpoints/<step>.")
+  flags.DEFINE_integer("num", num_default, "Number of samples.")
+  flags.DEFINE_integer("seed", 0, "Random seed (sample i draws its noise from fold_in(PRNGKey(seed), i)).")
+  flags.DEFINE_string("sampler", None, "Sampler (default: the config's sampling.sampler).")
+  flags.DEFINE_integer("steps", None, "Number of steps of the time grid (default: the config's).")
+  flags.DEFINE_string("grid", None, "Time grid: uniform_t, uniform_logsnr or karras (default: config's).")
+  flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w (conditional models).")
+  flags.DEFINE_string("labels", None, "Comma-separated class labels; sample i gets labels[i % len] "
+                      "(default i % num_classes).")
+  flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic, 1: DDPM-like).")
+  flags.DEFINE_integer("batch_size", None, "Samples per pmapped call over all devices (default "
+                       "min(num, 64), rounded up to a multiple of the device count).")
+  flags.DEFINE_bool("clip_x0", None, "Clip x0_hat to the data range [-1, 1] at every step (default: the "
+                    "config's sampling.clip_x0, on for image data; --noclip_x0 turns it off).")
+  flags.DEFINE_bool("raw", False, "Use the raw parameters instead of their EMA.")
+  flags.DEFINE_bool("progress", True, "Show a progress bar over sampling batches.")
+  flags.DEFINE_bool("debug", False, "Show the full traceback of user errors.")
+  flags.DEFINE_integer("cpu_devices", None, "CPU-only hosts: split the CPU into N JAX devices for pmap "
+                       "(default: automatic, README: Training; 1: one device).")
+
+
+def parse_labels(text: Optional[str]) -> Optional[tuple]:
+  if text is None:
+    return None
+  try:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise ValueError(f"--labels must be comma-separated integers such as 0,1,2, got {text!r}") from None
+
+
+def parse_hparams(items: Sequence[str], eta: Optional[float]) -> dict:
+  """``--hparam=name=value`` items (and ``--eta``) as a dict of floats."""
+  out = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    try:
+      if not sep or not name:
+        raise ValueError
+      out[name.strip()] = float(value)
+    except ValueError:
+      raise ValueError(f"--hparam must look like name=value (e.g. S_churn=40), got {item!r}") from None
+  if eta is not None:
+    out["eta"] = float(eta)
+  return out
+
+
+def settings(**extra) -> Settings:
+  """``Settings`` from the shared flags (``extra``: the fields of flags only one program has)."""
+  hparams = extra.pop("hparams", {})
+  if FLAGS.eta is not None:
+    hparams = dict(hparams, eta=float(FLAGS.eta))
+  return Settings(num=FLAGS.num, seed=FLAGS.seed, sampler=FLAGS.sampler, steps=FLAGS.steps,
+                  grid=FLAGS.grid, batch_size=FLAGS.batch_size, guidance=FLAGS.guidance,
+                  labels=parse_labels(FLAGS.labels), hparams=hparams, clip_x0=FLAGS.clip_x0, **extra)
+
+
+def settings_args(s: Settings) -> list:
+  """The flags that reproduce resolved settings ``s`` (sample.py and eval.py spell them alike)."""
+  args = [f"--num={s.num}", f"--seed={s.seed}", f"--sampler={s.sampler}", f"--steps={s.steps}",
+          f"--grid={s.grid}", f"--batch_size={s.batch_size}"]
+  if s.guidance is not None:
+    args.append(f"--guidance={s.guidance!r}")
+  if s.labels is not None:
+    args.append("--labels=" + ",".join(map(str, s.labels)))
+  if s.clip_x0 is not None:
+    args.append("--clip_x0" if s.clip_x0 else "--noclip_x0")
+  return args
+
+
+def command(script: str, checkpoint: str, args: Sequence[str]) -> str:
+  """The shell line ``python SCRIPT --checkpoint=... ARGS`` (with ``XLA_FLAGS`` when set: kernels, hence
+  rounding, may depend on them)."""
+  line = ["python", script, f"--checkpoint={checkpoint}"] + list(args)
+  if FLAGS.raw:
+    line.append("--raw")
+  env = [f"XLA_FLAGS={shlex.quote(os.environ['XLA_FLAGS'])}"] if os.environ.get("XLA_FLAGS") else []
+  return " ".join(env + [shlex.quote(a) for a in line])
+
+
+def writable_output(path: str, what: str = "--out") -> str:
+  """``path`` as an absolute path whose directory exists or can be created by this user."""
+  path = os.path.abspath(path)
+  out_dir = os.path.dirname(path)
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ValueError(f"{what} directory {out_dir} is a file; pass {what}=DIR/FILE")
+  existing = out_dir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+    raise ValueError(f"cannot write to {out_dir} ({existing} is not a writable directory); pass an "
+                     f"{what} you can write to")
+  return path

@@ -1,0 +1,234 @@
+"""Sampling settings and their one resolution against a model.
+
+Every sample a user or a training run draws (``sample.py``, ``eval.py``, the training loop's sample grids
+and periodic evaluations) goes through ``resolve``: the config's ``sampling`` section fills what the
+``Settings`` leave open (sampler, steps, grid, clipping of ``x0_hat``), the DDPM variance follows the
+model (learned if it has one), and ``check_for_model`` refuses what the model cannot do, each with one
+clear ``ValueError`` before anything is compiled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import numpy as np
+
+from jdiff import _checks
+from jdiff import conditions as conditions_lib
+from jdiff import editing
+from jdiff import grids
+from jdiff import sampling
+from jdiff.generation.restore import Restored
+
+MODES = ("sample", "sdedit", "inpaint")
+DEFAULT_BATCH = 64
+SDEDIT_STRENGTH = 0.5  # default strength without a mask; with a mask (inpainting) the default is 1
+DDPM_VARIANCES = ("small", "large", "learned")
+
+
+@dataclasses.dataclass
+class Settings:
+  """Everything that defines a sampling run besides the model and the editing inputs."""
+  num: int = 64
+  seed: int = 0
+  sampler: Optional[str] = None  # None: the config's sampling.sampler
+  steps: Optional[int] = None  # None: the config's sampling.steps
+  grid: Optional[str] = None  # None: the config's sampling.grid
+  start_index: int = 0
+  batch_size: Optional[int] = None  # global batch per call (all devices); default min(num, 64)
+  guidance: Optional[float] = None  # classifier-free guidance scale w (None: no guidance)
+  classifier_scale: Optional[float] = None  # classifier guidance scale s (with a classifier; None: 1)
+  labels: Optional[tuple] = None  # class labels, sample i gets labels[i % len(labels)]
+  hparams: dict = dataclasses.field(default_factory=dict)  # traced sampler hyperparameters (eta, ...)
+  ddpm_variance: Optional[str] = None  # ddpm's variance option (default: learned if the model has one)
+  strength: Optional[float] = None  # editing: the time the input is noised to
+  resample: int = 1  # RePaint resampling count (1 = plain replacement)
+  jump_length: int = 1  # RePaint jump length
+  save_noise: bool = False  # also return the starting point x at ts[0] of every sample
+  clip_x0: Optional[bool] = None  # clip x0_hat to [-1, 1] at every step (None: config's sampling.clip_x0
+  #                                 for image data)
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["labels"] = list(self.labels) if self.labels is not None else None
+    return d
+
+
+def check_settings(s: Settings) -> None:
+  """Checks that need no model (so they fail before a checkpoint is read); ``sampler``, ``steps`` and
+  ``grid`` may still be ``None`` here (then ``resolve`` takes them from the model's config)."""
+  _checks.int_at_least(s.num, "num", 1)
+  if s.steps is not None:
+    _checks.int_at_least(s.steps, "steps", 1)
+  _checks.int_at_least(s.start_index, "start_index", 0)
+  if not 0 <= int(s.seed) < 2 ** 31:
+    raise ValueError(f"seed must be in [0, 2^31), got {s.seed!r}")
+  if s.start_index + s.num > 2 ** 31 - 1:
+    raise ValueError("start_index + num must stay below 2^31 (sample indices are int32)")
+  if s.sampler is not None:
+    _checks.choice("sampler", s.sampler, sampling.SAMPLER_NAMES)
+  if s.grid is not None:
+    _checks.choice("grid", s.grid, grids.GRIDS)
+  if s.batch_size is not None:
+    _checks.int_at_least(s.batch_size, "batch_size", 1)
+  if s.guidance is not None and not math.isfinite(float(s.guidance)):
+    raise ValueError(f"guidance must be a finite number, got {s.guidance!r}")
+  if s.classifier_scale is not None and not math.isfinite(float(s.classifier_scale)):
+    raise ValueError(f"classifier_scale must be a finite number, got {s.classifier_scale!r}")
+  if s.labels is not None and len(s.labels) == 0:
+    raise ValueError("labels is empty; pass comma-separated class labels such as 0,1,2")
+  if s.ddpm_variance is not None:
+    if s.sampler != "ddpm":
+      raise ValueError(f"ddpm_variance only applies to --sampler=ddpm, not {s.sampler!r}")
+    _checks.choice("ddpm variance", s.ddpm_variance, DDPM_VARIANCES)
+  if s.strength is not None:
+    editing.check_strength(s.strength)
+  _checks.int_at_least(s.resample, "resample", 1)
+  _checks.int_at_least(s.jump_length, "jump_length", 1)
+  if s.resample > 1 and s.steps is not None and s.jump_length > s.steps:
+    raise ValueError(f"jump_length={s.jump_length} is longer than the grid (steps={s.steps}); use "
+                     f"jump_length <= steps")
+  if s.sampler == "ode" and s.hparams:
+    raise ValueError(f"sampler 'ode' has no hyperparameters, got {sorted(s.hparams)}")
+  for k, v in s.hparams.items():
+    if not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(float(v)):
+      raise ValueError(f"hyperparameter {k} must be a finite number, got {v!r}")
+
+
+def resolve(s: Settings, restored: Restored, *, classifier: Optional[Restored] = None,
+            mode: str = "sample") -> Settings:
+  """``s`` with every open choice made for this model: ``sampler``, ``steps`` and ``grid`` from the
+  config's ``sampling`` section; ``clip_x0`` from ``sampling.clip_x0`` for image data (off otherwise);
+  ``ddpm_variance`` learned if the model learned one (else small); ``classifier_scale`` 1 with a
+  classifier; the SDEdit strength. Checked before and after (``check_settings``)."""
+  check_settings(s)
+  _checks.choice("mode", mode, MODES)
+  c = restored.config.get("sampling", {})
+  clip = s.clip_x0
+  if clip is None:
+    clip = bool(c.get("clip_x0", True)) and len(restored.data_shape) == 3
+  sampler = s.sampler or c.get("sampler", "dpmpp_2m")
+  variance = s.ddpm_variance
+  if sampler == "ddpm" and variance is None:
+    variance = "learned" if restored.learned_variance else "small"
+  scale = s.classifier_scale
+  if classifier is not None and scale is None:
+    scale = 1.0
+  strength = s.strength
+  if mode == "sdedit" and strength is None:
+    strength = SDEDIT_STRENGTH
+  s = dataclasses.replace(s, sampler=sampler, steps=s.steps or c.get("steps", 20),
+                          grid=s.grid or c.get("grid", "uniform_logsnr"), clip_x0=clip,
+                          ddpm_variance=variance, classifier_scale=scale, strength=strength)
+  check_settings(s)
+  return s
+
+
+def resolve_sampler(s: Settings, restored: Restored):
+  """The ``Sampler`` of resolved settings ``s``, checked against the model."""
+  opts = {}
+  if s.sampler == "ddpm":
+    opts["variance"] = s.ddpm_variance or "small"
+    if opts["variance"] == "learned" and not restored.learned_variance:
+      raise ValueError("ddpm_variance='learned' needs a model trained with a learned variance "
+                       "(model.learned_variance=True); use small or large")
+  sampler = sampling.get_sampler(s.sampler, **opts)
+  sampling.check_sampler_schedule(sampler, restored.schedule)
+  return sampler
+
+
+def check_classifier(s: Settings, restored: Restored, classifier: Optional[Restored]) -> None:
+  """Checks of classifier guidance: ``classifier`` must be a noise-conditional classifier (restored
+  with ``task="classifier"``) of the diffusion model's data shape (and classes, if the model is
+  conditional too)."""
+  if classifier is None:
+    if s.classifier_scale is not None:
+      raise ValueError("classifier_scale needs a classifier (--classifier=WORKDIR of a classifier "
+                       "trained with task 'classifier'); drop --classifier_scale")
+    return
+  if getattr(classifier.model, "task", "diffusion") != "classifier":
+    raise ValueError(f"{classifier.checkpoint_dir} is not a classifier; pass the workdir of one trained "
+                     f"with task 'classifier' (e.g. configs/fashion_mnist_classifier.py)")
+  if tuple(classifier.data_shape) != tuple(restored.data_shape):
+    raise ValueError(f"the classifier {classifier.checkpoint_dir} was trained on data of shape "
+                     f"{tuple(classifier.data_shape)} but the diffusion model makes data of shape "
+                     f"{tuple(restored.data_shape)}; use a classifier trained on the same data")
+  if restored.num_classes and restored.num_classes != classifier.num_classes:
+    raise ValueError(f"the classifier has {classifier.num_classes} classes but the conditional model "
+                     f"has {restored.num_classes}; use a classifier of the same labels")
+
+
+def label_kind(restored: Restored, classifier: Optional[Restored] = None):
+  """The ``Label`` kind that ``--labels`` address: the model's, else the guiding classifier's."""
+  if "label" in restored.conditions:
+    return restored.conditions["label"]
+  if classifier is not None:
+    return conditions_lib.Label(classifier.num_classes)
+  return None
+
+
+def check_for_model(s: Settings, restored: Restored, x_known=None, mask=None,
+                    classifier: Optional[Restored] = None) -> dict:
+  """Checks of resolved settings against the model (and the classifier of classifier guidance);
+  returns the resolved sampler hyperparameters (numpy scalars)."""
+  check_classifier(s, restored, classifier)
+  kind = label_kind(restored, classifier)
+  if s.labels is not None:
+    if kind is None:
+      raise ValueError("labels were given but the model is unconditional (trained with "
+                       "training.conditional=False) and there is no classifier to guide it; drop "
+                       "--labels or pass --classifier")
+    bad = [l for l in s.labels if not 0 <= int(l) < kind.num_classes]
+    if bad:
+      what = "model" if "label" in restored.conditions else "classifier"
+      raise ValueError(f"label {bad[0]} is out of range: the {what} has {kind.num_classes} classes, "
+                       f"labels must be in [0, {kind.num_classes - 1}]")
+  if s.guidance is not None:
+    if not restored.conditions:
+      raise ValueError("guidance needs a class-conditional model but this one is unconditional; drop "
+                       "--guidance (an unconditional model takes classifier guidance: --classifier)")
+    if restored.cond_drop_prob <= 0:
+      raise ValueError("guidance needs a model trained with label dropout (training.cond_drop_prob > 0) "
+                       "so that it knows the unconditional (null-label) case; drop --guidance")
+  sampler = resolve_sampler(s, restored)
+  if mask is not None and x_known is None:
+    raise ValueError("a mask needs an input (--input) to inpaint")
+  if s.strength is not None and x_known is None:
+    raise ValueError("strength applies to editing an input; pass --input (and --mask to inpaint)")
+  if s.resample > 1 and mask is None:
+    raise ValueError("RePaint resampling (resample > 1) needs --mask (the known region)")
+  if x_known is not None:
+    shape = restored.data_shape
+    xs = tuple(np.shape(x_known))
+    if xs[1:] != shape:
+      raise ValueError(f"input has shape {xs[1:]} per example but the model makes data of shape {shape}; "
+                       f"give an input of that shape")
+    _checks.check_finite(x_known, "input")
+    if mask is not None:
+      ms = tuple(np.shape(mask))
+      if len(ms) != len(xs):
+        raise ValueError(f"mask shape {ms} does not match the input of shape {xs}; give it the same "
+                         f"axes, a leading one for the examples (size-1 axes broadcast)")
+      if ms[0] not in (1, xs[0]):
+        raise ValueError(f"mask holds {ms[0]} masks for {xs[0]} inputs; give one mask or one per input")
+      editing.check_mask(np.asarray(mask)[:1], np.asarray(x_known)[:1])
+  hp = sampling.resolve_hparams(sampler, s.hparams)
+  return {k: np.asarray(v) for k, v in hp.items()}
+
+
+def batch_layout(num: int, batch_size: Optional[int], num_devices: int) -> tuple[int, int]:
+  """``(global batch, number of batches)``; the global batch is a multiple of ``num_devices``."""
+  if batch_size is None:
+    batch_size = min(num, DEFAULT_BATCH)
+    batch_size = -(-batch_size // num_devices) * num_devices
+  if batch_size % num_devices:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the {num_devices} local devices; use "
+                     f"a multiple of {num_devices}")
+  return batch_size, -(-num // batch_size)
+
+
+def grid_times(s: Settings, restored: Restored) -> np.ndarray:
+  """The time grid of resolved settings ``s`` (ending at the SDEdit strength when editing)."""
+  kwargs = {"t_max": float(s.strength)} if s.strength is not None else {}
+  return np.asarray(grids.get_grid(s.grid, restored.schedule, s.steps, **kwargs), np.float32)

@@ -1,0 +1,83 @@
+"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+
+Every file jdiff writes outside orbax goes to a temporary file in the target directory first and is
+renamed onto its path (``os.replace`` is atomic on POSIX), with the usual ``0666 & ~umask``
+permissions. ``write_all`` does that for several files at once and renames only when all are complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from typing import Mapping
+
+import numpy as np
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def _write_temp(path: str, data: bytes) -> str:
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+  except BaseException:
+    os.remove(tmp)
+    raise
+  return tmp
+
+
+def write_all(files: Mapping[str, bytes]) -> None:
+  """Write every ``{path: bytes}`` atomically; the renames happen only once all temporary files are
+  complete, so an error leaves none of them changed."""
+  temps = {}
+  try:
+    for path, data in files.items():
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      temps[path] = _write_temp(path, data)
+    for path, tmp in temps.items():
+      os.replace(tmp, path)
+  finally:
+    for tmp in temps.values():
+      if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def write_bytes(path: str, data: bytes) -> str:
+  write_all({os.fspath(path): data})
+  return os.fspath(path)
+
+
+def write_text(path: str, text: str) -> str:
+  return write_bytes(path, text.encode())
+
+
+def write_json(path: str, obj, indent: int = 1) -> str:
+  return write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  return buf.getvalue()
+
+
+def write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> str:
+  return write_bytes(path, npz_bytes(arrays))
+
+
+def sha256(path: str) -> str:
+  """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
