@@ -38,6 +38,14 @@ def test_train_py_end_to_end_and_resume(tmp_path):
   assert [l["step"] for l in lines] == [1, 2] and all("loss" in l for l in lines)
   cfg = json.load(open(os.path.join(wd, "config.json")))
   assert cfg["training"]["num_steps"] == 2
+  # One front door: sample.py draws exactly the training loop's sample grid (same settings, program).
+  out = tmp_path / "grid"
+  s = subprocess.run([sys.executable, "sample.py", f"--workdir={wd}", "--num=4", f"--seed={cfg['seed']}",
+                      f"--out={out}.png", "--noprogress"], capture_output=True, text=True, cwd=REPO,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+  assert s.returncode == 0, s.stderr[-3000:]
+  with open(os.path.join(wd, "samples", "step_0000002.png"), "rb") as f:
+    assert f.read() == (tmp_path / "grid.png").read_bytes()
   assert os.listdir(os.path.join(wd, "tb"))
   r = _run([f"--workdir={wd}", "--config.training.num_steps=3", "--config.training.ckpt_every=2",
             "--config.training.sample_every=0", *TINY_UNET])
