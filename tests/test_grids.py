@@ -105,3 +105,16 @@ def test_bad_grid_inputs(call, match):
 def test_grid_is_float32_array():
   ts = grids.uniform_logsnr(jdiff.get_schedule("cosine"), 7)
   assert isinstance(ts, jnp.ndarray) and ts.dtype == jnp.float32
+
+
+def test_config_check_builds_the_sampling_grid():
+  """A schedule/grid/steps combination that float32 cannot resolve fails when the config is checked
+  (before training starts), not at the first sample grid."""
+  from configs import toy2d
+  from jdiff.experiment import config
+  c = toy2d.get_config()
+  c.diffusion.schedule, c.sampling.grid, c.sampling.steps = "sigmoid", "karras", 50
+  with pytest.raises(ValueError, match="config.sampling: the 'karras' grid of 50 steps on the 'sigmoid'"):
+    config.validate(c)
+  c.sampling.grid = "uniform_t"
+  config.validate(c)

@@ -62,7 +62,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   schedule = schedules.get_schedule(c.diffusion.schedule,
                                     **dict(c.diffusion.get("schedule_kwargs", None) or {}))
   sampling.check_sampler_schedule(sampling.get_sampler(c.sampling.sampler), schedule)
-  _checks.choice("grid", c.sampling.get("grid", "uniform_logsnr"), grids.GRIDS)
+  grid = _checks.choice("grid", c.sampling.get("grid", "uniform_logsnr"), grids.GRIDS)
+  try:  # the sampling grid itself: a schedule/grid/steps combination float32 cannot resolve fails now
+    grids.get_grid(grid, schedule, c.sampling.steps)
+  except ValueError as e:
+    raise ValueError(f"config.sampling: the {grid!r} grid of {c.sampling.steps} steps on the "
+                     f"{c.diffusion.schedule!r} schedule: {e}") from None
   _in_range(c.optim.lr, "config.optim.lr", 0.0, math.inf, "> 0", lo_open=True)
   if "ema_decay" in c.training:
     _in_range(c.training.ema_decay, "config.training.ema_decay", 0.0, 1.0, "in [0, 1)",
