@@ -39,12 +39,14 @@ SAMPLERS = {
     "heun": samplers_lib.heun,
     "dpmpp_2m": samplers_lib.dpmpp_2m,
     "dpmpp_3m": samplers_lib.dpmpp_3m,
+    "unipc": samplers_lib.unipc,
     "langevin": samplers_lib.langevin,
     "pc": samplers_lib.pc,
     "ode": ode.ode_sampler,
 }
 SAMPLER_NAMES = tuple(sorted(SAMPLERS))
-_OPTIONS = {"ddpm": ("variance",), "pc": ("step_rule",), "ode": ("solver", "rtol", "atol", "max_steps")}
+_OPTIONS = {"ddpm": ("variance",), "pc": ("step_rule",), "ode": ("solver", "rtol", "atol", "max_steps"),
+            "unipc": ("order", "variant", "lower_order_final")}
 
 
 def get_sampler(name: str, **options) -> Sampler:

@@ -50,6 +50,7 @@ FAST = [
     ("linear", "dpmpp_2m", {}, {}, "uniform_logsnr", 30, 30),
     ("cosine", "dpmpp_3m", {}, {}, "uniform_logsnr", 40, 40),
     ("edm", "dpmpp_3m", {}, {}, "karras", 40, 41),
+    ("cosine", "unipc", {"order": 3}, {}, "uniform_logsnr", 20, 20),  # the corrector costs no NFE
     # PC at 100 steps still has a heavy-component deficit of ~0.006 (measured at N=40k); 200 is clean.
     ("ve", "pc", {}, {}, "uniform_t", 200, 401),
     ("linear", "ode", {}, {}, "uniform_logsnr", 10, None),
@@ -154,6 +155,13 @@ def test_samples_match_mixture_all_schedules(config):
 # ----------------------------------------------------------------------------------------------------
 
 ORDERS = {"ddim": 1, "euler": 1, "heun": 2, "dpmpp_2m": 2, "dpmpp_3m": 3}
+# UniPC-p (with its corrector) is of order p + 1 (Zhao et al. 2023).
+# (tests/test_sampler_errors.py checks every order and variant on non-uniform grids and every schedule,
+# against the closed-form solution for Gaussian data.)
+UNIPC_ORDERS = [({"order": 3, "variant": "bh2"}, 4)]
+CONVERGENCE = ([(n, {}, ORDERS[n], "linear", "uniform_logsnr") for n in sorted(ORDERS)]
+               + [(n, {}, ORDERS[n], "edm", "karras") for n in ("heun", "dpmpp_3m")]
+               + [("unipc", o, p, "linear", "uniform_logsnr") for o, p in UNIPC_ORDERS])
 STEPS = (20, 40, 80)
 
 
@@ -168,23 +176,42 @@ def _ode_setup(schedule, grid):
   return sch, d, x, ref.x
 
 
-@pytest.mark.parametrize("name, schedule, grid",
-                         [(n, "linear", "uniform_logsnr") for n in sorted(ORDERS)]
-                         + [(n, "edm", "karras") for n in ("heun", "dpmpp_3m")])
-def test_deterministic_samplers_converge_at_their_order(name, schedule, grid):
+def _median_errors(name, opts, schedule, grid, steps):
+  """Median and RMS over 400 samples of the distance to the exact ODE solution, for each step count."""
   sch, d, x, ref = _ode_setup(schedule, grid)
-  errs_med, errs_rms = [], []
-  for steps in STEPS:
-    ts = grids.get_grid(grid, sch, steps)
-    out = jax.jit(lambda x, ts: sampling.sample(name, d, sch, x, ts, jax.random.PRNGKey(1)))(x, ts)
-    dist = np.linalg.norm(np.asarray(out.x - ref), axis=-1)
-    errs_med.append(np.median(dist))
-    errs_rms.append(np.sqrt(np.mean(dist ** 2)))
+  s = sampling.get_sampler(name, **opts)
+  run = jax.jit(lambda x, ts: sampling.sample(s, d, sch, x, ts, jax.random.PRNGKey(1)).x)
+  med, rms = [], []
+  for n in steps:
+    dist = np.linalg.norm(np.asarray(run(x, grids.get_grid(grid, sch, n)) - ref), axis=-1)
+    med.append(np.median(dist))
+    rms.append(np.sqrt(np.mean(dist ** 2)))
+  return med, rms
+
+
+@pytest.mark.parametrize("name, opts, order, schedule, grid", CONVERGENCE,
+                         ids=[f"{c[0]}{''.join(f'-{v}' for v in c[1].values())}-{c[3]}-{c[4]}"
+                              for c in CONVERGENCE])
+def test_deterministic_samplers_converge_at_their_order(name, opts, order, schedule, grid):
+  errs_med, errs_rms = _median_errors(name, opts, schedule, grid, STEPS)
   # The median per-sample distance shows the asymptotic order at these step counts. The RMS is
   # dominated by the few trajectories that pass near a boundary between mixture components, where the
   # flow map has large derivatives: they reach the asymptotic regime only at hundreds of steps (RMS
   # slope ~1 at 20-80 steps even for 3M), so for the RMS we only require it to fall.
   slope = -np.polyfit(np.log(STEPS), np.log(errs_med), 1)[0]
-  assert slope >= ORDERS[name] - 0.3, (slope, errs_med)
+  assert slope >= order - 0.3, (slope, errs_med)
   assert errs_rms[0] > errs_rms[1] > errs_rms[2], errs_rms
   assert errs_med[-1] < 0.05
+
+
+@pytest.mark.parametrize("schedule", ["linear", pytest.param("cosine", marks=pytest.mark.slow)])
+def test_unipc_beats_dpmpp_at_20_steps(schedule):
+  # At 20 steps UniPC-2 (bh2) is closer to the exact ODE solution than DPM-Solver++(2M), and UniPC-3
+  # than 3M (median distance over 400 samples; measured margins 2-3.6x for 2 vs 2M, 1.2-1.4x for 3 vs
+  # 3M on linear and cosine). At 10 steps neither family is uniformly ahead on this mixture, so no
+  # claim is made there.
+  def err(name, **opts):
+    return _median_errors(name, opts, schedule, "uniform_logsnr", (20,))[0][0]
+
+  assert err("unipc", order=2, variant="bh2") < err("dpmpp_2m")
+  assert err("unipc", order=3, variant="bh2") < err("dpmpp_3m")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jdiff
-from jdiff import grids, sampling, samplers, toy
+from jdiff import editing, grids, sampling, samplers, toy
 from jdiff.parametrization import Prediction, make_denoiser
 
 MIX = toy.default_mixture()
@@ -68,6 +68,7 @@ def test_sample_independent_of_batch(name, schedule, hp):
 @pytest.mark.parametrize("name, schedule, hps", [
     ("heun", "edm", [{}, {"S_churn": 30.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}]),
     ("ddim", "cosine", [{"eta": 0.0}, {"eta": 0.7}]),
+    ("unipc", "linear", [{}]),  # the grid's values (step ratios) are traced too
     ("langevin", "ve", [{"step_size": 1e-5, "n_steps_each": 2}, {"step_size": 3e-5,
                                                                  "n_steps_each": 3}]),
 ])
@@ -102,6 +103,7 @@ def test_no_retrace(name, schedule, hps):
 
 @pytest.mark.parametrize("name, schedule, hp, expected", [
     ("heun", "linear", {}, lambda n: 2 * n - 1),  # no correction on the step to sigma = 0
+    ("unipc", "edm", {}, lambda n: n + 1),  # UniC reuses the next step's evaluation; + final denoise
     ("langevin", "ve", {"n_steps_each": 3}, lambda n: 3 * n + 1),  # + the final denoise
 ])
 def test_nfe_counts_actual_calls(name, schedule, hp, expected):
@@ -157,7 +159,7 @@ def test_step_to_zero_lands_on_x0_hat(schedule):
   x = sampling.initial_noise(jax.random.PRNGKey(0), jnp.arange(64), (2,), sch)
   outs = jax.jit(lambda x, ts: _all_samplers(sch, x, ts))(x, grids.uniform_t(1))
   expected = _denoiser(sch)(x, 1.0).x0
-  assert len(outs) == 7  # the six VP grid samplers and the ODE solver
+  assert len(outs) == 8  # the seven VP grid samplers and the ODE solver
   for name, v in outs.items():
     assert bool(jnp.all(jnp.isfinite(v))), name
     # Euler/Heun go through y = x / alpha with alpha(1) ~ 1e-2..1e-5: a few float32 ulps of x.
@@ -250,6 +252,9 @@ def _fn(name="ddim", steps=4, schedule=_VP, **kw):
     (lambda: _fn("ddpm", variance="medium"), "valid ddpm variances are"),
     (lambda: _fn("ddim", variance="small"), "has no option"),
     (lambda: _fn("ode", solver="rk4"), "valid ODE solvers are"),
+    (lambda: _fn("unipc", order=4), "unipc order must be 1, 2 or 3"),
+    (lambda: _fn("unipc", variant="bh3"), "valid unipc variants are: bh1, bh2"),
+    (lambda: _fn("unipc", rho=1.0), "sampler 'unipc' has no option"),
     (lambda: sampling.make_sample_fn(_MODEL_VP, _VP, "noise", "ddim", 4), "valid parametrizations"),
     (lambda: _fn()(None, (4, 2), grids.uniform_t(5), jax.random.PRNGKey(0)),
      "ts has 6 entries but this sample fn was built for steps=4"),
@@ -297,3 +302,17 @@ def test_shape_and_x_init_paths_agree():
   b = fn(None, x, ts, key, indices=jnp.arange(3, 11))
   np.testing.assert_array_equal(a.x, b.x)
   assert int(a.nfe) == 6
+
+
+def test_unipc_runs_inpainting_and_repaint():
+  # UniPC's multistep state through the driver's two editing hooks: after_step (the known region is
+  # replaced after every step; UniC then corrects that x) and RePaint's jumps (init restarts the
+  # history): the known region comes out exact and the rest is generated.
+  sch = jdiff.get_schedule("cosine")
+  x_in = MIX.sample(jax.random.PRNGKey(2), 32)[0]
+  mask = jnp.array([[1.0, 0.0]])
+  out = jax.jit(lambda k: editing.edit("unipc", _denoiser(sch), sch, x_in, grids.uniform_logsnr(sch, 8),
+                                       k, mask=mask, resample=3, jump_length=2))(jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(out.x[:, 0], x_in[:, 0])
+  assert bool(jnp.all(jnp.isfinite(out.x)))
+  assert float(jnp.std(out.x[:, 1])) > 0.3
