@@ -6,8 +6,8 @@ explicitly; the core does not import Flax, Optax, orbax, grain or TFDS): Flax de
 ``jdiff.models``, data in ``jdiff.data``, what a workdir holds in ``jdiff.experiment``, using a trained
 model in ``jdiff.generation``, evaluation in ``jdiff.eval``, training in ``jdiff.training``.
 """
-from jdiff import (conditions, editing, grids, guidance, keys, likelihood, losses, noising, ode,
-                   ode_likelihood, parametrization, samplers, sampling, schedules, toy)
+from jdiff import (conditions, editing, grids, guidance, keys, likelihood, losses, multistep,
+                   noising, ode, ode_likelihood, parametrization, samplers, sampling, schedules, toy)
 from jdiff.grids import GRIDS, get_grid
 from jdiff.guidance import (classifier_free, classifier_guidance, classifier_log_prob, clip_x0,
                             dynamic_threshold)

@@ -25,6 +25,7 @@ import numpy as np
 
 from jdiff import _checks
 from jdiff import grids
+from jdiff import multistep
 from jdiff import ode
 from jdiff import samplers as samplers_lib
 from jdiff.keys import check_indices, per_example_keys
@@ -37,9 +38,9 @@ SAMPLERS = {
     "ddim": samplers_lib.ddim,
     "euler": samplers_lib.euler,
     "heun": samplers_lib.heun,
-    "dpmpp_2m": samplers_lib.dpmpp_2m,
-    "dpmpp_3m": samplers_lib.dpmpp_3m,
-    "unipc": samplers_lib.unipc,
+    "dpmpp_2m": multistep.dpmpp_2m,
+    "dpmpp_3m": multistep.dpmpp_3m,
+    "unipc": multistep.unipc,
     "langevin": samplers_lib.langevin,
     "pc": samplers_lib.pc,
     "ode": ode.ode_sampler,

@@ -2,6 +2,14 @@
 
 Everything is rebuilt from the config and the workdir, so a restarted run resumes from the latest complete
 checkpoint (state and data position) and continues exactly as an uninterrupted run would.
+
+The workdir has one writer: a run holds ``<workdir>/train.lock`` (an ``flock`` recording its pid, host
+and start time) from before it touches the checkpoints until it ends; a second run is refused with a
+one-line error, and the lock of a run that was killed is taken over (with a warning naming it). On
+resume, the log lines past the restored step are dropped from ``metrics.jsonl`` (rewritten atomically),
+and the TensorBoard writer starts with ``purge_step`` = restored step + 1: a ``SessionLog.START`` event at
+that step, on which TensorBoard hides the events of earlier files at or past it (its default
+``--purge_orphaned_data``), so no step is shown twice.
 """
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ import dataclasses
 import json
 import os
 import signal
-import sys
+import socket
 import time
 from typing import Optional
 
@@ -176,13 +184,59 @@ def _check_devices(saved_meta: dict, step: int, allow_change: bool, log) -> None
   log(f"warning: {what}; continuing (--allow_device_change): not bit-exact")
 
 
+LOCK_FILE = "train.lock"  # in a workdir: held by the one training process writing to it
+
+
+def _describe_owner(owner) -> str:
+  if not owner:
+    return "owner unknown"
+  if "pid" not in owner:
+    return f"lock record {owner.get('record', owner)!r}"
+  return (f"pid {owner.get('pid')} on host {owner.get('host', '?')}, started "
+          f"{owner.get('started', '?')}")
+
+
+class _WorkdirLock:
+  """One writer per workdir (process 0 of a run takes it): ``<workdir>/train.lock``, see the module
+  docstring. Refuses a second run with a ``ValueError`` (train.py: one ``error:`` line, exit 2)."""
+
+  def __init__(self, workdir: str, log):
+    self.workdir, self.log = workdir, log
+    self.lock = files.FileLock(os.path.join(workdir, LOCK_FILE)) if jax.process_index() == 0 else None
+
+  def __enter__(self):
+    if self.lock is None:
+      return self
+    owner = {"pid": os.getpid(), "host": socket.gethostname(),
+             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+      stale = self.lock.acquire(owner)
+    except files.LockHeld as e:
+      raise ValueError(f"workdir {self.workdir} is in use by another training process "
+                       f"({_describe_owner(e.owner)}); wait for it to end or stop it, or pass another "
+                       f"--workdir") from None
+    except OSError as e:  # a filesystem without locks
+      self.lock = None
+      self.log(f"warning: cannot lock {os.path.join(self.workdir, LOCK_FILE)} ({e.strerror or e}); "
+               f"nothing keeps a second train.py from writing to this workdir")
+      return self
+    if stale:
+      self.log(f"warning: took over the stale lock of {_describe_owner(stale)}: that process is gone")
+    return self
+
+  def __exit__(self, *exc):
+    if self.lock is not None:
+      self.lock.release()
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, log=print,
           allow_device_change: bool = False) -> TrainState:
   """Train (or resume) into ``workdir``; returns the final state (host copy).
 
   A resumed run must have the device count its checkpoint was trained on (recorded in the checkpoint
   and in ``<workdir>/devices.json``, which ``train.py`` reads to choose it again); with
-  ``allow_device_change`` another count is accepted with a warning."""
+  ``allow_device_change`` another count is accepted with a warning. Another run training in
+  ``workdir`` makes this one fail with a ``ValueError`` before anything is written."""
   # Every check of the config (data, model, train step) runs before anything is created or written,
   # so a bad config leaves no workdir, checkpoint directory or config.json behind.
   workdir = check_workdir(workdir, create=False)
@@ -190,41 +244,56 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print,
   train_step = exp.train_step_fn("data")
   evaluator = PeriodicEval.from_experiment(exp, log)  # config.eval: None when off
   workdir = check_workdir(workdir)
-  c = config
-  is_main = jax.process_index() == 0
-  ckpt = ckpt_lib.Checkpointer(workdir, c.training.keep_checkpoints)
-  state = exp.init_state()
-  meta = exp.meta(state)
-  restored = ckpt.restore_latest(state, meta,
-                                 fallback=c.training.get("fallback_to_previous_checkpoint", False),
-                                 warn=log)
-  if restored is not None:
-    start, state, data_state, saved_meta = restored
-    _check_devices(saved_meta, start, allow_device_change, log)
-    exp.pipeline.set_state(data_state)
-    log(f"resumed from checkpoint step {start} in {ckpt.directory}")
-  if is_main:  # after the checkpoint was accepted: a refused run leaves the workdir's files as they are
-    files.write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
-    files.write_json(os.path.join(workdir, cli.DEVICES_FILE),
-                     {"num_devices": jax.device_count(), "platform": jax.default_backend(),
-                      "process_count": jax.process_count()})
-  step = int(state.step)
-  if is_main:
-    log(f"training on {jax.device_count()} {jax.default_backend()} device(s) in {jax.process_count()} "
-        f"process(es), {c.data.batch_size // jax.device_count()} examples per device")
+  # SIGTERM/SIGINT from here on: a checkpoint at the end of the current step, then exit (before the
+  # first step: nothing new to save, exit at once).
+  with _StopFlag() as stop, _WorkdirLock(workdir, log):
+    return _train(exp, train_step, evaluator, workdir, log, allow_device_change, stop)
 
-  p_step = jax.pmap(train_step, axis_name="data", donate_argnums=(0,))
-  rstate = replicate(state)
-  if jax.process_count() == 1:
-    # Commit the host copy to the devices with the sharding pmap gives its outputs: from host numpy
-    # arrays pmap (JAX 0.10) compiles the step once for the first call and again for the second.
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
-    rstate = jax.device_put(rstate, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-  writer = _MetricWriter(workdir) if is_main else None
-  grid_model = generation.Restored.from_params(exp.model, None, workdir=workdir)  # programs cached
-  progress = Progress(c.training.num_steps, initial=step, enabled=is_main)
-  total = c.training.num_steps
-  with _StopFlag() as stop:
+
+def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_device_change: bool,
+           stop: "_StopFlag") -> TrainState:
+  c = exp.config
+  is_main = jax.process_index() == 0
+  # The one writer (under the lock) removes the temporary directories of interrupted saves.
+  ckpt = ckpt_lib.Checkpointer(workdir, c.training.keep_checkpoints, cleanup_tmp=True)
+  writer = None
+  try:
+    state = exp.init_state()
+    meta = exp.meta(state)
+    restored = ckpt.restore_latest(state, meta,
+                                   fallback=c.training.get("fallback_to_previous_checkpoint", False),
+                                   warn=log)
+    if restored is not None:
+      start, state, data_state, saved_meta = restored
+      _check_devices(saved_meta, start, allow_device_change, log)
+      exp.pipeline.set_state(data_state)
+      log(f"resumed from checkpoint step {start} in {ckpt.directory}")
+    if stop.signal is not None:
+      log(f"received signal {stop.signal} before the first step: nothing new to save, exiting")
+      return state
+    if is_main:  # after the checkpoint was accepted: a refused run leaves the workdir's files as they are
+      files.write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
+      files.write_json(os.path.join(workdir, cli.DEVICES_FILE),
+                       {"num_devices": jax.device_count(), "platform": jax.default_backend(),
+                        "process_count": jax.process_count()})
+    step = int(state.step)
+    if is_main:
+      log(f"training on {jax.device_count()} {jax.default_backend()} device(s) in "
+          f"{jax.process_count()} process(es), {c.data.batch_size // jax.device_count()} examples per "
+          f"device")
+
+    p_step = jax.pmap(train_step, axis_name="data", donate_argnums=(0,))
+    rstate = replicate(state)
+    if jax.process_count() == 1:
+      # Commit the host copy to the devices with the sharding pmap gives its outputs: from host numpy
+      # arrays pmap (JAX 0.10) compiles the step once for the first call and again for the second.
+      mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+      rstate = jax.device_put(rstate,
+                              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    writer = _MetricWriter(workdir, step) if is_main else None
+    grid_model = generation.Restored.from_params(exp.model, None, workdir=workdir)  # programs cached
+    progress = Progress(c.training.num_steps, initial=step, enabled=is_main)
+    total = c.training.num_steps
     while step < total:
       batch = next(exp.pipeline)
       rstate, metrics = p_step(rstate, batch)
@@ -251,21 +320,48 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print,
       if stop.signal is not None:
         log(f"received signal {stop.signal}: saved checkpoint at step {step}, exiting")
         break
-  progress.close()
-  if writer:
-    writer.close()
-  ckpt.close()
-  return unreplicate(rstate)
+    progress.close()
+    return unreplicate(rstate)
+  finally:
+    if writer:
+      writer.close()
+    ckpt.close()
+
+
+def _drop_metrics_after(path: str, step: int) -> None:
+  """Rewrite ``metrics.jsonl`` (atomically) without the lines past ``step`` (logged by a run that
+  ended after its last checkpoint; the resumed run logs those steps again) and without a partial last
+  line (a run killed while writing it)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8", errors="replace") as f:
+    text = f.read()
+  keep = []
+  for line in text.splitlines():
+    try:
+      entry = json.loads(line)
+      if int(entry["step"]) <= step:
+        keep.append(line + "\n")
+    except (ValueError, KeyError, TypeError):
+      continue
+  if "".join(keep) != text:
+    files.write_text(path, "".join(keep))
 
 
 class _MetricWriter:
-  """JSON lines in ``metrics.jsonl`` and TensorBoard scalars under ``tb/``."""
+  """JSON lines in ``metrics.jsonl`` and TensorBoard scalars under ``tb/``, continuing at ``step``
+  (the restored step: later lines of an earlier run are dropped, see the module docstring)."""
 
-  def __init__(self, workdir: str):
-    self.f = open(os.path.join(workdir, "metrics.jsonl"), "a")
+  def __init__(self, workdir: str, step: int = 0):
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_metrics_after(path, step)
+    self.f = open(path, "a")
     try:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+      # A unique file name: tensorboardX names event files by the second and opens them with "wb", so
+      # a resume within the same second would overwrite the previous run's events.
+      self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=step + 1,
+                              filename_suffix=f".{time.time_ns()}")
     except ImportError:  # pragma: no cover - tensorboardX is a dependency
       self.tb = None
 
