@@ -52,8 +52,6 @@ def _main(argv):
   # Before anything starts JAX's backends: the per-process batch must split over the devices.
   per_process = config.data.batch_size // max(FLAGS.num_processes, 1)
   cli.set_cpu_devices(FLAGS.cpu_devices, batch_size=per_process, workdir=os.path.abspath(workdir))
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   cli.maybe_initialize_distributed(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
   from jdiff.training import loop

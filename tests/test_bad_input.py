@@ -1,17 +1,24 @@
 """Bad input, in one table: every case names what is wrong and how to fix it, in one line.
 
-``CASES`` is the single list of jdiff's bad-input cases across the public API, ``sample.py`` and
-``train.py`` (some repeat cases tested elsewhere, so that this table is the one place listing them):
+``CASES`` is the single list of jdiff's bad-input cases across the public API, ``sample.py``,
+``train.py`` and ``eval.py`` (some repeat cases tested elsewhere, so that this table is the one place
+listing them):
 
 * ``api``: a Python expression (evaluated in ``_api_namespace``) that must raise ``ValueError``,
   ``TypeError`` or ``FileNotFoundError`` with a one-line message containing every fragment;
-* ``sample.py`` / ``train.py``: command-line arguments; the CLI must exit with status 2, print one
-  ``error: ...`` line as its last stderr line with no traceback (a case with ``--debug`` must show the
-  traceback) and write nothing: no ``--out`` files, no workdir, no checkpoint directory.
+* ``sample.py`` / ``train.py`` / ``eval.py``: command-line arguments; the CLI must exit with status 2,
+  print one ``error: ...`` line as its last stderr line with no traceback (a case with ``--debug``
+  must show the traceback) and write nothing: no ``--out`` files, no workdir, no checkpoint directory.
 
-Speed: ``sample.py`` runs in this process (its flags re-parsed per case, as ``app.run`` would).
-``train.py`` defines the same absl flags as ``sample.py``, so its cases run in one worker process
-(``tests/_bad_input_train_worker.py``) started with the first case, concurrently with the others.
+As a user meets them: the cases in ``REAL_PROCESS`` (>= 10, every CLI, the ones naming a path among
+them) and every ``eval.py`` case run as real processes, ``python sample.py ...`` from the repository
+root with ``JAX_PLATFORMS=cpu``, and must print exactly one line on stderr, nothing else (no warning,
+no log line, no traceback). They start with the first case, a few at a time, concurrently with the
+others.
+
+Speed: the other ``sample.py`` cases run in this process (flags re-parsed per case, as ``app.run``
+would). ``train.py`` defines the same absl flags as ``sample.py``, so its other cases run in one worker
+process (``tests/_bad_input_train_worker.py``) started with the first case.
 
 Also here: sampling refuses non-finite samples (``--allow_nonfinite`` writes them, marked), and no
 loader ever unpickles: the pickle payloads below would create a file if they were ever loaded.
@@ -20,6 +27,7 @@ import collections
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -163,7 +171,7 @@ CASES = [
     Case("train_mistyped_config_value", "train.py", ["--config.training.num_steps=abc"],
          ("flag --config.training.num_steps=abc: invalid literal for int()",
           "--config.training.num_steps takes an int value")),
-    Case("train_misspelled_flag", "train.py", ["--workdirr=/tmp/x"],
+    Case("train_misspelled_flag", "train.py", ["--workdirr={tmp}/runs/train_misspelled_flag/w"],
          "Unknown command line flag workdirr. Did you mean: workdir ?"),
     Case("train_missing_config_file", "train.py", ["--config=configs/nope.py"],
          ("cannot load --config=configs/nope.py", "No such file or directory",
@@ -197,9 +205,30 @@ CASES = [
          ("was written by a different model", "use the config it was trained with or a new --workdir")),
     Case("train_debug_shows_traceback", "train.py", ["--config.data.batch_size=0", "--debug"],
          "config.data.batch_size must be an integer >= 1"),
+    # -- eval.py (always real processes: it defines sample.py's flags too) ----------------------------
+    Case("eval_missing_workdir", "eval.py", ["--workdir=/nonexistent/run"],
+         "does not exist; pass the --workdir that train.py wrote"),
+    Case("eval_nothing_to_evaluate", "eval.py", ["--workdir={mlp}", "--num=0"],
+         "nothing to evaluate: --num=0 skips the sample metrics; add --bpd or pass --num"),
+    Case("eval_unwritable_out", "eval.py", ["--workdir={mlp}", "--num=0", "--bpd",
+                                            "--out={afile}/r.json"],
+         "--out directory {afile} is a file; pass --out=DIR/FILE"),
 ]
 
 assert len({c.id for c in CASES}) == len(CASES)
+
+# Run as real processes (with every eval.py case): both other CLIs, flag-parser and library errors, and
+# the cases that name a path (a misspelled --workdirr, an unwritable workdir, an unwritable --out).
+REAL_PROCESS = {
+    "sample_missing_workdir", "sample_misspelled_flag", "sample_steps_zero", "sample_unwritable_out",
+    "sample_label_out_of_range",
+    "train_misspelled_flag", "train_unwritable_workdir", "train_missing_config_file",
+    "train_misspelled_config_key", "train_batch_size_zero", "train_checkpoint_of_another_model",
+} | {c.id for c in CASES if c.where == "eval.py"}
+assert REAL_PROCESS <= {c.id for c in CASES}
+# Cases known to print absl INFO lines before the error (none since jdiff.utils.cli.run_main lowers
+# absl's log level for every CLI); a case listed here is marked xfail after every other check passed.
+ABSL_INFO_ON_STDERR = set()
 
 # ----------------------------------------------------------------------------------------------------
 # Files and workdirs the cases refer to
@@ -268,6 +297,18 @@ def paths(tmp_path_factory):
   return p
 
 
+def _cli_argv(case, p):
+  """The case's arguments as run: sample.py and eval.py get a fresh --out, train.py a config and a
+  fresh --workdir, unless the case names them."""
+  args = [a.format(**p) for a in case.input]
+  if case.where == "train.py":
+    return _train_argv(case, p)
+  if not any(a.startswith("--out=") for a in args):
+    name = "s.png" if case.where == "sample.py" else "r.json"
+    args.append(f"--out={_fresh(p, case.id)}/out/{name}")
+  return args
+
+
 def _train_argv(case, p):
   args = [a.format(**p) for a in case.input]
   if not any(a.startswith("--config=") for a in args):
@@ -284,7 +325,8 @@ def _fresh(p, name):
 @pytest.fixture(scope="module")
 def train_results(paths):
   """Starts the train.py worker over every train.py case now; ``get(id)`` waits for its result."""
-  cases = [{"id": c.id, "args": _train_argv(c, paths)} for c in CASES if c.where == "train.py"]
+  cases = [{"id": c.id, "args": _train_argv(c, paths)} for c in CASES
+           if c.where == "train.py" and c.id not in REAL_PROCESS]
   spec = os.path.join(paths["tmp"], "train_cases.json")
   with open(spec, "w") as f:
     json.dump(cases, f)
@@ -309,6 +351,51 @@ def train_results(paths):
   if proc.poll() is None:
     proc.kill()
     proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def real_runs(paths):
+  """Starts every REAL_PROCESS case as `python <cli> ARGS` from the repository root, 4 at a time (each
+  ~2 s of CPU, mostly imports); ``get(id)`` waits for its ``CompletedProcess``."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+
+  def run(case):
+    return subprocess.run(["timeout", "-k", "5", "180", sys.executable, case.where,
+                           *_cli_argv(case, paths)],
+                          capture_output=True, text=True, cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+
+  # train.py's default workdir for configs/toy2d.py (where a run ignoring a misspelled --workdirr goes)
+  default_workdir = os.path.join(REPO, "runs", "toy2d")
+  existed = os.path.exists(default_workdir)
+  futures = {c.id: pool.submit(run, c) for c in CASES if c.id in REAL_PROCESS}
+
+  def get(case_id):
+    result = futures[case_id].result(timeout=300)
+    assert os.path.exists(default_workdir) == existed, f"{default_workdir} was created"
+    return result
+
+  yield get
+  pool.shutdown(wait=True, cancel_futures=True)
+
+
+_ABSL_INFO = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
+
+
+def _check_real_process(case, r, fragments):
+  """Exit status 2 and exactly one stderr line, ``error: ...`` with every fragment, no traceback."""
+  assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+  assert "Traceback" not in r.stderr, r.stderr[-3000:]
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  extra = []
+  if case.id in ABSL_INFO_ON_STDERR:
+    extra = [l for l in lines[:-1] if _ABSL_INFO.match(l)]
+    lines = [l for l in lines if l not in extra]
+  assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-3000:]
+  for frag in fragments:
+    assert frag in lines[0], (frag, lines[0])
+  return extra
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -359,7 +446,7 @@ def _check_cli_output(code, err, fragments, debug):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case, paths, train_results, capsys):
+def test_bad_input(case, paths, train_results, real_runs, capsys):
   fragments = (case.message,) if isinstance(case.message, str) else case.message
   fragments = [f.format(**paths) if case.where != "api" else f for f in fragments]
   if case.where == "api":
@@ -370,6 +457,21 @@ def test_bad_input(case, paths, train_results, capsys):
     assert "\n" not in msg.strip(), msg
     for frag in fragments:
       assert frag in msg, (frag, msg)
+  elif case.id in REAL_PROCESS:
+    extra = _check_real_process(case, real_runs(case.id), fragments)
+    # Nothing created: no --out (the fresh one, or the case's own) nor workdir, no eval report, and
+    # the file the unwritable paths go through is still that file.
+    assert not os.path.exists(_fresh(paths, case.id))
+    assert os.path.isfile(paths["afile"]) and open(paths["afile"]).read() == "not a directory"
+    assert not os.path.exists(os.path.join(paths["mlp"], "eval"))
+    assert not os.path.exists(os.path.join(paths["mlp"], "samples"))
+    if case.id == "train_checkpoint_of_another_model":  # the existing run is left as it was
+      wd = paths["train_other"]
+      assert json.load(open(os.path.join(wd, "config.json")))["model"]["features"] == 32
+      assert os.listdir(os.path.join(wd, "checkpoints")) == ["3"]
+    if extra:
+      pytest.xfail(f"{len(extra)} absl INFO line(s) on stderr before the error (orbax reading the "
+                   f"checkpoint; see ABSL_INFO_ON_STDERR), e.g. {extra[0][:120]}")
   elif case.where == "sample.py":
     args = [a.format(**paths) for a in case.input]
     out = os.path.join(_fresh(paths, case.id), "out")

@@ -88,53 +88,98 @@ def test_two_devices(restored, reference, tmp_path):
 
 
 class _CompileCounter:
-  """Counts XLA backend compilations (jax.monitoring) while active."""
+  """Records the XLA backend compilations (jax.monitoring; the event carries the compiled function's
+  name) while active."""
 
   def __init__(self):
-    self.active, self.count = False, 0
+    self.active, self.names = False, []
     jax.monitoring.register_event_duration_secs_listener(self._on_event)
 
   def _on_event(self, event, duration, **kwargs):
     if self.active and event == "/jax/core/compile/backend_compile_duration":
-      self.count += 1
+      self.names.append(kwargs.get("fun_name"))
+
+  @property
+  def count(self):
+    return len(self.names)
 
   def __enter__(self):
-    self.active, self.count = True, 0
+    self.active, self.names = True, []
     return self
 
   def __exit__(self, *exc):
     self.active = False
 
 
+_compiles = _CompileCounter()  # one listener for the module (registered listeners stay registered)
+
+
 def test_no_recompilation_when_values_change(restored):
-  """Seed, guidance scale, eta, grid values (grid name) and SDEdit strength are arguments of the
-  compiled program: changing them compiles nothing and changes the samples."""
-  counter = _CompileCounter()
+  """Seed, guidance scale, eta, grid values (grid name, SDEdit strength) are arguments of the compiled
+  program: changing them compiles nothing and changes the samples. The time grids are built inside the
+  counted window too (each generate() call builds its own); they are new values of the grid kinds and
+  step count warmed up before. In the same window one recompilation is forced (a new batch shape): the
+  counter must see exactly that one, so a counter that sees nothing cannot pass."""
+  counter = _compiles
+  schedule = restored.schedule
   base = dict(num=4, batch_size=4, sampler="ddim", steps=4, guidance=1.0, seed=0,
               hparams={"eta": 0.0}, grid="uniform_t")
   variants = [dict(seed=1), dict(guidance=3.0), dict(hparams={"eta": 0.8}), dict(grid="karras"),
               dict(grid="uniform_logsnr")]
   settings = [gen.Settings(**{**base, **v}) for v in [{}] + variants]
-  for s in settings:  # build the host-side grids once (eager jnp ops compile small kernels)
-    gen.settings.grid_times(gen.resolve(s, restored), restored)
+  # Building a grid runs eager jnp ops (the schedule's logsnr / t_of_sigma_tilde), which compile small
+  # kernels once per op and shape: warm them for every grid kind at this step count with other values
+  # (t_max=0.5) than the grids built in the window (t_max=1; SDEdit's t_max=0.3 and 0.7).
+  # test_grid_construction_compiles_once_per_kind_and_step_count counts those kernels.
+  for name in grids.GRIDS:
+    grids.get_grid(name, schedule, 4, t_max=0.5)
   first = gen.generate(restored, settings[0], progress=False)
-  with counter:
-    outs = [gen.generate(restored, s, progress=False) for s in settings[1:]]
-  assert counter.count == 0, f"{counter.count} compilations"
-  for v, o in zip(variants, outs):
-    assert float(np.max(np.abs(o.samples - first.samples))) > 1e-3, v
-
   x_in = np.asarray(first.samples[:1])
   edit = [gen.Settings(num=4, batch_size=4, sampler="ddpm", steps=4, seed=0, strength=s)
           for s in (0.3, 0.7)]
-  for s in edit:
-    gen.settings.grid_times(gen.resolve(s, restored), restored)
   e0 = gen.generate(restored, edit[0], x_in, progress=False)
+  assert first.compile_seconds > 0 and e0.compile_seconds > 0
+
+  per_run = []
   with counter:
+    outs = []
+    for s in settings[1:]:
+      outs.append(gen.generate(restored, s, progress=False))
+      per_run.append(counter.count)
     e1 = gen.generate(restored, edit[1], x_in, progress=False)
-  assert counter.count == 0, f"{counter.count} compilations"
+    per_run.append(counter.count)
+    # The instrument: a new batch shape must recompile the program, once.
+    forced = gen.generate(restored, gen.Settings(**{**base, "num": 2, "batch_size": 2}),
+                          progress=False)
+    per_run.append(counter.count)
+  assert per_run == [0] * (len(variants) + 1) + [1], (per_run, counter.names)
+  assert forced.compile_seconds > 0
+  assert all(o.compile_seconds == 0 for o in outs + [e1])
+  for v, o in zip(variants, outs):
+    assert float(np.max(np.abs(o.samples - first.samples))) > 1e-3, v
   assert float(np.max(np.abs(e1.samples - e0.samples))) > 1e-3
-  assert e0.compile_seconds > 0 and e1.compile_seconds == 0
+  # Same seed and indices at another batch size: the same samples (the forced run did run).
+  np.testing.assert_allclose(forced.samples, first.samples[:2], atol=ATOL)
+
+
+def test_grid_construction_compiles_once_per_kind_and_step_count(restored):
+  """Grids are built on the host with eager jnp ops (jdiff.grids: the schedule's logsnr,
+  t_of_logsnr, sigma_tilde, t_of_sigma_tilde; jnp.asarray of the result). Those compile small kernels,
+  once per op and shape: a step count never built before compiles some, new values of a kind and step
+  count already built compile none."""
+  counter = _compiles
+  schedule = restored.schedule
+  steps = 37  # a step count no other test builds grids for (eager kernels are cached per process)
+  with counter:
+    first = {name: grids.get_grid(name, schedule, steps) for name in grids.GRIDS}
+  compiled = list(counter.names)
+  with counter:
+    again = {name: grids.get_grid(name, schedule, steps, t_max=0.61) for name in grids.GRIDS}
+  print(f"grids for a new step count: {len(compiled)} kernels {sorted(set(compiled))}")
+  assert compiled  # measured: 22 in a fresh process (linear schedule; most are scalar ops)
+  assert counter.count == 0, counter.names
+  for name in grids.GRIDS:
+    assert float(first[name][0]) == 1.0 and float(again[name][0]) == pytest.approx(0.61)
 
 
 def test_matches_the_library_sampler(restored):

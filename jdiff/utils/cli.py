@@ -9,10 +9,15 @@ import sys
 import traceback
 from typing import Optional
 
+from absl import logging as absl_logging
+
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def run_main(main, argv, debug: bool) -> int:
+  """Run a CLI's ``main``: a user error prints one ``error: ...`` line (no traceback unless ``debug``)
+  and returns exit status 2."""
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint read and write at INFO
   try:
     main(argv)
     return 0
