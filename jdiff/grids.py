@@ -9,6 +9,10 @@ uniform in logsnr or rho-spaced in ``sigma_tilde`` cannot reach it; it is spaced
 (default ``1e-3``, the ``sampling_eps`` of Song et al. 2021) and then ends with 0, so that the last step
 lands on the denoised ``x0_hat``. For VE and EDM schedules ``sigma(0) = sigma_min > 0`` and the default
 ``t_min`` is 0 itself: all ``steps + 1`` points are spaced down to 0.
+
+Where a schedule is steeper near ``t_max`` than float32 t can follow (the sigmoid schedule near t = 1),
+the uniform-logSNR and Karras grids start their spacing at the noisiest level float32 t resolves, after
+``ts[0] = t_max`` (``_spaced``); every other grid is the plain formula.
 """
 from __future__ import annotations
 
@@ -46,17 +50,65 @@ def _resolve_range(schedule: Schedule, steps, t_max, t_min):
   return n, t_max, t_min
 
 
-def _finish(inner: np.ndarray, t_max: float, n: int, steps: int) -> jnp.ndarray:
-  """Pin the end points exactly, append the final 0 and check the grid is strictly descending."""
+def _assemble(inner: np.ndarray, t_max: float, n: int, steps: int) -> np.ndarray:
+  """Pin the end points exactly and append the final 0 (float32; not checked)."""
   ts = np.zeros(steps + 1, np.float32)
   ts[:n] = inner
   ts[0] = t_max
   ts[steps] = 0.0
-  if np.any(np.diff(ts) >= 0):
-    raise ValueError("the grid is not strictly descending after mapping to t: float32 cannot resolve "
-                     "that many steps where the schedule is steep in t (e.g. the sigmoid schedule near "
-                     "t=1); use fewer steps, a smaller t_max or a larger t_min")
+  return ts
+
+
+def _descending(ts: np.ndarray) -> bool:
+  return bool(np.all(np.isfinite(ts)) and np.all(np.diff(ts) < 0))
+
+
+_UNRESOLVABLE = ("the grid is not strictly descending after mapping to t: float32 cannot resolve "
+                 "that many steps between t_min and t_max on this schedule (its noise levels are closer "
+                 "than float32 t can tell apart); use fewer steps or a wider t range")
+
+
+def _finish(inner: np.ndarray, t_max: float, n: int, steps: int) -> jnp.ndarray:
+  """Pin the end points exactly, append the final 0 and check the grid is strictly descending."""
+  ts = _assemble(inner, t_max, n, steps)
+  if not _descending(ts):
+    raise ValueError(_UNRESOLVABLE)
   return jnp.asarray(ts)
+
+
+def _spaced(inner_from, t_max: float, n: int, steps: int) -> jnp.ndarray:
+  """A grid spaced by ``inner_from(f)``, moving its noisy end inward where float32 t cannot follow.
+
+  ``inner_from(0.0)`` gives the ``n`` spaced points in t (their first is replaced by ``t_max``);
+  ``inner_from(f)`` for ``f > 0`` gives ``t_max`` followed by ``n - 1`` points spaced the same way from
+  the level a fraction ``f`` of the spacing range away from the noisy end. Near ``t = 1`` a schedule can
+  be steeper than float32 t resolves (the sigmoid schedule: ``logsnr ~ log(1 - t)``, so the largest
+  float32 below 1 is at logsnr -17.8 while ``logsnr(1)`` is the clamp -20); the levels between cannot be
+  told apart in t and the grid would not be strictly descending. Then the spacing starts instead from
+  the noisiest level where float32 t resolves it (the smallest such ``f``, by bisection), and the first
+  step runs from ``t_max`` to that level. Grids float32 resolves as they are (``f = 0``) are unchanged.
+  """
+  ts = _assemble(inner_from(0.0), t_max, n, steps)
+  if _descending(ts):
+    return jnp.asarray(ts)
+  if n < 3:
+    raise ValueError(_UNRESOLVABLE)
+  build = lambda f: _assemble(inner_from(f), t_max, n, steps)
+  bad, good = 0.0, None
+  for j in range(1, 16):  # coarse scan for a resolvable start, then bisect the boundary
+    if _descending(build(j / 16)):
+      good = j / 16
+      break
+    bad = j / 16
+  if good is None:
+    raise ValueError(_UNRESOLVABLE)
+  for _ in range(16):
+    mid = 0.5 * (bad + good)
+    if _descending(build(mid)):
+      good = mid
+    else:
+      bad = mid
+  return jnp.asarray(build(good))
 
 
 def uniform_t(steps: int, t_max: float = 1.0) -> jnp.ndarray:
@@ -80,10 +132,18 @@ def uniform_logsnr(schedule: Schedule, steps: int, t_max: float = 1.0, t_min: fl
   n, t_max, t_min = _resolve_range(schedule, steps, t_max, t_min)
   with jax.ensure_compile_time_eval():
     lo, hi = (schedule.logsnr(jnp.float32(t)) for t in (t_max, t_min))
-    lams = jnp.linspace(lo, hi, n)
-    inner = np.asarray(schedule.t_of_logsnr(lams), np.float64)
-  inner[n - 1] = t_min
-  return _finish(inner, t_max, n, steps)
+
+  def inner_from(f):
+    with jax.ensure_compile_time_eval():
+      if f == 0.0:
+        lams = jnp.linspace(lo, hi, n)
+      else:  # t_max, then n - 1 levels from a fraction f of the way in (see _spaced)
+        lams = jnp.concatenate([lo[None], jnp.linspace(lo + f * (hi - lo), hi, n - 1)])
+      inner = np.asarray(schedule.t_of_logsnr(lams), np.float64)
+    inner[n - 1] = t_min
+    return inner
+
+  return _spaced(inner_from, t_max, n, steps)
 
 
 def karras(schedule: Schedule, steps: int, t_max: float = 1.0, t_min: float | None = None,
@@ -98,12 +158,22 @@ def karras(schedule: Schedule, steps: int, t_max: float = 1.0, t_min: float | No
     raise ValueError(f"rho must be > 0, got {rho}")
   with jax.ensure_compile_time_eval():
     s_hi, s_lo = (float(schedule.sigma_tilde(jnp.float32(t))) for t in (t_max, t_min))
-  i = np.arange(n, dtype=np.float64) / max(n - 1, 1)
-  sig = (s_hi ** (1.0 / rho) + i * (s_lo ** (1.0 / rho) - s_hi ** (1.0 / rho))) ** rho
-  with jax.ensure_compile_time_eval():
-    inner = np.asarray(schedule.t_of_sigma_tilde(jnp.asarray(sig, jnp.float32)), np.float64)
-  inner[n - 1] = t_min
-  return _finish(inner, t_max, n, steps)
+  u_hi, u_lo = s_hi ** (1.0 / rho), s_lo ** (1.0 / rho)
+
+  def inner_from(f):
+    if f == 0.0:
+      i = np.arange(n, dtype=np.float64) / max(n - 1, 1)
+      sig = (u_hi + i * (u_lo - u_hi)) ** rho
+    else:  # t_max, then n - 1 levels from a fraction f of the way in (see _spaced)
+      u0 = u_hi + f * (u_lo - u_hi)
+      i = np.arange(n - 1, dtype=np.float64) / max(n - 2, 1)
+      sig = np.concatenate([[s_hi], (u0 + i * (u_lo - u0)) ** rho])
+    with jax.ensure_compile_time_eval():
+      inner = np.asarray(schedule.t_of_sigma_tilde(jnp.asarray(sig, jnp.float32)), np.float64)
+    inner[n - 1] = t_min
+    return inner
+
+  return _spaced(inner_from, t_max, n, steps)
 
 
 GRIDS = ("uniform_t", "uniform_logsnr", "karras")

@@ -184,6 +184,14 @@ class SigmoidSchedule(Schedule):
   """Sigmoid schedule (Jabri et al. 2022; Chen 2023, Alg. 1):
   ``alpha_bar(t) = (v_end - sigmoid((t (end - start) + start)/tau)) / (v_end - v_start)``
   with ``v = sigmoid(start/tau), sigmoid(end/tau)``; clamped below at ``logsnr_min``.
+
+  Computed without cancellation: with ``sigmoid(u) - sigmoid(w) = sinh((u - w)/2) / (2 cosh(u/2)
+  cosh(w/2))`` the ``cosh`` of the running argument cancels from ``alpha_bar / (1 - alpha_bar)``, leaving
+  ``logsnr(t) = log sinh(a (1 - t)) - log sinh(a t) + log cosh(start / 2tau) - log cosh(end / 2tau)``
+  with ``a = (end - start) / (2 tau)``. Near ``t = 1``, where ``alpha_bar ~ (1 - t)``, the direct formula
+  subtracts two float32 numbers near ``v_end`` and turns logsnr into a staircase (it gave -20, the
+  clamp, at the largest float32 below 1, where the true value is -17.8); this form is accurate to
+  float32 rounding for every float32 ``t``, and so is its inverse ``t_of_logsnr``. ``logsnr(0) = +inf``.
   """
 
   start: float = -3.0
@@ -191,23 +199,31 @@ class SigmoidSchedule(Schedule):
   tau: float = 1.0
   logsnr_min: float = -20.0
 
-  def _v(self):
-    sig = lambda z: 1.0 / (1.0 + math.exp(-z))
-    return sig(self.start / self.tau), sig(self.end / self.tau)
+  def _a_c(self):
+    def log_cosh(x):
+      x = abs(x)
+      return x + math.log1p(math.exp(-2.0 * x)) - math.log(2.0)
+    a = (self.end - self.start) / (2.0 * self.tau)
+    return a, log_cosh(self.start / (2.0 * self.tau)) - log_cosh(self.end / (2.0 * self.tau))
 
   def logsnr(self, t):
-    v_start, v_end = self._v()
-    out = jax.nn.sigmoid((t * (self.end - self.start) + self.start) / self.tau)
-    abar = jnp.clip((v_end - out) / (v_end - v_start), 0.0, 1.0)
-    ls = jnp.log(abar) - jnp.log1p(-abar)
+    a, c = self._a_c()
+    t = jnp.clip(t, 0.0, 1.0)
+    # log sinh(x) = x + log(1 - e^{-2x}) - log 2: no overflow for large x, accurate for small x, -inf at 0.
+    log_sinh = lambda x: x + jnp.log(-jnp.expm1(-2.0 * x)) - math.log(2.0)
+    ls = log_sinh(a * (1.0 - t)) - log_sinh(a * t) + c
     return jnp.maximum(ls, self.logsnr_min)
 
   def t_of_logsnr(self, logsnr):
-    v_start, v_end = self._v()
-    abar = jax.nn.sigmoid(logsnr)
-    out = jnp.clip(v_end - abar * (v_end - v_start), 1e-12, 1.0 - 1e-7)
-    z = jnp.log(out) - jnp.log1p(-out)
-    return jnp.clip((z * self.tau - self.start) / (self.end - self.start), 0.0, 1.0)
+    # sinh(a (1 - t)) / sinh(a t) = r = e^l, l = logsnr - c, solves to t = log((r + e^a) / (r + e^{-a}))
+    # / 2a = (softplus(a - l) - softplus(-a - l)) / 2a; by symmetry 1 - t is the same expression of -l.
+    # Each branch is taken where it is the small one (l >= 0: t <= 1/2), so t near 0 and 1 - t near
+    # t = 1 are both accurate. (Clipped: logsnr = +-inf maps to t = 0, 1.)
+    a, c = self._a_c()
+    lr = jnp.clip(logsnr - c, -1e30, 1e30)
+    small = lambda l: (jax.nn.softplus(a - l) - jax.nn.softplus(-a - l)) / (2.0 * a)
+    t = jnp.where(lr >= 0, small(jnp.maximum(lr, 0.0)), 1.0 - small(jnp.maximum(-lr, 0.0)))
+    return jnp.clip(t, 0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,8 +17,6 @@ def _grid(name, schedule, steps, **kw):
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("steps", [1, 2, 10, 50])
 def test_grid_shape_and_ends(name, schedule, steps):
-  if schedule == "sigmoid" and name != "uniform_t" and steps >= 10:
-    pytest.skip("sigmoid is too steep near t=1 for float32; see test_unresolvable_grid_raises")
   ts = _grid(name, schedule, steps)
   assert ts.shape == (steps + 1,)
   assert ts[0] == 1.0 and ts[-1] == 0.0
@@ -27,22 +25,66 @@ def test_grid_shape_and_ends(name, schedule, steps):
 
 
 def test_unresolvable_grid_raises():
-  # sigmoid: logsnr falls from -8 at t=0.999 to its clamp -20 at t=1; 50 rho-spaced sigma_tilde levels
-  # from exp(10) cannot be told apart in float32 t.
-  with pytest.raises(ValueError, match="not strictly descending after mapping to t"):
-    grids.karras(jdiff.get_schedule("sigmoid"), 50)
-  ts = grids.karras(jdiff.get_schedule("sigmoid"), 50, t_max=0.99)  # the suggested fix works
+  # 50 steps between t_min = 1 - 1e-6 and t_max = 1: float32 has only 17 values there.
+  sch = jdiff.get_schedule("sigmoid")
+  for grid in (grids.uniform_logsnr, grids.karras):
+    with pytest.raises(ValueError, match="not strictly descending after mapping to t"):
+      grid(sch, 50, t_min=1 - 1e-6)
+  # A schedule whose whole noise range is narrower than float32 resolves: sigma in [1, 1 + 1e-6].
+  narrow = jdiff.get_schedule("edm", sigma_min=1.0, sigma_max=1.000001)
+  for name in ("uniform_logsnr", "karras"):
+    with pytest.raises(ValueError, match="not strictly descending after mapping to t"):
+      grids.get_grid(name, narrow, 50)
+  grids.check_grid(grids.get_grid("uniform_t", narrow, 50))  # uniform t does not look at the schedule
+
+
+@pytest.mark.parametrize("name", ["uniform_logsnr", "karras"])
+@pytest.mark.parametrize("steps", [10, 20, 50, 200])
+def test_sigmoid_grids_start_where_float32_resolves(name, steps):
+  """The sigmoid schedule has logsnr ~ log(1 - t) near t = 1: the largest float32 below 1 is at logsnr
+  -17.8, its clamp logsnr(1) = -20. A grid whose spacing cannot be followed by float32 t there starts its
+  spacing at the noisiest level float32 resolves: t_max = 1 first, then strictly increasing logsnr levels,
+  spaced as asked (uniform in logsnr / rho-spaced in sigma_tilde) past the first few."""
+  sch = jdiff.get_schedule("sigmoid")
+  ts = grids.get_grid(name, sch, steps)
   grids.check_grid(ts)
+  assert float(ts[0]) == 1.0 and float(ts[-2]) == pytest.approx(grids.DEFAULT_VP_T_MIN)
+  lam = np.asarray(sch.logsnr(ts[:-1]), np.float64)
+  assert lam[0] == sch.logsnr_min and np.all(np.diff(lam) > 0)
+  assert lam[1] < -12  # the grid still reaches into the very noisy end
+  tail = lam[len(lam) // 2:] if name == "uniform_logsnr" else None
+  if tail is not None:  # past the steep end the spacing is uniform in logsnr
+    np.testing.assert_allclose(np.diff(tail), np.diff(tail).mean(), rtol=2e-3)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "vp_sde", "ve", "edm"])
+def test_grids_unchanged_where_float32_resolves_them(schedule):
+  """The noisy end moves only where the grid would not be strictly descending: elsewhere every grid is
+  the plain formula from t_max (bit for bit the grids before the noisy end could move; recomputed here
+  eagerly, which rounds differently by a few float32 ulps)."""
+  sch = jdiff.get_schedule(schedule)
+  steps = 50
+  n = steps if grids.reaches_zero_noise(sch) else steps + 1
+  t_min = grids.DEFAULT_VP_T_MIN if grids.reaches_zero_noise(sch) else 0.0
+  lo, hi = sch.logsnr(jnp.float32(1.0)), sch.logsnr(jnp.float32(t_min))
+  want = np.array(sch.t_of_logsnr(jnp.linspace(lo, hi, n)), np.float32)
+  want[0], want[n - 1] = 1.0, t_min
+  np.testing.assert_allclose(np.asarray(grids.uniform_logsnr(sch, steps))[:n], want, rtol=0, atol=3e-7)
+  s_hi, s_lo = (float(sch.sigma_tilde(jnp.float32(t))) for t in (1.0, t_min))
+  i = np.arange(n) / (n - 1)
+  sig = (s_hi ** (1 / 7) + i * (s_lo ** (1 / 7) - s_hi ** (1 / 7))) ** 7
+  want = np.array(sch.t_of_sigma_tilde(jnp.asarray(sig, jnp.float32)), np.float32)
+  want[0], want[n - 1] = 1.0, t_min
+  np.testing.assert_allclose(np.asarray(grids.karras(sch, steps))[:n], want, rtol=0, atol=3e-7)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "vp_sde", "sigmoid"])
 @pytest.mark.parametrize("name", ["uniform_logsnr", "karras"])
 def test_vp_grids_stop_at_t_min_then_zero(schedule, name):
   # sigma(0) = 0 on VP schedules: the spaced part ends at t_min (default 1e-3), then one step to 0.
-  kw = {"t_max": 0.99} if schedule == "sigmoid" else {}  # see test_unresolvable_grid_raises
-  ts = _grid(name, schedule, 6, **kw)
+  ts = _grid(name, schedule, 6)
   assert ts[-2] == pytest.approx(grids.DEFAULT_VP_T_MIN)
-  ts = _grid(name, schedule, 6, t_min=0.02, **kw)
+  ts = _grid(name, schedule, 6, t_min=0.02)
   assert ts[-2] == pytest.approx(0.02)
 
 
@@ -113,8 +155,12 @@ def test_config_check_builds_the_sampling_grid():
   from configs import toy2d
   from jdiff.experiment import config
   c = toy2d.get_config()
-  c.diffusion.schedule, c.sampling.grid, c.sampling.steps = "sigmoid", "karras", 50
-  with pytest.raises(ValueError, match="config.sampling: the 'karras' grid of 50 steps on the 'sigmoid'"):
+  c.diffusion.schedule, c.sampling.grid, c.sampling.steps = "edm", "karras", 50
+  c.diffusion.schedule_kwargs = {"sigma_min": 1.0, "sigma_max": 1.000001}  # narrower than float32
+  with pytest.raises(ValueError, match="config.sampling: the 'karras' grid of 50 steps on the 'edm'"):
     config.validate(c)
   c.sampling.grid = "uniform_t"
   config.validate(c)
+  c.diffusion.schedule, c.diffusion.schedule_kwargs = "sigmoid", {}
+  for c.sampling.grid in grids.GRIDS:  # every grid works on the sigmoid schedule
+    config.validate(c)

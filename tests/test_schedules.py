@@ -68,6 +68,33 @@ def test_discrete_ddpm_table_equals_continuous_schedule():
   np.testing.assert_allclose(np.asarray(jax.nn.sigmoid(s.logsnr(t))), abar, rtol=5e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("kw", [{}, {"start": 0.0, "end": 3.0, "tau": 0.3}, {"start": -1.0, "end": 5.0,
+                                                                           "tau": 1.1}])
+def test_sigmoid_accurate_at_every_float32_t(kw):
+  """Near t = 1 alpha_bar ~ (1 - t): the direct formula (v_end - sigmoid(.)) cancels in float32 and gave
+  a staircase (the clamp -20 at the largest float32 below 1, where the true logsnr is -17.8). Every
+  float32 t, the 64 largest below 1 and the smallest above 0 included, must give the float64 value, and
+  t_of_logsnr must invert it there."""
+  s = jdiff.SigmoidSchedule(**kw)
+  below_one = 1.0 - np.arange(1, 65) * 2.0 ** -24  # consecutive float32 values below 1
+  t32 = np.concatenate([below_one, np.linspace(1e-3, 0.999, 999), np.arange(1, 65) * 2.0 ** -30])
+  t32 = np.sort(t32.astype(np.float32))[::-1]
+  t = t32.astype(np.float64)
+  sig = lambda z: 1.0 / (1.0 + np.exp(-z))
+  v_start, v_end = sig(s.start / s.tau), sig(s.end / s.tau)
+  z = (t * (s.end - s.start) + s.start) / s.tau
+  abar = (v_end - sig(z)) / (v_end - v_start)
+  want = np.maximum(np.log(abar) - np.log1p(-abar), s.logsnr_min)
+  got = np.asarray(s.logsnr(jnp.asarray(t32)), np.float64)
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  free = want > s.logsnr_min  # not clamped
+  assert np.all(np.diff(got[free]) > 0)  # strictly increasing towards t = 0: no float32 staircase
+  assert float(s.logsnr(1.0)) == s.logsnr_min and float(s.logsnr(0.0)) == np.inf
+  back = np.asarray(s.t_of_logsnr(jnp.asarray(got[free], jnp.float32)), np.float64)
+  np.testing.assert_allclose(back, t[free], rtol=2e-6, atol=1.2e-7)  # within 2 float32 ulps near 1
+  assert float(s.t_of_logsnr(jnp.inf)) == 0.0 and float(s.t_of_logsnr(-jnp.inf)) == 1.0
+
+
 def test_get_schedule_errors():
   with pytest.raises(ValueError, match="valid schedules are: cosine, edm, linear"):
     jdiff.get_schedule("cosin")
