@@ -6,11 +6,30 @@ refuse a checkpoint of another model with a clear message. Orbax writes into a t
 renames it when complete, so a save interrupted by a crash is never listed (``all_steps`` ignores
 ``*.orbax-checkpoint-tmp``) and never restored. Restores always go against an abstract target, so optax
 states come back with their own types. Nothing here uses pickle.
+
+Every step directory carries ``jdiff_checksums.json`` (size and SHA-256 of each file), written into
+orbax's temporary directory *before* orbax renames it into place (``_ChecksummedRename``): no moment
+exists where a committed step lacks its checksums. A step without them (deleted, or saved by an older
+jdiff) is incomplete: ``verify`` refuses it like a damaged one.
+
+Old steps beyond ``max_to_keep`` are first renamed (atomically) into ``checkpoints/.deleted`` and only
+then removed, so a kill while deleting never leaves a half-deleted step that looks like a checkpoint.
+
+Test hooks, inert unless set (tests/test_reliability.py kills train.py inside them):
+``JDIFF_TEST_PAUSE_IN_SAVE=<seconds>`` sleeps inside every save, after the checksums are written and
+before the step is committed; ``JDIFF_TEST_PAUSE_IN_RESTORE=<seconds>`` sleeps inside a restore, before
+the checkpoint is read. Each prints ``jdiff-test: paused in save|restore of checkpoint step N`` to
+stderr first.
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import os
+import shutil
+import sys
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -22,22 +41,72 @@ from jdiff.utils import files
 
 
 CHECKSUMS = "jdiff_checksums.json"
+_DELETED = ".deleted"  # in the checkpoints directory: steps being deleted (never listed as steps)
+# Written or updated by orbax's commit itself, after the checksums (commit timestamp, success marker).
+_COMMIT_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")
 
 
 class DamagedCheckpointError(ValueError):
   """A complete-looking checkpoint whose files are truncated, corrupted or missing."""
 
 
-def _file_digests(step_dir: str) -> dict:
+class CheckpointSaveError(ValueError):
+  """A save failed (disk full, failing write); the previous checkpoints are untouched."""
+
+
+def _test_pause(where: str, step) -> None:
+  """Test-only hook: sleep ``$JDIFF_TEST_PAUSE_IN_<WHERE>`` seconds (unset: nothing happens)."""
+  seconds = os.environ.get(f"JDIFF_TEST_PAUSE_IN_{where.upper()}")
+  if seconds:
+    print(f"jdiff-test: paused in {where} of checkpoint step {step}", file=sys.stderr, flush=True)
+    time.sleep(float(seconds))
+
+
+def _file_digests(step_dir: str, skip_commit_files: bool = False) -> dict:
   out = {}
   for root, _, names in os.walk(step_dir):
     for name in names:
       path = os.path.join(root, name)
       rel = os.path.relpath(path, step_dir)
-      if name == CHECKSUMS or name.startswith(f".{CHECKSUMS}"):
+      if name.endswith(CHECKSUMS):  # the checksums themselves, or an atomic write's temporary file
+        continue
+      if skip_commit_files and rel in _COMMIT_FILES:
         continue
       out[rel] = [os.path.getsize(path), files.sha256(path)]
   return dict(sorted(out.items()))
+
+
+def _checksummed_rename_class(directory: str):
+  """Orbax's atomic-rename commit, with ``jdiff_checksums.json`` written into the temporary step
+  directory just before it is renamed into place (orbax calls ``finalize`` on the primary process
+  once every process has written its files). Item directories inside a step use the same class and
+  are committed unchanged."""
+  base = ocp.path.atomicity.AtomicRenameTemporaryPath
+
+  class _ChecksummedRename(base):
+
+    async def finalize(self, *args, **kwargs):
+      tmp, final = os.fspath(self.get()), os.fspath(self.get_final())
+      if os.path.dirname(os.path.abspath(final)) == directory:  # a step, not an item inside one
+        # Orbax's commit then rewrites _CHECKPOINT_METADATA (its commit time) and adds
+        # commit_success.txt: both are left out of the checksums.
+        files.write_json(os.path.join(tmp, CHECKSUMS), _file_digests(tmp, skip_commit_files=True),
+                         indent=None)
+        _test_pause("save", os.path.basename(final))
+      return await super().finalize(*args, **kwargs)
+
+  return _ChecksummedRename
+
+
+def _os_error(e: BaseException) -> Optional[OSError]:
+  """The ``OSError`` that caused ``e`` (orbax re-raises errors of its writer threads wrapped)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def param_signature(params) -> dict:
@@ -49,10 +118,23 @@ def param_signature(params) -> dict:
 class Checkpointer:
   """Thin wrapper over ``ocp.CheckpointManager`` for a ``TrainState`` plus JSON side data."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 3):
+  def __init__(self, workdir: str, max_to_keep: int = 3, cleanup_tmp: bool = False):
+    """``cleanup_tmp``: delete the temporary directories of interrupted saves (only for the one
+    writer of the workdir, train.py under its lock: a reader must not touch a save in progress)."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                        cleanup_tmp_directories=cleanup_tmp,
+                                        todelete_subdir=_DELETED,
+                                        temporary_path_class=_checksummed_rename_class(self.directory))
+    self._options = opts
     self.manager = ocp.CheckpointManager(self.directory, options=opts)
+    if cleanup_tmp:
+      self._empty_trash()
+
+  def _empty_trash(self) -> None:
+    """Remove the steps orbax moved aside for deletion (the previous run may have died doing it)."""
+    if jax.process_index() == 0:
+      shutil.rmtree(os.path.join(self.directory, _DELETED), ignore_errors=True)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -61,35 +143,73 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, data_state: dict, meta: dict, force: bool = True) -> None:
+    """Save and wait until step ``step`` is committed, checksums included (``_ChecksummedRename``).
+
+    A failing write (disk full, I/O error) raises ``CheckpointSaveError``: the step is not committed
+    (its temporary directory is never listed) and the earlier checkpoints are left as they were."""
     state = jax.device_get(state)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=ocp.args.JsonSave(data_state),
                               meta=ocp.args.JsonSave(meta))
-    self.manager.save(int(step), args=args, force=force)
-    self.manager.wait_until_finished()
-    if jax.process_index() == 0:
-      # Size and SHA-256 of every file, written atomically once orbax has committed the step: restore
-      # verifies them, so a truncated or corrupted checkpoint is refused instead of loaded.
-      step_dir = self.step_dir(step)
-      digests = _file_digests(step_dir)
-      files.write_json(os.path.join(step_dir, CHECKSUMS), digests, indent=None)
+    threads = set(threading.enumerate())
+    try:
+      self.manager.save(int(step), args=args, force=force)
+      self.manager.wait_until_finished()
+      self._empty_trash()
+    except Exception as e:  # pylint: disable=broad-except
+      err = _os_error(e)
+      if err is None:
+        raise
+      # Orbax reports the first failing write while the step's other writes may still be running in
+      # its threads: wait for them, so that nothing writes into the directory once we return.
+      deadline = time.time() + 60
+      for t in set(threading.enumerate()) - threads:
+        if t is not threading.current_thread():
+          try:
+            t.join(max(0.0, deadline - time.time()))
+          except Exception:  # pylint: disable=broad-except  # orbax's threads re-raise their error
+            pass
+      quiet = not any(t.is_alive() for t in set(threading.enumerate()) - threads
+                      if t is not threading.current_thread())
+      self._reopen(cleanup=quiet)  # orbax's manager keeps re-raising a failed save: a fresh one
+      done = [s for s in self.all_steps() if s != int(step)]
+      after = (f"the previous checkpoint (step {max(done)}) is intact and running again resumes from "
+               f"it" if done else "there is no earlier checkpoint")
+      why = os.strerror(err.errno) if err.errno else (str(err) or type(err).__name__)
+      hint = "; free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+      raise CheckpointSaveError(
+          f"could not save checkpoint step {step} in {self.directory} ({why}){hint}; {after}") from e
+
+  def _reopen(self, cleanup: bool) -> None:
+    try:
+      self.manager.close()
+    except Exception:  # pylint: disable=broad-except  # the failed save, reported by the caller
+      pass
+    # ``cleanup``: the failed save's temporary directory is removed (only once its writes are over).
+    opts = dataclasses.replace(self._options,
+                               cleanup_tmp_directories=cleanup and self._options.cleanup_tmp_directories)
+    self.manager = ocp.CheckpointManager(self.directory, options=opts)
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(int(step)))
 
   def verify(self, step: int) -> None:
     """Raise ``DamagedCheckpointError`` if a file of checkpoint ``step`` is missing, truncated or
-    altered since it was saved (checked against the checksums written at save time; a step saved by a
-    process killed before it wrote them is checked only by orbax's reading)."""
+    altered since it was saved (checked against the checksums written at save time), or if the step
+    has no checksums at all: every save writes them before the step is committed, so a step without
+    them is incomplete (deleted by hand, or saved by an older jdiff) and is never restored as
+    complete."""
     step_dir = self.step_dir(step)
     path = os.path.join(step_dir, CHECKSUMS)
     if not os.path.exists(path):
-      # Orbax committed the step but the process died before the checksums were written: the
-      # checkpoint is complete (orbax renames it into place only when done); restore checks it.
-      return
+      raise DamagedCheckpointError(
+          f"checkpoint step {step} in {self.directory} is incomplete or damaged: it has no {CHECKSUMS} "
+          f"(every save writes it before committing the step), so its files cannot be checked")
     try:
       with open(path) as f:
         want = json.load(f)
+      if not isinstance(want, dict) or not want:
+        raise ValueError("no entries")
     except (OSError, ValueError):
       raise DamagedCheckpointError(f"checkpoint step {step} in {self.directory} has an unreadable "
                                    f"{CHECKSUMS}; the checkpoint is damaged") from None
@@ -111,6 +231,7 @@ class Checkpointer:
     for i, step in enumerate(steps):
       try:
         self.verify(step)
+        _test_pause("restore", step)
         return (step,) + tuple(self.restore(step, abstract_state, expected_meta))
       except DamagedCheckpointError as e:
         if not fallback:

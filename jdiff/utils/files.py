@@ -3,6 +3,7 @@
 Every file jdiff writes outside orbax goes to a temporary file in the target directory first and is
 renamed onto its path (``os.replace`` is atomic on POSIX), with the usual ``0666 & ~umask``
 permissions. ``write_all`` does that for several files at once and renames only when all are complete.
+``FileLock``: an exclusive lock file that records its owner and tells a stale lock from a held one.
 """
 from __future__ import annotations
 
@@ -81,3 +82,67 @@ def sha256(path: str) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
+
+
+class LockHeld(Exception):
+  """``FileLock.acquire`` found the lock held; ``owner`` is the holder's record (or None)."""
+
+  def __init__(self, path: str, owner):
+    super().__init__(f"{path} is locked by {owner}")
+    self.path, self.owner = path, owner
+
+
+class FileLock:
+  """An exclusive advisory lock (``flock``) on ``path``, held until ``release()`` or until the process
+  ends, however it ends (the kernel drops a dead process's locks). While held, the file holds the
+  owner's record (JSON); ``release`` empties it, so a non-empty file that nobody locks was left by a
+  process that died holding it: a stale lock, which ``acquire`` takes over and reports."""
+
+  def __init__(self, path: str):
+    self.path = os.fspath(path)
+    self._fd = None
+
+  def _read_owner(self, fd: int):
+    try:
+      text = os.pread(fd, 1 << 16, 0).decode(errors="replace").strip()
+    except OSError:
+      return None
+    if not text:
+      return None
+    try:
+      owner = json.loads(text)
+    except ValueError:
+      return {"record": text[:200]}
+    return owner if isinstance(owner, dict) else {"record": text[:200]}
+
+  def acquire(self, owner: dict):
+    """Take the lock without waiting and record ``owner`` in the file. Returns the record of a stale
+    owner found there (None if the lock was free and clean). Raises ``LockHeld`` if another process
+    (or another ``FileLock`` of this process) holds it, and ``OSError`` if the filesystem cannot lock."""
+    import fcntl
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask
+    try:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        raise LockHeld(self.path, self._read_owner(fd)) from None
+      stale = self._read_owner(fd)
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+      os.fsync(fd)
+    except BaseException:
+      os.close(fd)
+      raise
+    self._fd = fd
+    return stale
+
+  def release(self) -> None:
+    if self._fd is None:
+      return
+    import fcntl
+    try:
+      os.ftruncate(self._fd, 0)  # clean release: an empty file is a free lock
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+    finally:
+      os.close(self._fd)
+      self._fd = None
