@@ -22,7 +22,9 @@ def define(num_default: int) -> None:
   flags.DEFINE_integer("seed", 0, "Random seed (sample i draws its noise from fold_in(PRNGKey(seed), i)).")
   flags.DEFINE_string("sampler", None, "Sampler (default: the config's sampling.sampler).")
   flags.DEFINE_integer("steps", None, "Number of steps of the time grid (default: the config's).")
-  flags.DEFINE_string("grid", None, "Time grid: uniform_t, uniform_logsnr or karras (default: config's).")
+  flags.DEFINE_string("grid", None, "Time grid: uniform_t, uniform_logsnr, karras or a grid FILE fit "
+                      "for this model by tools/fit_grid.py (its steps and sampler unless given; refused "
+                      "for other parameters) (default: config's).")
   flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w (conditional models).")
   flags.DEFINE_string("labels", None, "Comma-separated class labels; sample i gets labels[i % len] "
                       "(default i % num_classes).")

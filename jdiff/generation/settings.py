@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -17,6 +19,7 @@ import numpy as np
 from jdiff import _checks
 from jdiff import conditions as conditions_lib
 from jdiff import editing
+from jdiff import grid_fit
 from jdiff import grids
 from jdiff import sampling
 from jdiff.generation.restore import Restored
@@ -34,7 +37,7 @@ class Settings:
   seed: int = 0
   sampler: Optional[str] = None  # None: the config's sampling.sampler
   steps: Optional[int] = None  # None: the config's sampling.steps
-  grid: Optional[str] = None  # None: the config's sampling.grid
+  grid: Optional[str] = None  # a grid name or a grid FILE (tools/fit_grid.py); None: the config's
   start_index: int = 0
   batch_size: Optional[int] = None  # global batch per call (all devices); default min(num, 64)
   guidance: Optional[float] = None  # classifier-free guidance scale w (None: no guidance)
@@ -69,7 +72,14 @@ def check_settings(s: Settings) -> None:
   if s.sampler is not None:
     _checks.choice("sampler", s.sampler, sampling.SAMPLER_NAMES)
   if s.grid is not None:
-    _checks.choice("grid", s.grid, grids.GRIDS)
+    g = grid_file(s.grid)
+    if g is not None:
+      if s.steps is not None and s.steps != g.steps:
+        raise ValueError(f"grid file {g.path} has {g.steps} steps but steps={s.steps} was asked; drop "
+                         f"--steps or pass --steps={g.steps}")
+      if s.strength is not None:
+        raise ValueError(f"grid file {g.path} fixes every time of the grid from t=1; editing (--input, "
+                         f"--strength) needs a named grid (uniform_t, uniform_logsnr, karras)")
   if s.batch_size is not None:
     _checks.int_at_least(s.batch_size, "batch_size", 1)
   if s.guidance is not None and not math.isfinite(float(s.guidance)):
@@ -99,7 +109,8 @@ def check_settings(s: Settings) -> None:
 def resolve(s: Settings, restored: Restored, *, classifier: Optional[Restored] = None,
             mode: str = "sample") -> Settings:
   """``s`` with every open choice made for this model: ``sampler``, ``steps`` and ``grid`` from the
-  config's ``sampling`` section; ``clip_x0`` from ``sampling.clip_x0`` for image data (off otherwise);
+  config's ``sampling`` section (with a grid file: its steps and sampler, a warning if another sampler
+  is asked for); ``clip_x0`` from ``sampling.clip_x0`` for image data (off otherwise);
   ``ddpm_variance`` learned if the model learned one (else small); ``classifier_scale`` 1 with a
   classifier; the SDEdit strength. Checked before and after (``check_settings``)."""
   check_settings(s)
@@ -109,6 +120,15 @@ def resolve(s: Settings, restored: Restored, *, classifier: Optional[Restored] =
   if clip is None:
     clip = bool(c.get("clip_x0", True)) and len(restored.data_shape) == 3
   sampler = s.sampler or c.get("sampler", "dpmpp_2m")
+  steps, grid = s.steps, s.grid or c.get("grid", "uniform_logsnr")
+  g = grid_file(grid)
+  if g is not None:  # a grid file: its steps and sampler unless given
+    grid, steps = os.path.abspath(grid), steps or g.steps
+    if s.sampler is None:
+      sampler = g.sampler
+    elif s.sampler != g.sampler:
+      warnings.warn(f"grid file {g.path} was fit for the sampler {g.sampler!r}, sampling with "
+                    f"{s.sampler!r}: the grid is valid but not optimized for it", stacklevel=2)
   variance = s.ddpm_variance
   if sampler == "ddpm" and variance is None:
     variance = "learned" if restored.learned_variance else "small"
@@ -118,9 +138,8 @@ def resolve(s: Settings, restored: Restored, *, classifier: Optional[Restored] =
   strength = s.strength
   if mode == "sdedit" and strength is None:
     strength = SDEDIT_STRENGTH
-  s = dataclasses.replace(s, sampler=sampler, steps=s.steps or c.get("steps", 20),
-                          grid=s.grid or c.get("grid", "uniform_logsnr"), clip_x0=clip,
-                          ddpm_variance=variance, classifier_scale=scale, strength=strength)
+  s = dataclasses.replace(s, sampler=sampler, steps=steps or c.get("steps", 20), grid=grid,
+                          clip_x0=clip, ddpm_variance=variance, classifier_scale=scale, strength=strength)
   check_settings(s)
   return s
 
@@ -192,6 +211,10 @@ def check_for_model(s: Settings, restored: Restored, x_known=None, mask=None,
       raise ValueError("guidance needs a model trained with label dropout (training.cond_drop_prob > 0) "
                        "so that it knows the unconditional (null-label) case; drop --guidance")
   sampler = resolve_sampler(s, restored)
+  g = grid_file(s.grid)
+  if g is not None:
+    grid_fit.check_grid_file(g, schedule=restored.schedule, model_hash=model_hash(restored),
+                             steps=s.steps)
   if mask is not None and x_known is None:
     raise ValueError("a mask needs an input (--input) to inpaint")
   if s.strength is not None and x_known is None:
@@ -228,7 +251,32 @@ def batch_layout(num: int, batch_size: Optional[int], num_devices: int) -> tuple
   return batch_size, -(-num // batch_size)
 
 
+def grid_file(grid: Optional[str]) -> Optional[grid_fit.GridFile]:
+  """``None`` for a grid name (or ``None``); otherwise the grid file ``grid``, read and validated
+  (``jdiff.grid_fit.read_grid_file``: one ``ValueError`` for a missing, malformed or unknown one)."""
+  if grid is None or grid in grids.GRIDS:
+    return None
+  if not os.path.isfile(grid):
+    raise ValueError(f"unknown grid {grid!r}; valid grids are: {', '.join(sorted(grids.GRIDS))}, or a "
+                     f"grid file (JSON written by tools/fit_grid.py), but there is no such file")
+  return grid_fit.read_grid_file(grid)
+
+
+def model_hash(restored: Restored) -> str:
+  """What a grid file must name to be used with this model: ``params_hash`` of its parameters."""
+  if restored.params is None:
+    raise ValueError("a grid file needs a model with parameters to check it was fit for them")
+  return grid_fit.params_hash(restored.params)
+
+
 def grid_times(s: Settings, restored: Restored) -> np.ndarray:
-  """The time grid of resolved settings ``s`` (ending at the SDEdit strength when editing)."""
+  """The time grid of resolved settings ``s`` (ending at the SDEdit strength when editing): a named
+  grid, or the times of a grid file (checked against the model by ``check_for_model``)."""
+  g = grid_file(s.grid)
+  if g is not None:
+    if s.strength is not None or g.steps != s.steps:
+      raise ValueError(f"grid file {g.path} has {g.steps} steps from t=1; settings ask for "
+                       f"{s.steps} steps" + ("" if s.strength is None else f" from t={s.strength}"))
+    return np.asarray(g.ts, np.float32)
   kwargs = {"t_max": float(s.strength)} if s.strength is not None else {}
   return np.asarray(grids.get_grid(s.grid, restored.schedule, s.steps, **kwargs), np.float32)
