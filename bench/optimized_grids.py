@@ -18,7 +18,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jdiff
 from jdiff import grid_fit, grids, sampling, toy

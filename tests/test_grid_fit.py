@@ -2,9 +2,8 @@
 the parametrization always gives a valid grid, a fit on the exact mixture denoiser lowers the held-out
 distance to the ODE solution, changing the grid's values compiles nothing new, and grid files round-trip
 and are refused (one line) when malformed or fit for other parameters."""
-import dataclasses
 import json
-import warnings
+import os
 
 import jax
 import jax.numpy as jnp
@@ -230,3 +229,23 @@ def test_sample_py_takes_a_grid_file_and_refuses_a_foreign_one(fitted, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: grid file") and message in err[0], err
   assert not (tmp_path / "x.json").exists()
+
+
+def test_fit_grid_cli_on_the_exact_mixture(tmp_path):
+  import subprocess
+  import sys
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = lambda *args: subprocess.run([sys.executable, "tools/fit_grid.py", *args], capture_output=True,
+                                     text=True, cwd=sm.REPO, env=env, timeout=300)
+  out = str(tmp_path / "toy_{steps}.json")
+  p = run("--toy=cosine", "--steps=2,3", "--num_train=8", "--num_heldout=4", "--batch_size=4",
+          "--iters=2", f"--out={out}")
+  assert p.returncode == 0, p.stderr[-2000:]
+  for k in (2, 3):
+    g = grid_fit.read_grid_file(out.format(steps=k))
+    assert g.steps == k and g.sampler == "dpmpp_2m" and g.schedule == repr(jdiff.get_schedule("cosine"))
+    assert g.model_hash == grid_fit.params_hash(jdiff.toy.default_mixture())
+    assert g.record["fit"]["num_train"] == 8 and "--toy=cosine" in g.record["command"]
+  p = run("--toy=cosine", "--steps=2,3", f"--out={tmp_path / 'one.json'}")
+  assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+      "error: with several --steps, --out must contain {steps} (one file per step count)")
