@@ -180,12 +180,18 @@ def check_checkpoints(workdir):
     ck.close()
 
 
-def _lock_owner(workdir):
-  try:
-    with open(os.path.join(workdir, loop.LOCK_FILE)) as f:
-      return json.load(f).get("pid")
-  except (OSError, ValueError, AttributeError):
-    return None
+def _lock_owner(workdir, wait=5.0):
+  """The pid recorded in the workdir's lock. The owner writes its record right after taking the lock
+  (truncate, then write), so a read can fall between the two: poll briefly for a record."""
+  deadline = time.monotonic() + wait
+  while True:
+    try:
+      with open(os.path.join(workdir, loop.LOCK_FILE)) as f:
+        return json.load(f).get("pid")
+    except (OSError, ValueError, AttributeError):
+      if time.monotonic() > deadline:
+        return None
+      time.sleep(0.05)
 
 
 def _kill_run(tmp_path, cache, plan, num_steps, ckpt_every, seed):
@@ -224,6 +230,7 @@ def _kill_run(tmp_path, cache, plan, num_steps, ckpt_every, seed):
           target = logged + rng.randint(1, ckpt_every)
           assert target < num_steps, "plan too long for num_steps"
           wait_for_step(proc, wd, target)
+          owner = _lock_owner(wd)  # now, while it trains (a run near its end releases the lock)
           time.sleep(rng.uniform(0.0, 0.3))
           where = target
         elif kind == "save":
@@ -232,8 +239,9 @@ def _kill_run(tmp_path, cache, plan, num_steps, ckpt_every, seed):
         else:
           where = resume
           assert proc.wait_marker() == ("restore", where), proc.output[-3000:]
+        if kind != "train":
+          owner = _lock_owner(wd)
         assert proc.alive(), f"train.py ended before the {kind} kill:\n{proc.output[-3000:]}"
-        owner = _lock_owner(wd)
         proc.kill()
         rc, out = proc.finish()
         assert rc == -signal.SIGKILL, (rc, out[-3000:])
@@ -284,7 +292,9 @@ def _kill_test(tmp_path, cache, plan, num_steps, ckpt_every, seed):
 def test_kill_anywhere_resumes_exactly(tmp_path, jax_cache):
   # The first save kill makes step 3 appear in metrics.jsonl, so the next train kill comes after
   # checkpoint 3 and the restore kill has a checkpoint to restore.
-  landed = _kill_test(tmp_path, jax_cache, ["train", "save", "train", "restore", "save"], num_steps=12,
+  # num_steps leaves ~50 steps after the last kill: a kill meant for training must not find the run
+  # finished (a toy step takes milliseconds on a quiet machine).
+  landed = _kill_test(tmp_path, jax_cache, ["train", "save", "train", "restore", "save"], num_steps=60,
                       ckpt_every=3, seed=0)
   kinds = [k for k, _ in landed]
   assert len(kinds) >= 5 and kinds.count("save") >= 2 and "restore" in kinds, landed
@@ -294,7 +304,9 @@ def test_kill_anywhere_resumes_exactly(tmp_path, jax_cache):
 def test_kill_anywhere_resumes_exactly_many(tmp_path, jax_cache):
   rng = random.Random(1)
   plan = [rng.choice(["train", "train", "save", "save", "restore"]) for _ in range(24)]
-  landed = _kill_test(tmp_path, jax_cache, plan, num_steps=90, ckpt_every=3, seed=1)
+  # Steps to spare after the last planned kill: with the compilation cache a resumed toy run trains
+  # thousands of images per second, and a kill meant for training must not find it finished.
+  landed = _kill_test(tmp_path, jax_cache, plan, num_steps=300, ckpt_every=3, seed=1)
   kinds = [k for k, _ in landed]
   assert len(kinds) >= 20 and kinds.count("save") >= 8 and kinds.count("restore") >= 2, landed
 
