@@ -60,6 +60,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.fallback_to_previous_checkpoint = False  # resume from an earlier checkpoint if the latest is damaged
   t.conditional = False        # class-conditional (labels from the dataset)
   t.cond_drop_prob = 0.1       # label dropout to the null label, for classifier-free guidance
+  # "pmap": data parallel, every device holds the whole state (the default). "fsdp": one jit step over
+  # a (data, fsdp) device mesh, params/EMA/optimizer state sharded along fsdp (ZeRO-3), the batch split
+  # along both axes (jdiff/training/sharded.py).
+  t.parallelism = "pmap"
+  t.mesh = (0, 0)              # fsdp only: (data, fsdp) sizes, data * fsdp = all devices; a 0 is
+                               # inferred, (0, 0) = (processes, devices per process)
 
   c.sampling = s = ml_collections.ConfigDict()
   s.sampler = "dpmpp_2m"

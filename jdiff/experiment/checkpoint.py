@@ -7,6 +7,10 @@ renames it when complete, so a save interrupted by a crash is never listed (``al
 ``*.orbax-checkpoint-tmp``) and never restored. Restores always go against an abstract target, so optax
 states come back with their own types. Nothing here uses pickle.
 
+Sharded states (``training.parallelism='fsdp'``) are saved as they are, each process writing its own
+shards; a restore reads them onto the shardings the target carries (any mesh, e.g. a (2, 2) checkpoint
+onto (4, 1) or (1, 1)), or onto this process's first device for a target without shardings.
+
 Every step directory carries ``jdiff_checksums.json`` (size and SHA-256 of each file), written into
 orbax's temporary directory *before* orbax renames it into place (``_ChecksummedRename``): no moment
 exists where a committed step lacks its checksums. A step without them (deleted, or saved by an older
@@ -115,6 +119,17 @@ def param_signature(params) -> dict:
   return {jax.tree_util.keystr(p): list(np.shape(v)) for p, v in flat}
 
 
+def _with_sharding(x) -> jax.ShapeDtypeStruct:
+  """The restore target of one leaf: its shape, dtype and sharding (a leaf without one, e.g. from
+  ``jax.eval_shape``, goes to this process's first device), so that a checkpoint saved sharded over
+  another set of devices (fsdp training) is read onto this process's own."""
+  s = ocp.utils.to_shape_dtype_struct(x)
+  if getattr(s, "sharding", None) is None:
+    s = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(
+        jax.local_devices()[0]))
+  return s
+
+
 class Checkpointer:
   """Thin wrapper over ``ocp.CheckpointManager`` for a ``TrainState`` plus JSON side data."""
 
@@ -147,7 +162,11 @@ class Checkpointer:
 
     A failing write (disk full, I/O error) raises ``CheckpointSaveError``: the step is not committed
     (its temporary directory is never listed) and the earlier checkpoints are left as they were."""
-    state = jax.device_get(state)
+    # Arrays sharded over several devices (fsdp training) are saved as they are: each process writes
+    # its own shards, and a restore against an abstract target with other shardings reads each new
+    # device's slice (any mesh, or a single device). Everything else is saved from the host.
+    sharded = lambda x: isinstance(x, jax.Array) and len(x.sharding.device_set) > 1
+    state = jax.tree_util.tree_map(lambda x: x if sharded(x) else jax.device_get(x), state)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=ocp.args.JsonSave(data_state),
                               meta=ocp.args.JsonSave(meta))
@@ -267,7 +286,7 @@ class Checkpointer:
                   f"{len(shape)} differ in shape, e.g. {shape[0]}: {got[shape[0]]} vs {want[shape[0]]}")
         raise ValueError(f"checkpoint step {step} in {self.directory} was written by a different model "
                          f"({detail}); use the config it was trained with or a new --workdir")
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    abstract = jax.tree_util.tree_map(_with_sharding, abstract_state)
     try:
       out = self.manager.restore(int(step), args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))

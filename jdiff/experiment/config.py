@@ -7,23 +7,30 @@ import math
 import ml_collections
 
 from jdiff import _checks
-from jdiff import grids, sampling, schedules
+from jdiff import grids, losses, parametrization, sampling, schedules
 
 _REQUIRED = {"data": ("name", "batch_size"), "model": ("name",), "diffusion": ("schedule",
              "parametrization"), "optim": ("lr",), "training": ("num_steps",), "sampling": ("sampler",)}
 _POSITIVE_INT = [("data", "batch_size"), ("training", "num_steps"), ("training", "log_every"),
                  ("training", "ckpt_every"), ("training", "keep_checkpoints"), ("sampling", "steps"),
                  ("sampling", "num")]
-PARAMETRIZATIONS = ("eps", "x0", "v", "score", "edm")
-WEIGHTINGS = ("simple", "snr", "min_snr", "edm")
-TIME_SAMPLINGS = ("uniform", "low_discrepancy", "lognormal")
+PARAMETRIZATIONS = parametrization.PARAMETRIZATIONS + ("edm",)
+WEIGHTINGS = losses.WEIGHTINGS
+TIME_SAMPLINGS = losses.TIME_SAMPLINGS
 TASKS = ("diffusion", "classifier")
+PARALLELISMS = ("pmap", "fsdp")
 
 
 def task_of(c) -> str:
   """``config.task``: ``diffusion`` (a denoiser; the default, also for configs written before the field
   existed) or ``classifier`` (a noise-conditional classifier for classifier guidance)."""
   return c.get("task", "diffusion")
+
+
+def parallelism_of(c) -> str:
+  """``config.training.parallelism``: ``pmap`` (replicated state, the default, also for configs written
+  before the field existed) or ``fsdp`` (sharded state, ``jdiff.training.sharded``)."""
+  return c.training.get("parallelism", "pmap")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -74,6 +81,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
               hi_open=True)
   if "cond_drop_prob" in c.training:
     _in_range(c.training.cond_drop_prob, "config.training.cond_drop_prob", 0.0, 1.0, "in [0, 1]")
+  _checks.choice("parallelism", parallelism_of(c), PARALLELISMS)
+  mesh = c.training.get("mesh", (0, 0))
+  if (not isinstance(mesh, (tuple, list)) or len(mesh) != 2 or
+      not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in mesh)):
+    raise ValueError(f"config.training.mesh must be two integers >= 0 (data, fsdp; 0 = inferred), got "
+                     f"{mesh!r}; e.g. --config.training.mesh='(1, 4)'")
 
 
 def _in_range(v, name: str, lo: float, hi: float, text: str, lo_open: bool = False,

@@ -1,4 +1,6 @@
 """The training loop behind ``train.py``: data -> pmapped train step -> logs, sample grids, checkpoints.
+With ``training.parallelism='fsdp'`` the step is instead one ``jit`` over a ``(data, fsdp)`` mesh with
+the state sharded (``jdiff.training.sharded``); everything else is the same.
 
 Everything is rebuilt from the config and the workdir, so a restarted run resumes from the latest complete
 checkpoint (state and data position) and continues exactly as an uninterrupted run would.
@@ -31,6 +33,7 @@ from jdiff.experiment import checkpoint as ckpt_lib
 from jdiff.experiment import config as config_check
 from jdiff.experiment.builder import build_model
 from jdiff.experiment.state import TrainState, make_optimizer
+from jdiff.training import sharded
 from jdiff.training.periodic_eval import PeriodicEval
 from jdiff.training.step import make_classifier_train_step, make_train_step
 from jdiff.utils import cli, files
@@ -69,6 +72,9 @@ class Experiment:
                process_index: Optional[int] = None, process_count: Optional[int] = None):
     config_check.validate(config)
     self.config = c = config
+    # fsdp: the mesh, and the batch's fit to it, are checked before any data or model is built.
+    self.parallelism = config_check.parallelism_of(c)
+    self.mesh = sharded.mesh_from_config(c) if self.parallelism == "fsdp" else None
     self.num_local_devices = num_local_devices or jax.local_device_count()
     self.process_index = jax.process_index() if process_index is None else process_index
     self.process_count = process_count or jax.process_count()
@@ -99,18 +105,28 @@ class Experiment:
 
   def meta(self, state: TrainState) -> dict:
     """The checkpoint metadata: the model's, plus the device layout (for bit-exact resume)."""
-    return {**self.model.meta(state), "num_devices": jax.device_count(),
+    meta = {**self.model.meta(state), "num_devices": jax.device_count(),
             "process_count": jax.process_count()}
+    if self.mesh is not None:  # pmap checkpoints predate the fields: none means pmap
+      meta.update(parallelism="fsdp", mesh=[self.mesh.shape[a] for a in sharded.AXES])
+    return meta
 
-  def train_step_fn(self, axis_name: Optional[str] = "data"):
+  def train_step_fn(self, axis_name: Optional[str] = "data", target=None):
+    """The per-device step (pmean over ``axis_name``). With ``target`` (the state's abstract shapes
+    carrying their shardings on a mesh, ``sharded.abstract_state``) and ``axis_name=None``: the
+    step over the global batch for ``sharded.make_step``, its parameters gathered for the model and
+    their gradients reduce-scattered (``sharded.gather_params``)."""
     f = self.config.diffusion
+    apply = self.apply_fn
+    if target is not None:
+      apply = sharded.gather_params(apply, sharded.shardings_of(target.params))
     if self.task == "classifier":
       return make_classifier_train_step(
-          self.apply_fn, self.schedule, self.optimizer, time_sampling=f.time_sampling,
+          apply, self.schedule, self.optimizer, time_sampling=f.time_sampling,
           ema_decay=self.config.training.ema_decay, global_batch_size=self.config.data.batch_size,
           axis_name=axis_name, ema_warmup=self.config.training.get("ema_warmup", True))
     return make_train_step(
-        self.apply_fn, self.schedule, self.optimizer, parametrization_name=f.parametrization,
+        apply, self.schedule, self.optimizer, parametrization_name=f.parametrization,
         weighting=f.weighting, time_sampling=f.time_sampling, ema_decay=self.config.training.ema_decay,
         conditions=self.model.conditions, cond_drop_prob=self.config.training.cond_drop_prob,
         global_batch_size=self.config.data.batch_size, axis_name=axis_name,
@@ -171,8 +187,22 @@ def sample_grid(exp: Experiment, params, num: int, seed: int, path: Optional[str
   return result.samples
 
 
-def _check_devices(saved_meta: dict, step: int, allow_change: bool, log) -> None:
-  """Bit-exact resume needs the device layout a checkpoint was trained on (reduction order)."""
+def _check_devices(saved_meta: dict, step: int, allow_change: bool, log,
+                   meta: Optional[dict] = None) -> None:
+  """Bit-exact resume needs the device layout a checkpoint was trained on (reduction order): the
+  device count, and for fsdp the mesh (``meta``: this run's checkpoint metadata)."""
+  layout = lambda m: (m.get("parallelism", "pmap"), list(m.get("mesh") or []))
+  if meta is not None and layout(saved_meta) != layout(meta):
+    describe = lambda m: (f"{m['parallelism']} mesh {tuple(m['mesh'])}" if "mesh" in m else
+                          f"pmap on {m.get('num_devices', '?')} device(s)")
+    what = (f"checkpoint step {step} was trained with {describe(saved_meta)} but this run uses "
+            f"{describe(meta)}")
+    if not allow_change:
+      raise ValueError(f"{what}; resume with the same --config.training.parallelism and "
+                       f"--config.training.mesh (bit-exact), or pass --allow_device_change to continue "
+                       f"(not bit-exact)")
+    log(f"warning: {what}; continuing (--allow_device_change): not bit-exact")
+    return
   saved = saved_meta.get("num_devices")
   if saved is None or saved == jax.device_count():
     return
@@ -241,64 +271,85 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print,
   # so a bad config leaves no workdir, checkpoint directory or config.json behind.
   workdir = check_workdir(workdir, create=False)
   exp = Experiment(config)
-  train_step = exp.train_step_fn("data")
+  # fsdp: the shapes and shardings of the state (nothing allocated), and the step on the global batch,
+  # with no pmean (jit over the mesh reduces across devices).
+  target = None if exp.mesh is None else sharded.abstract_state(exp.init_state, exp.mesh)
+  train_step = exp.train_step_fn("data" if target is None else None, target)
   evaluator = PeriodicEval.from_experiment(exp, log)  # config.eval: None when off
   workdir = check_workdir(workdir)
   # SIGTERM/SIGINT from here on: a checkpoint at the end of the current step, then exit (before the
   # first step: nothing new to save, exit at once).
   with _StopFlag() as stop, _WorkdirLock(workdir, log):
-    return _train(exp, train_step, evaluator, workdir, log, allow_device_change, stop)
+    return _train(exp, train_step, evaluator, workdir, log, allow_device_change, stop, target)
 
 
 def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_device_change: bool,
-           stop: "_StopFlag") -> TrainState:
+           stop: "_StopFlag", target=None) -> TrainState:
   c = exp.config
   is_main = jax.process_index() == 0
   # The one writer (under the lock) removes the temporary directories of interrupted saves.
   ckpt = ckpt_lib.Checkpointer(workdir, c.training.keep_checkpoints, cleanup_tmp=True)
   writer = None
   try:
-    state = exp.init_state()
-    meta = exp.meta(state)
-    restored = ckpt.restore_latest(state, meta,
+    fsdp = target is not None
+    if not fsdp:
+      target = state = exp.init_state()
+    # fsdp: a checkpoint (of any mesh, or of pmap) is restored straight into the target's shardings,
+    # and a fresh state is initialised shard by shard, never whole on one device.
+    meta = exp.meta(target)
+    restored = ckpt.restore_latest(target, meta,
                                    fallback=c.training.get("fallback_to_previous_checkpoint", False),
                                    warn=log)
     if restored is not None:
       start, state, data_state, saved_meta = restored
-      _check_devices(saved_meta, start, allow_device_change, log)
+      _check_devices(saved_meta, start, allow_device_change, log, meta)
       exp.pipeline.set_state(data_state)
       log(f"resumed from checkpoint step {start} in {ckpt.directory}")
+    elif fsdp:
+      state = sharded.init_state(exp.init_state, target)
     if stop.signal is not None:
       log(f"received signal {stop.signal} before the first step: nothing new to save, exiting")
-      return state
+      return sharded.to_host(state) if fsdp else state
     if is_main:  # after the checkpoint was accepted: a refused run leaves the workdir's files as they are
       files.write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
       files.write_json(os.path.join(workdir, cli.DEVICES_FILE),
                        {"num_devices": jax.device_count(), "platform": jax.default_backend(),
                         "process_count": jax.process_count()})
-    step = int(state.step)
+    step = int(np.asarray(state.step.addressable_data(0))) if fsdp else int(state.step)
     if is_main:
       log(f"training on {jax.device_count()} {jax.default_backend()} device(s) in "
           f"{jax.process_count()} process(es), {c.data.batch_size // jax.device_count()} examples per "
-          f"device")
+          f"device" + (f", {sharded.describe(exp.mesh)}" if fsdp else ""))
 
-    p_step = jax.pmap(train_step, axis_name="data", donate_argnums=(0,))
-    rstate = replicate(state)
-    if jax.process_count() == 1:
-      # Commit the host copy to the devices with the sharding pmap gives its outputs: from host numpy
-      # arrays pmap (JAX 0.10) compiles the step once for the first call and again for the second.
-      mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
-      rstate = jax.device_put(rstate,
-                              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    if fsdp:
+      # The state stays sharded throughout: each process feeds its block of the global batch, saves
+      # its own shards, and gathers only the EMA parameters for sample grids and evaluation.
+      p_step = sharded.make_step(train_step, target, exp.mesh)
+      rstate = state
+      feed = lambda batch: sharded.global_batch(batch, exp.mesh)
+      read = sharded.scalars
+      host, to_save = sharded.to_host, (lambda s: s)
+    else:
+      p_step = jax.pmap(train_step, axis_name="data", donate_argnums=(0,))
+      rstate = replicate(state)
+      if jax.process_count() == 1:
+        # Commit the host copy to the devices with the sharding pmap gives its outputs: from host numpy
+        # arrays pmap (JAX 0.10) compiles the step once for the first call and again for the second.
+        mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+        rstate = jax.device_put(rstate,
+                                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+      feed = lambda batch: batch
+      read = lambda metrics: {k: float(v) for k, v in unreplicate(metrics).items()}
+      host = to_save = unreplicate
     writer = _MetricWriter(workdir, step) if is_main else None
     grid_model = generation.Restored.from_params(exp.model, None, workdir=workdir)  # programs cached
     progress = Progress(c.training.num_steps, initial=step, enabled=is_main)
     total = c.training.num_steps
     while step < total:
-      batch = next(exp.pipeline)
+      batch = feed(next(exp.pipeline))
       rstate, metrics = p_step(rstate, batch)
       # Reading the metrics blocks on this step (also avoids a CPU collectives deadlock, see README).
-      m = {k: float(v) for k, v in unreplicate(metrics).items()}
+      m = read(metrics)
       step += 1
       progress.update(step, m["loss"], c.data.batch_size)
       if writer and (step % c.training.log_every == 0 or step == total):
@@ -308,20 +359,23 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
             f"so far)")
       done = step == total or stop.signal is not None
       if step % c.training.ckpt_every == 0 or done:
-        ckpt.save(step, unreplicate(rstate), exp.pipeline.get_state(), meta)
-      if c.training.sample_every and (step % c.training.sample_every == 0 or step == total) and \
-          is_main and exp.task == "diffusion":
+        ckpt.save(step, to_save(rstate), exp.pipeline.get_state(), meta)
+      grid_due = bool(c.training.sample_every) and exp.task == "diffusion" and (
+          step % c.training.sample_every == 0 or step == total)
+      eval_due = evaluator is not None and evaluator.due(step, total)
+      # fsdp over several processes: gathering the EMA parameters is a collective, all processes join.
+      ema = host(rstate.ema_params) if (grid_due or eval_due) and (is_main or fsdp) else None
+      if grid_due and is_main:
         path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        sample_grid(exp, unreplicate(rstate).ema_params, min(c.sampling.num, 64), c.seed, path,
-                    restored=grid_model)
-      if evaluator is not None and evaluator.due(step, total) and is_main:
-        writer.write(step, evaluator(unreplicate(rstate).ema_params, step))
+        sample_grid(exp, ema, min(c.sampling.num, 64), c.seed, path, restored=grid_model)
+      if eval_due and is_main:
+        writer.write(step, evaluator(ema, step))
       if stop.signal is not None:
         log(f"received signal {stop.signal}: saved checkpoint at step {step}, exiting")
         break
     progress.close()
-    return unreplicate(rstate)
+    return host(rstate)
   finally:
     if writer:
       writer.close()
