@@ -19,7 +19,7 @@ from jdiff.parametrization import (PARAMETRIZATIONS, Prediction, edm_coefficient
                                    from_x0_eps, make_denoiser, to_x0_eps)
 from jdiff.samplers import Sampler, SampleOutput
 from jdiff.sampling import SAMPLER_NAMES, SAMPLERS, get_sampler, initial_noise, make_sample_fn, sample
-from jdiff.schedules import (SCHEDULES, CosineSchedule, EDMSchedule, LinearSchedule, Schedule,
-                             SigmoidSchedule, VESchedule, VPSDESchedule, get_schedule)
+from jdiff.schedules import (SCHEDULES, CosineSchedule, EDMSchedule, FlowSchedule, LinearSchedule,
+                             Schedule, SigmoidSchedule, VESchedule, VPSDESchedule, get_schedule)
 
 __version__ = "0.1.0"

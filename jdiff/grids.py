@@ -27,9 +27,9 @@ DEFAULT_VP_T_MIN = 1e-3
 
 
 def reaches_zero_noise(schedule: Schedule) -> bool:
-  """True when ``sigma(0) = 0``: variance-preserving schedules (``logsnr(0) = +inf``), as opposed to VE
-  and EDM (``sigma(0) = sigma_min > 0``). Decided by ``schedule.variance_preserving``."""
-  return bool(schedule.variance_preserving)
+  """True when ``sigma(0) = 0``: variance-preserving and flow schedules (``logsnr(0) = +inf``), as
+  opposed to VE and EDM (``sigma(0) = sigma_min > 0``). Decided by ``schedule.reaches_zero_noise``."""
+  return bool(schedule.reaches_zero_noise)
 
 
 def _resolve_range(schedule: Schedule, steps, t_max, t_min):
@@ -48,6 +48,17 @@ def _resolve_range(schedule: Schedule, steps, t_max, t_min):
   # Number of spaced points (the rest of the grid is the final 0).
   n = steps + 1 if t_min == 0.0 else steps
   return n, t_max, t_min
+
+
+def _noisy_end(schedule: Schedule, t_max: float, t_min: float, n: int) -> float:
+  """Where a logsnr- or sigma-spaced grid starts its spacing: ``t_max``, except at pure noise
+  (``schedule.pure_noise_at_one`` and ``t_max = 1``: ``logsnr = -inf``, ``sigma_tilde = inf``, no
+  finite level to space from), where the grid takes one step from ``t_max`` to the level a uniform-t grid
+  of the same points would reach first, ``t_max - (t_max - t_min) / (n - 1)``, and spaces the rest from
+  there."""
+  if not (schedule.pure_noise_at_one and t_max == 1.0) or n < 3:
+    return t_max
+  return t_max - (t_max - t_min) / (n - 1)
 
 
 def _assemble(inner: np.ndarray, t_max: float, n: int, steps: int) -> np.ndarray:
@@ -130,12 +141,17 @@ def uniform_logsnr(schedule: Schedule, steps: int, t_max: float = 1.0, t_min: fl
   ``steps`` uniform points followed by 0) and to 0 otherwise (``steps + 1`` uniform points).
   """
   n, t_max, t_min = _resolve_range(schedule, steps, t_max, t_min)
+  t_a = _noisy_end(schedule, t_max, t_min, n)
   with jax.ensure_compile_time_eval():
-    lo, hi = (schedule.logsnr(jnp.float32(t)) for t in (t_max, t_min))
+    lo, hi, lo_a = (schedule.logsnr(jnp.float32(t)) for t in (t_max, t_min, t_a))
 
   def inner_from(f):
+    if not np.isfinite(float(lo)) and n < 3:  # pure noise at t_max and nothing to space
+      return np.array([t_max, t_min][:n], np.float64)
     with jax.ensure_compile_time_eval():
-      if f == 0.0:
+      if t_a != t_max:  # pure noise at t_max: t_max, then n - 1 levels from t_a
+        lams = jnp.concatenate([lo[None], jnp.linspace(lo_a + f * (hi - lo_a), hi, n - 1)])
+      elif f == 0.0:
         lams = jnp.linspace(lo, hi, n)
       else:  # t_max, then n - 1 levels from a fraction f of the way in (see _spaced)
         lams = jnp.concatenate([lo[None], jnp.linspace(lo + f * (hi - lo), hi, n - 1)])
@@ -156,12 +172,19 @@ def karras(schedule: Schedule, steps: int, t_max: float = 1.0, t_min: float | No
   n, t_max, t_min = _resolve_range(schedule, steps, t_max, t_min)
   if not float(rho) > 0.0:
     raise ValueError(f"rho must be > 0, got {rho}")
+  t_a = _noisy_end(schedule, t_max, t_min, n)
   with jax.ensure_compile_time_eval():
-    s_hi, s_lo = (float(schedule.sigma_tilde(jnp.float32(t))) for t in (t_max, t_min))
-  u_hi, u_lo = s_hi ** (1.0 / rho), s_lo ** (1.0 / rho)
+    s_hi, s_lo, s_a = (float(schedule.sigma_tilde(jnp.float32(t))) for t in (t_max, t_min, t_a))
+  u_hi, u_lo, u_a = s_hi ** (1.0 / rho), s_lo ** (1.0 / rho), s_a ** (1.0 / rho)
 
   def inner_from(f):
-    if f == 0.0:
+    if not np.isfinite(s_hi) and n < 3:  # pure noise at t_max and nothing to space: [t_max, t_min]
+      return np.array([t_max, t_min][:n], np.float64)
+    if t_a != t_max:  # pure noise at t_max: t_max, then n - 1 levels from t_a
+      u0 = u_a + f * (u_lo - u_a)
+      i = np.arange(n - 1, dtype=np.float64) / max(n - 2, 1)
+      sig = np.concatenate([[s_hi], (u0 + i * (u_lo - u0)) ** rho])
+    elif f == 0.0:
       i = np.arange(n, dtype=np.float64) / max(n - 1, 1)
       sig = (u_hi + i * (u_lo - u_hi)) ** rho
     else:  # t_max, then n - 1 levels from a fraction f of the way in (see _spaced)

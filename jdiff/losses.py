@@ -4,7 +4,8 @@
 regresses the model output on its parametrization's target. Every weighting is written as a weight
 ``w_x0(t)`` on the x0 error and converted to a weight on the parametrization's own target, because the
 target errors are all proportional to the x0 error (``d`` = x0_hat - x0, ``x_t`` fixed):
-``eps: -(alpha / sigma) d``, ``v: -((alpha^2 + sigma^2) / sigma) d``, ``score: (alpha / sigma^2) d``.
+``eps: -(alpha / sigma) d``, ``v: -((alpha^2 + sigma^2) / sigma) d``, ``score: (alpha / sigma^2) d``,
+``flow: -((alpha + sigma) / sigma) d``.
 
 Randomness: example ``i`` of the *global* batch uses keys ``fold_in(k, i)``, so its ``t`` and noise do
 not depend on how the batch is split over devices or hosts (pass ``indices``, the global example
@@ -34,7 +35,7 @@ from jdiff.parametrization import ModelFn, check_parametrization, target
 from jdiff.schedules import Schedule
 
 WEIGHTINGS = ("simple", "snr", "min_snr", "edm")
-TIME_SAMPLINGS = ("uniform", "low_discrepancy", "lognormal")
+TIME_SAMPLINGS = ("uniform", "low_discrepancy", "lognormal", "logit_normal")
 
 
 def _check_positive(v, name: str) -> float:
@@ -50,7 +51,8 @@ def _check_positive(v, name: str) -> float:
 
 def sample_times(key, indices, method: str = "uniform", *, t_min: float = 1e-5, t_max: float = 1.0,
                  global_batch_size: Optional[int] = None, schedule: Optional[Schedule] = None,
-                 p_mean: float = -1.2, p_std: float = 1.2):
+                 p_mean: float = -1.2, p_std: float = 1.2, logit_mean: float = 0.0,
+                 logit_std: float = 1.0):
   """Per-example times in ``[t_min, t_max]``, shape ``[batch]``.
 
   * ``uniform``: ``t = t_min + (t_max - t_min) u``, ``u ~ U[0, 1)`` from ``fold_in(key, i)``.
@@ -59,6 +61,8 @@ def sample_times(key, indices, method: str = "uniform", *, t_min: float = 1e-5, 
   * ``lognormal``: ``ln sigma_tilde ~ N(p_mean, p_std^2)`` (Karras et al. 2022, Sec. 5, "Noise
     distribution"), mapped to ``t = schedule.t_of_sigma_tilde(sigma_tilde)`` and clipped into
     ``[t_min, t_max]`` (noise levels outside the schedule's range land on the end points).
+  * ``logit_normal``: ``t = sigmoid(logit_mean + logit_std n)``, ``n ~ N(0, 1)`` (Esser et al. 2024, eq.
+    19: more weight on the middle times of flow matching), clipped into ``[t_min, t_max]``.
   """
   _checks.choice("time sampling", method, TIME_SAMPLINGS)
   k_shared, k_each = jax.random.split(key)
@@ -68,6 +72,9 @@ def sample_times(key, indices, method: str = "uniform", *, t_min: float = 1e-5, 
     n = jax.vmap(lambda k: jax.random.normal(k, ()))(per_example_keys(k_each, indices))
     t = schedule.t_of_sigma_tilde(jnp.exp(p_mean + p_std * n))
     return jnp.clip(t, t_min, t_max).astype(jnp.float32)
+  if method == "logit_normal":
+    n = jax.vmap(lambda k: jax.random.normal(k, ()))(per_example_keys(k_each, indices))
+    return jnp.clip(jax.nn.sigmoid(logit_mean + logit_std * n), t_min, t_max).astype(jnp.float32)
   if method == "uniform":
     u = jax.vmap(lambda k: jax.random.uniform(k, ()))(per_example_keys(k_each, indices))
   else:
@@ -90,6 +97,8 @@ def _log_target_scale(parametrization: str, logsnr, alpha, sigma):
     return logsnr
   if parametrization == "v":
     return 2.0 * jnp.log(alpha * alpha + sigma * sigma) - 2.0 * jnp.log(sigma)
+  if parametrization == "flow":
+    return 2.0 * jnp.log(alpha + sigma) - 2.0 * jnp.log(sigma)
   return 2.0 * jnp.log(alpha) - 4.0 * jnp.log(sigma)  # score
 
 
@@ -152,7 +161,8 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
                    time_sampling: Optional[str] = None, indices=None, *,
                    global_batch_size: Optional[int] = None, t_eps: float = 1e-5,
                    min_snr_gamma: float = 5.0, sigma_data: float = 0.5, p_mean: float = -1.2,
-                   p_std: float = 1.2, learned_variance: bool = False):
+                   p_std: float = 1.2, logit_mean: float = 0.0, logit_std: float = 1.0,
+                   learned_variance: bool = False):
   """Per-example denoising loss ``w(t) mean_d (out - target)^2``, shape ``[batch]``.
 
   Args:
@@ -162,9 +172,11 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
     x0: clean data ``[batch, ...]`` (float).
     key: PRNG key; example ``i`` uses keys folded with ``indices[i]``.
     cond: conditioning pytree passed to the model (leaves with a leading batch axis), or None.
-    parametrization: ``eps``, ``x0``, ``v`` or ``score`` (an EDM-preconditioned model is ``x0``).
+    parametrization: ``eps``, ``x0``, ``v``, ``score`` or ``flow`` (an EDM-preconditioned model is
+      ``x0``).
     weighting: ``simple``, ``snr``, ``min_snr`` or ``edm`` (see ``loss_weight``).
-    time_sampling: ``uniform``, ``low_discrepancy`` or ``lognormal`` (see ``sample_times``); by default
+    time_sampling: ``uniform``, ``low_discrepancy``, ``lognormal`` or ``logit_normal`` (see
+      ``sample_times``); by default
       ``lognormal`` for the ``edm`` weighting and ``uniform`` otherwise.
     indices: global example indices ``[batch]`` (default ``arange(batch)``).
     global_batch_size: examples over all devices (for ``low_discrepancy``; default ``batch``).
@@ -172,6 +184,7 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
     min_snr_gamma: ``gamma`` of the ``min_snr`` weighting (Hang et al. 2023 use 5).
     sigma_data: data standard deviation of the ``edm`` weighting.
     p_mean, p_std: the log-normal noise distribution (Karras et al. 2022 use -1.2 and 1.2).
+    logit_mean, logit_std: the logit-normal time distribution (Esser et al. 2024 use 0 and 1).
     learned_variance: the model outputs twice the channels; the variance half is ignored here.
   """
   batch = check_data(x0)
@@ -185,8 +198,10 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
   min_snr_gamma = _check_positive(min_snr_gamma, "min_snr_gamma")
   sigma_data = _check_positive(sigma_data, "sigma_data")
   p_std = _check_positive(p_std, "p_std")
-  if not (isinstance(p_mean, (int, float)) and math.isfinite(p_mean)):
-    raise ValueError(f"p_mean must be a finite number, got {p_mean!r}")
+  logit_std = _check_positive(logit_std, "logit_std")
+  for name, v in (("p_mean", p_mean), ("logit_mean", logit_mean)):
+    if not (isinstance(v, (int, float)) and math.isfinite(v)):
+      raise ValueError(f"{name} must be a finite number, got {v!r}")
   check_cond(cond, batch)
   indices, gbs = resolve_indices(batch, indices, global_batch_size,
                                  time_sampling == "low_discrepancy")
@@ -196,7 +211,7 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
 
   x0 = jnp.asarray(x0)
   t, eps, alpha, sigma, x_t = _noised(schedule, x0, key, indices, time_sampling, t_eps, gbs, p_mean,
-                                      p_std)
+                                      p_std, logit_mean, logit_std)
   out, _ = model_output(model_fn, params, x_t, t, cond, x0.shape, learned_variance)
   tgt = target(parametrization, x0, eps, x_t, alpha, sigma)
   w = loss_weight(schedule, t, parametrization, weighting, min_snr_gamma=min_snr_gamma,
@@ -204,12 +219,14 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
   return w * mean_flat(jnp.square(out - tgt))
 
 
-def _noised(schedule: Schedule, x0, key, indices, time_sampling, t_eps, gbs, p_mean, p_std):
+def _noised(schedule: Schedule, x0, key, indices, time_sampling, t_eps, gbs, p_mean, p_std,
+            logit_mean=0.0, logit_std=1.0):
   """Per-example ``t`` and ``eps`` from keys folded with ``indices``, and ``x_t = alpha x0 + sigma eps``
   (Ho et al. 2020, eq. 4): the draw shared by the denoising and the noisy-classifier losses."""
   k_t, k_eps = jax.random.split(key)
   t = sample_times(k_t, indices, time_sampling, t_min=t_eps, global_batch_size=gbs,
-                   schedule=schedule, p_mean=p_mean, p_std=p_std)
+                   schedule=schedule, p_mean=p_mean, p_std=p_std, logit_mean=logit_mean,
+                   logit_std=logit_std)
   eps = example_normal(k_eps, indices, x0.shape[1:], x0.dtype)
   alpha, sigma = schedule.alpha_sigma(t)
   return t, eps, alpha, sigma, bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps

@@ -47,7 +47,11 @@ def _dpmpp(name: str, order: int) -> Sampler:
     a_s, s_s = cs.alpha, cs.sigma
     h = lam_s - lam_t
     i0 = -jnp.expm1(-h)  # int_0^h e^{u-h} du (= 1 when h = inf)
-    finite = jnp.isfinite(h)  # lam_s = +inf on a step to sigma = 0: first order, x_s = alpha_s x0_hat
+    # h = inf on a step to sigma = 0 (lam_s = +inf: first order, x_s = alpha_s x0_hat) and on a step from
+    # pure noise (lam_t = -inf, flow matching at t = 1: first order, the DDIM step). The history then
+    # holds lam = -inf, and the divided differences over it are 0: the next steps lower their order.
+    to_zero = jnp.isposinf(lam_s)
+    finite = jnp.isfinite(h)
     h = jnp.where(finite, h, 1.0)  # keeps the unused higher-order branches finite
     # 1st order (DDIM): f0 ; 2nd order (Lu et al. 2022b, Alg. 2): D = f0 + (f0 - f_1) h / (2 h_0).
     h0 = jnp.where(state.count >= 1, lam_t - state.lam_1, 1.0)
@@ -63,7 +67,7 @@ def _dpmpp(name: str, order: int) -> Sampler:
       i2 = h * h - 2.0 * h + 2.0 * i0
       third = f0 * i0 + d1 * i1 + d2 * (i2 + h0 * i1)
       poly = jnp.where(finite & (state.count >= 2), third, poly)
-    ratio = jnp.where(finite, s_s / ct.sigma, 0.0)
+    ratio = jnp.where(to_zero, 0.0, s_s / ct.sigma)
     x_next = ratio * x + a_s * poly
     new = MultistepState(x_next, f0, state.x0_1, lam_t, state.lam_1, jnp.minimum(state.count + 1, 2))
     return new, jnp.int32(1)
@@ -89,12 +93,15 @@ def dpmpp_3m() -> Sampler:
 # UniPC (Zhao et al. 2023): unified predictor-corrector, data prediction, B(h) variants
 # ----------------------------------------------------------------------------------------------------
 
-# lower_order_final acts on grids of fewer steps than this (DPM-Solver's rule for its multistep solvers,
-# Lu et al. 2022b and diffusers: "< 15 steps"). The last prediction is never corrected (on VE/EDM the
-# last step; on VP the step into t_min, as the step to 0 lands on x0_hat evaluated before the
-# correction), so lowering its order on long grids would cap UniPC-3's global order at 2 (VE/EDM) or 3
-# (VP). On short grids it stabilises: on the mixture of jdiff.toy at 10 karras steps (median distance
-# to the exact ODE solution) UniPC-3 bh2 gives 0.17 with it and 0.65 without on EDM, 0.12 and 0.35 on VE.
+# lower_order_final acts on every grid of a schedule that reaches zero noise (VP, flow; diffusers' rule),
+# and on VE/EDM grids of fewer steps than this (DPM-Solver's rule, Lu et al. 2022b: "< 15 steps").
+# Measured on the mixtures of bench/sampler_accuracy.py (UniPC-3, RMS distance to the exact ODE solution,
+# 10-80 steps, 3 grids): on VP the last lowered step is the one into t_min (the step to 0 then lands on
+# x0_hat), and lowering there is 0.35-0.8x the error on uniform_t grids at 20-80 steps and within the
+# noise of the measurement (+-15%) on the others; on EDM the lowered steps are the last ODE steps, and
+# lowering them on 15-30 step grids costs 1.03-1.46x (at 10 steps it stabilises: 0.17 vs 0.65 on EDM,
+# 0.12 vs 0.35 on VE). The last prediction is never corrected, so lowering on long VE/EDM grids would
+# also cap UniPC-3's global order at 2.
 UNIPC_LOWER_ORDER_FINAL_BELOW = 15
 
 
@@ -171,8 +178,10 @@ def unipc(order: int = 2, variant: str = "bh2", lower_order_final: bool = True) 
   * ``B(h) = -h`` (``bh1``) or ``e^{-h} - 1`` (``bh2``).
 
   UniP-p is of order ``p``; UniC-p raises it to ``p + 1``. The order is lowered to the available history
-  on the first steps (``min(p, i + 1)`` on step ``i``, 0-based) and, with ``lower_order_final`` on grids
-  of fewer than ``UNIPC_LOWER_ORDER_FINAL_BELOW`` steps, to ``min(., N - i)``. The last step is not
+  on the first steps (``min(p, i + 1)`` on step ``i``, 0-based; a history point at ``lambda = -inf``,
+  flow matching's pure noise, does not count) and, with ``lower_order_final``, to ``min(., N - i)`` on
+  every grid of a schedule that reaches zero noise and on VE/EDM grids of fewer than
+  ``UNIPC_LOWER_ORDER_FINAL_BELOW`` steps. The last step is not
   corrected (no evaluation follows), and a step to ``sigma = 0`` lands on ``m_i`` (so the correction of
   its starting point changes nothing).
 
@@ -194,10 +203,11 @@ def unipc(order: int = 2, variant: str = "bh2", lower_order_final: bool = True) 
     z = jnp.zeros((), jnp.float32)
     return UniPCState(x, (jnp.zeros_like(x),) * order, (z,) * order, jnp.int32(0), jnp.int32(num_steps))
 
-  def order_at(k, n):
-    q = jnp.minimum(order, k + 1)  # warm-up: k previous evaluations
+  def order_at(k, n, history, lower_final):
+    """Order of a step from the ``k``-th grid time (0-based) with ``history`` usable previous evaluations."""
+    q = jnp.minimum(order, history + 1)  # warm-up
     if lower_order_final:
-      q = jnp.where(n < UNIPC_LOWER_ORDER_FINAL_BELOW, jnp.minimum(q, n - k), q)
+      q = jnp.where(lower_final | (n < UNIPC_LOWER_ORDER_FINAL_BELOW), jnp.minimum(q, n - k), q)
     return jnp.maximum(q, 1)
 
   def bh(h):
@@ -206,23 +216,28 @@ def unipc(order: int = 2, variant: str = "bh2", lower_order_final: bool = True) 
     beta = 1.0 if variant == "bh1" else phi[0]
     return h * beta, [math.factorial(k) * phi[k] / beta for k in range(1, order + 1)]
 
-  def ratios(lams, lam0, h, k, first):
-    """Step ratios of the history slots ``first..order-1`` (dummy ``-j`` where not yet filled)."""
-    return [jnp.where(k >= j + 1, (lams[j] - lam0) / h, -float(j + 1 - first))
-            for j in range(first, order)]
+  def ratios(lams, lam0, h, valid, first):
+    """Step ratios of the history slots ``first..order-1`` (dummy ``-j`` where not usable)."""
+    return [jnp.where(valid[j], (lams[j] - lam0) / h, -float(j + 1 - first)) for j in range(first, order)]
 
   def step(denoise, schedule, state, t, t_next, keys, hp):
     del keys, hp
     k, n = state.count, state.num_steps
+    lower_final = schedule.reaches_zero_noise  # static: every grid length (see above)
     m = denoise(state.x, t).x0
     ct, cs = coefs(schedule, t), coefs(schedule, t_next)
     lam = 0.5 * ct.logsnr
+    # History slot j holds the evaluation j + 1 grid times back; it is usable when filled and at a finite
+    # lambda (flow matching starts at lambda = -inf, pure noise: no extrapolation over it).
+    valid = [(k >= j + 1) & jnp.isfinite(state.lams[j]) for j in range(order)]
+    n_valid = lambda slots: sum(valid[j].astype(jnp.int32) for j in slots)
 
-    # UniC-q (q: the order of the predictor that gave state.x), written as x + (UniC - UniP).
-    q = order_at(k - 1, n)
-    h = jnp.where(k >= 1, lam - state.lams[0], 1.0)
+    # UniC-q (q: the order of the predictor that gave state.x), written as x + (UniC - UniP); none after
+    # a step from lambda = -inf.
+    q = order_at(k - 1, n, n_valid(range(1, order)), lower_final)
+    h = jnp.where(valid[0], lam - state.lams[0], 1.0)
     h_beta, b = bh(h)
-    r = ratios(state.lams, state.lams[0], h, k, 1)  # r_1..r_{p-1} of m_{i-2}, m_{i-3}
+    r = ratios(state.lams, state.lams[0], h, valid, 1)  # r_1..r_{p-1} of m_{i-2}, m_{i-3}
     a_c = {1: [jnp.float32(0.0)] * (order - 1) + [jnp.float32(0.5)]}
     a_p = {1: []}
     for qq in range(2, order + 1):
@@ -233,15 +248,15 @@ def unipc(order: int = 2, variant: str = "bh2", lower_order_final: bool = True) 
     corr = a_c[-1] * (m - state.x0s[0])
     for j in range(order - 1):
       corr = corr + (a_c[j] - a_p[j]) * (state.x0s[j + 1] - state.x0s[0]) / r[j]
-    x = jnp.where(k >= 1, state.x + ct.alpha * h_beta * corr, state.x)
+    x = jnp.where(valid[0], state.x + ct.alpha * h_beta * corr, state.x)
 
     # UniP-q.
-    q = order_at(k, n)
-    h = 0.5 * cs.logsnr - lam
-    finite = jnp.isfinite(h)  # a step to sigma = 0: x_next = x0_hat
-    h = jnp.where(finite, h, 1.0)
+    q = order_at(k, n, n_valid(range(order)), lower_final)
+    h_exact = 0.5 * cs.logsnr - lam  # inf on a step to sigma = 0 (x_next = x0_hat) or from lambda = -inf
+    to_zero = jnp.isposinf(cs.logsnr)
+    h = jnp.where(jnp.isfinite(h_exact), h_exact, 1.0)  # the higher-order terms (0 when h_exact = inf)
     h_beta, b = bh(h)
-    r = ratios(state.lams, lam, h, k, 0)  # r_1..r_{p-1} of m_{i-1}, m_{i-2}
+    r = ratios(state.lams, lam, h, valid, 0)  # r_1..r_{p-1} of m_{i-1}, m_{i-2}
     by_order = {1: [], 2: [jnp.float32(0.5)]}
     if order == 3:
       by_order[3] = _vandermonde_solve(r[:2], b[:2])
@@ -249,9 +264,9 @@ def unipc(order: int = 2, variant: str = "bh2", lower_order_final: bool = True) 
     pred = jnp.zeros_like(x)
     for j in range(order - 1):
       pred = pred + a_p[j] * (state.x0s[j] - m) / r[j]
-    ratio = jnp.where(finite, cs.sigma / ct.sigma, 0.0)
-    x_next = ratio * x - cs.alpha * jnp.expm1(-h) * m + cs.alpha * h_beta * pred
-    x_next = jnp.where(finite, x_next, cs.alpha * m)
+    ratio = jnp.where(to_zero, 0.0, cs.sigma / ct.sigma)
+    x_next = ratio * x - cs.alpha * jnp.expm1(-jnp.where(to_zero, 1.0, h_exact)) * m + cs.alpha * h_beta * pred
+    x_next = jnp.where(to_zero, cs.alpha * m, x_next)
     new = UniPCState(x_next, (m,) + state.x0s[:-1], (lam,) + state.lams[:-1], k + 1, n)
     return new, jnp.int32(1)
 

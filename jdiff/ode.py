@@ -7,6 +7,12 @@ variable ``y = x / alpha`` and ``sigma = sigma_tilde = sigma / alpha`` (Karras e
 is smooth for every schedule here (DDPM's piecewise-linear table included). The denoiser is evaluated at
 ``t(s) = schedule.t_of_sigma_tilde(exp(s))`` and ``x = alpha(t) y``.
 
+A schedule that reaches pure noise at ``t = 1`` (flow matching: ``alpha(1) = 0``, ``sigma_tilde(1) =
+inf``) has no finite ``s`` there; it is integrated in ``t`` itself, ``dx / dt = alpha'(t) x0_hat +
+sigma'(t) eps_hat`` (the velocity of ``x_t = alpha x0 + sigma eps`` at fixed ``(x0, eps)``, averaged
+over the posterior; for flow matching ``eps_hat - x0_hat``, Lipman et al. 2023, eq. 20), finite at
+``t = 1``; ``rtol``/``atol`` then apply to ``x``.
+
 With an exact denoiser (``jdiff.toy``) and tight tolerances this is the reference "exact ODE solution"
 that every deterministic sampler converges to as its grid is refined.
 """
@@ -49,6 +55,8 @@ def solve_pf_ode(denoise, schedule, x, t0, t1, *, solver: str = "tsit5", rtol: f
   check_options(solver, rtol, atol, max_steps)
   t0 = jnp.asarray(t0, jnp.float32)
   t1 = jnp.asarray(t1, jnp.float32)
+  if schedule.pure_noise_at_one:
+    return _solve_in_t(denoise, schedule, x, t0, t1, solver, rtol, atol, max_steps)
   s0 = jnp.log(schedule.sigma_tilde(t0))
   s1 = jnp.log(schedule.sigma_tilde(t1))
 
@@ -65,6 +73,24 @@ def solve_pf_ode(denoise, schedule, x, t0, t1, *, solver: str = "tsit5", rtol: f
   num_steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
   nfe = jnp.where(num_steps > 0, _EVALS_PER_STEP[solver] * num_steps + 1, 0)
   return schedule.alpha(t1) * sol.ys[0], nfe
+
+
+def _solve_in_t(denoise, schedule, x, t0, t1, solver, rtol, atol, max_steps):
+  """``dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat`` from ``t0`` to ``t1`` (module docstring)."""
+
+  def vector_field(t, x, args):
+    del args
+    _, (da, ds) = jax.jvp(schedule.alpha_sigma, (t,), (jnp.ones_like(t),))
+    pred = denoise(x, t)
+    return da * pred.x0 + ds * pred.eps
+
+  sol = diffrax.diffeqsolve(
+      diffrax.ODETerm(vector_field), SOLVERS[solver](), t0=t0, t1=t1, dt0=None,
+      y0=jnp.asarray(x, jnp.float32), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+      saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)
+  num_steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
+  nfe = jnp.where(num_steps > 0, _EVALS_PER_STEP[solver] * num_steps + 1, 0)
+  return sol.ys[0], nfe
 
 
 def sample_ode(denoise, schedule, x_init, ts, *, final_denoise: Optional[bool] = None,

@@ -6,7 +6,10 @@ A denoiser network is ``fn(params, x_t, t, cond) -> out``; ``out`` is interprete
 * ``x0``: the clean data;
 * ``v``: ``v = alpha eps - sigma x0`` (Salimans & Ho 2022, Sec. 4; here for any alpha, sigma, with
   ``x0 = (alpha x - sigma v) / (alpha^2 + sigma^2)``);
-* ``score``: ``grad log p(x_t) = -eps / sigma`` (Song & Ermon 2019).
+* ``score``: ``grad log p(x_t) = -eps / sigma`` (Song & Ermon 2019);
+* ``flow``: the flow-matching velocity ``u = eps - x0`` (Lipman et al. 2023, eq. 23; Liu et al. 2023,
+  eq. 1), ``dx_t/dt`` of ``x_t = (1 - t) x0 + t eps``; for any ``alpha, sigma`` with ``alpha + sigma > 0``
+  ``x0 = (x - sigma u) / (alpha + sigma)`` and ``eps = (x + alpha u) / (alpha + sigma)``.
 
 EDM preconditioning (Karras et al. 2022, Table 1) wraps a raw network into an ``x0`` model.
 
@@ -22,7 +25,7 @@ from jdiff import _checks
 from jdiff.noising import bcast
 from jdiff.schedules import Schedule
 
-PARAMETRIZATIONS = ("eps", "x0", "v", "score")
+PARAMETRIZATIONS = ("eps", "x0", "v", "score", "flow")
 
 ModelFn = Callable[[Any, jnp.ndarray, jnp.ndarray, Any], jnp.ndarray]
 
@@ -59,6 +62,9 @@ def to_x0_eps(parametrization: str, out, x, alpha, sigma):
     return (a * x - s * out) / n, (s * x + a * out) / n
   if parametrization == "score":
     return _safe_div(x + s * s * out, a), -s * out
+  if parametrization == "flow":
+    n = a + s
+    return (x - s * out) / n, (x + a * out) / n
   check_parametrization(parametrization)
   raise AssertionError
 
@@ -74,6 +80,8 @@ def from_x0_eps(parametrization: str, x0, eps, x, alpha, sigma):
     return a * eps - s * x0
   if parametrization == "score":
     return _safe_div(-eps, s)
+  if parametrization == "flow":
+    return eps - x0
   check_parametrization(parametrization)
   raise AssertionError
 

@@ -69,12 +69,12 @@ class Coefs(NamedTuple):
 
 def coefs(schedule, t) -> Coefs:
   """``alpha, sigma, logsnr, sigma_tilde`` at ``t``, pinned to their exact limits ``1, 0, +inf, 0`` at
-  ``t = 0`` for variance-preserving schedules (so a step to 0 lands exactly on ``x0_hat`` even where a
-  schedule's float32 formula leaves a tiny ``sigma(0) > 0``)."""
+  ``t = 0`` for schedules that reach zero noise (VP, flow; so a step to 0 lands exactly on ``x0_hat``
+  even where a schedule's float32 formula leaves a tiny ``sigma(0) > 0``)."""
   t = jnp.asarray(t, jnp.float32)
   a, s = schedule.alpha_sigma(t)
   lam, st = schedule.logsnr(t), schedule.sigma_tilde(t)
-  if schedule.variance_preserving:
+  if schedule.reaches_zero_noise:
     zero = t == 0.0
     a, s = jnp.where(zero, 1.0, a), jnp.where(zero, 0.0, s)
     lam, st = jnp.where(zero, jnp.inf, lam), jnp.where(zero, 0.0, st)
@@ -170,37 +170,48 @@ def _churn(schedule, x, t, keys, hp, num_steps):
   """Alg. 2, lines 4-6: ``gamma = min(S_churn / N, sqrt(2) - 1)`` if ``S_tmin <= sigma <= S_tmax``;
   ``sigma_hat = sigma (1 + gamma)``; ``y_hat = y + sqrt(sigma_hat^2 - sigma^2) S_noise z``.
   ``t_hat`` is clipped to 1, and ``sigma_hat`` recomputed from it, so that the noise added matches the
-  level at which the denoiser is evaluated."""
+  level at which the denoiser is evaluated. No churn at ``sigma_tilde = inf`` (pure noise, flow at
+  ``t = 1``). Returns ``x_hat = alpha(t_hat) y_hat`` (``x`` itself without churn), ``t_hat`` and
+  ``sigma_tilde(t_hat)``."""
   st = schedule.sigma_tilde(t)
-  in_range = (st >= hp["S_tmin"]) & (st <= hp["S_tmax"])
+  in_range = (st >= hp["S_tmin"]) & (st <= hp["S_tmax"]) & jnp.isfinite(st)
   gamma = jnp.where(in_range, jnp.minimum(hp["S_churn"] / num_steps, math.sqrt(2.0) - 1.0), 0.0)
-  t_hat = jnp.where(gamma > 0, jnp.clip(schedule.t_of_sigma_tilde(st * (1.0 + gamma)), t, 1.0), t)
-  s_hat = jnp.where(gamma > 0, schedule.sigma_tilde(t_hat), st)
+  churn = gamma > 0
+  t_hat = jnp.where(churn, jnp.clip(schedule.t_of_sigma_tilde(st * (1.0 + gamma)), t, 1.0), t)
+  s_hat = jnp.where(churn, schedule.sigma_tilde(t_hat), st)
   # where(): s_hat^2 - st^2 is not exactly 0 for gamma = 0 under XLA's fused multiply-adds.
-  extra = jnp.where(gamma > 0, jnp.sqrt(jnp.maximum(s_hat * s_hat - st * st, 0.0)), 0.0) * hp["S_noise"]
-  y_hat = x / schedule.alpha(t) + extra * normal_like(keys, x, 0)
-  return y_hat, t_hat, s_hat
+  extra = jnp.where(churn, jnp.sqrt(jnp.maximum(s_hat * s_hat - st * st, 0.0)), 0.0) * hp["S_noise"]
+  a, a_hat = schedule.alpha(t), schedule.alpha(t_hat)
+  y_hat = x / jnp.where(churn, a, 1.0) + extra * normal_like(keys, x, 0)
+  return jnp.where(churn, a_hat * y_hat, x), t_hat, s_hat
 
 
 def _karras(name: str, heun: bool) -> Sampler:
 
   def step(denoise, schedule, state, t, t_next, keys, hp):
-    y_hat, t_hat, s_hat = _churn(schedule, state.x, t, keys, hp, state.num_steps)
-    d0 = denoise(schedule.alpha(t_hat) * y_hat, t_hat).x0
-    cn = coefs(schedule, t_next)
-    s_next, a_next = cn.sigma_tilde, cn.alpha
-    # Euler: y + (s_next - s_hat) (y - D) / s_hat, written so that s_next = 0 gives exactly D.
-    y_euler = d0 + (s_next / s_hat) * (y_hat - d0)
+    x_hat, t_hat, s_hat = _churn(schedule, state.x, t, keys, hp, state.num_steps)
+    c_hat, cn = coefs(schedule, t_hat), coefs(schedule, t_next)
+    d0 = denoise(x_hat, t_hat).x0
+    # Euler in y = x / alpha: y + (s_next - s_hat) (y - D) / s_hat = D + (s_next / s_hat) (y - D), written
+    # in x: alpha_next D + (sigma_next / sigma_hat) (x_hat - alpha_hat D). Finite at alpha_hat = 0 (pure
+    # noise, sigma_tilde = inf: then it is the DDIM step) and exactly D on a step to sigma_tilde = 0.
+    x_euler = cn.alpha * d0 + (cn.sigma / c_hat.sigma) * (x_hat - c_hat.alpha * d0)
     if not heun:
-      return state._replace(x=a_next * y_euler), jnp.int32(1)
+      return state._replace(x=x_euler), jnp.int32(1)
+    s_next = cn.sigma_tilde
 
     def correct(_):
-      d1 = denoise(a_next * y_euler, t_next).x0
+      a_hat = jnp.where(c_hat.alpha > 0, c_hat.alpha, 1.0)
+      y_hat, y_euler = x_hat / a_hat, x_euler / cn.alpha
+      d1 = denoise(x_euler, t_next).x0
       slope = 0.5 * ((y_hat - d0) / s_hat + (y_euler - d1) / s_next)
-      return y_hat + (s_next - s_hat) * slope
+      return cn.alpha * (y_hat + (s_next - s_hat) * slope)
 
-    y_next = jax.lax.cond(s_next > 0, correct, lambda _: y_euler, None)
-    return state._replace(x=a_next * y_next), 1 + (s_next > 0).astype(jnp.int32)
+    # No correction on a step to sigma_tilde = 0 (the Euler step lands on x0_hat) nor from sigma_tilde =
+    # inf (an infinite step in sigma_tilde; the first-order step there keeps the global order 2).
+    do = (s_next > 0) & jnp.isfinite(s_hat)
+    x_next = jax.lax.cond(do, correct, lambda _: x_euler, None)
+    return state._replace(x=x_next), 1 + do.astype(jnp.int32)
 
   return Sampler(name, _init_churn, step, dict(_KARRAS_HP), deterministic=True)
 
@@ -216,7 +227,8 @@ def euler() -> Sampler:
 def heun() -> Sampler:
   """Karras et al. 2022, Alg. 2 (2nd-order Heun with churn) for any schedule via ``y = x / alpha``,
   ``sigma = sigma_tilde`` (eq. 4). The correction (line 9) is skipped on a step to ``sigma_tilde = 0``,
-  where the Euler step lands exactly on ``x0_hat``: 2 NFE per step, 1 on such a step."""
+  where the Euler step lands exactly on ``x0_hat``, and on a step from ``sigma_tilde = inf`` (flow
+  matching's ``t = 1``): 2 NFE per step, 1 on such a step."""
   return _karras("heun", heun=True)
 
 

@@ -104,9 +104,9 @@ def _check_x(x, name="x_init"):
 
 
 def check_sampler_schedule(sampler: samplers_lib.Sampler, schedule: Schedule) -> None:
-  if sampler.ve_only and schedule.variance_preserving:
+  if sampler.ve_only and not schedule.alpha_is_one:
     raise ValueError(f"sampler {sampler.name!r} is for variance-exploding schedules (alpha = 1: 've', "
-                     f"'edm'), got {type(schedule).__name__}; use ddpm/ddim/euler/heun/dpmpp_* on VP")
+                     f"'edm'), got {type(schedule).__name__}; use ddpm/ddim/euler/heun/dpmpp_*/unipc on it")
 
 
 def sample(sampler, denoise, schedule: Schedule, x_init, ts, key, *, indices=None,

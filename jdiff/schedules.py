@@ -4,7 +4,8 @@ Every schedule gives ``alpha(t)`` and ``sigma(t)`` with ``x_t = alpha(t) * x0 + 
 log signal-to-noise ratio ``logsnr(t) = 2 log(alpha / sigma)`` (Kingma et al. 2021, eq. 3), and its inverse
 ``t_of_logsnr``. Variance-preserving (VP) schedules have ``alpha^2 + sigma^2 = 1`` and are written through
 ``logsnr`` alone: ``alpha^2 = sigmoid(logsnr)``, ``sigma^2 = sigmoid(-logsnr)``. Variance-exploding (VE,
-NCSN) and EDM schedules have ``alpha = 1``.
+NCSN) and EDM schedules have ``alpha = 1``. The flow-matching (rectified-flow) schedule has ``alpha = 1 - t``,
+``sigma = t``: it reaches pure noise at ``t = 1`` (``alpha(1) = 0``, ``logsnr(1) = -inf``).
 
 Schedules are small frozen dataclasses: hashable, so they can be closed over or passed as static
 arguments to ``jax.jit``; their methods are pure ``jax.numpy`` functions of ``t`` (scalar or array).
@@ -26,6 +27,13 @@ class Schedule:
   """Base class. Subclasses implement ``logsnr`` and ``t_of_logsnr`` (VP) or ``sigma`` (VE)."""
 
   variance_preserving = True
+  alpha_is_one = False      # alpha(t) = 1 for every t (VE, EDM): sigma(0) > 0, no zero-noise end
+  pure_noise_at_one = False  # alpha(1) = 0 (flow matching): sigma_tilde(1) = inf, logsnr(1) = -inf
+
+  @property
+  def reaches_zero_noise(self) -> bool:
+    """``sigma(0) = 0`` (``logsnr(0) = +inf``): every schedule except the ``alpha = 1`` ones."""
+    return not self.alpha_is_one
 
   def logsnr(self, t):
     raise NotImplementedError
@@ -234,6 +242,7 @@ class SigmoidSchedule(Schedule):
 @dataclasses.dataclass(frozen=True)
 class _AlphaOne(Schedule):
   variance_preserving = False
+  alpha_is_one = True
 
   def alpha(self, t):
     return jnp.ones_like(jnp.asarray(t, jnp.float32))
@@ -287,6 +296,51 @@ class EDMSchedule(_AlphaOne):
     return (sigma ** (1.0 / self.rho) - a) / (b - a)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Flow matching / rectified flow
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSchedule(Schedule):
+  """The linear interpolant ``x_t = (1 - t) x0 + t eps`` of flow matching and rectified flow (Lipman et
+  al. 2023, eq. 23 with ``sigma_min = 0``; Liu et al. 2023, eq. 1): ``alpha = 1 - t``, ``sigma = t``.
+
+  Not variance preserving (``alpha + sigma = 1``); ``logsnr = 2 log((1 - t) / t)`` runs from ``+inf`` at
+  the data to ``-inf`` at ``t = 1``, where ``x_1 = eps`` is pure noise (``sigma_tilde = t / (1 - t)``
+  is infinite there). The samplers take their first step from ``t = 1`` in a form that stays finite
+  (see ``jdiff.samplers``). With the ``flow`` parametrization the model predicts the velocity
+  ``dx_t/dt = eps - x0``, and DDIM / Euler on this schedule are the rectified-flow Euler sampler
+  ``x_s = x_t + (s - t) v`` (Liu et al. 2023, Alg. 1), as a DDIM step ``alpha_s x0_hat + sigma_s
+  eps_hat`` is exactly that update for ``alpha = 1 - t``, ``sigma = t``.
+  """
+
+  variance_preserving = False
+  pure_noise_at_one = True
+
+  def alpha(self, t):
+    return 1.0 - jnp.asarray(t, jnp.float32)
+
+  def sigma(self, t):
+    return jnp.asarray(t, jnp.float32)
+
+  def logsnr(self, t):
+    t = jnp.asarray(t, jnp.float32)
+    return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+
+  def t_of_logsnr(self, logsnr):
+    # (1 - t) / t = exp(logsnr / 2)  =>  t = sigmoid(-logsnr / 2)
+    return jax.nn.sigmoid(-0.5 * jnp.asarray(logsnr, jnp.float32))
+
+  def sigma_tilde(self, t):
+    t = jnp.asarray(t, jnp.float32)
+    return t / (1.0 - t)
+
+  def t_of_sigma_tilde(self, sigma_tilde):
+    s = jnp.asarray(sigma_tilde, jnp.float32)
+    return jnp.where(jnp.isinf(s), 1.0, s / (1.0 + s))
+
+
 SCHEDULES = {
     "linear": LinearSchedule,
     "vp_sde": VPSDESchedule,
@@ -294,11 +348,13 @@ SCHEDULES = {
     "sigmoid": SigmoidSchedule,
     "ve": VESchedule,
     "edm": EDMSchedule,
+    "flow": FlowSchedule,
 }
 
 
 def get_schedule(name: str, **kwargs) -> Schedule:
-  """Build a schedule by name: ``linear`` (DDPM), ``vp_sde``, ``cosine``, ``sigmoid``, ``ve``, ``edm``."""
+  """Build a schedule by name: ``linear`` (DDPM), ``vp_sde``, ``cosine``, ``sigmoid``, ``ve``, ``edm``,
+  ``flow``."""
   _checks.choice("schedule", name, SCHEDULES)
   fields = {f.name for f in dataclasses.fields(SCHEDULES[name])}
   bad = sorted(set(kwargs) - fields)

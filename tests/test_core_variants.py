@@ -141,6 +141,10 @@ class CoreVariantsTest(chex.TestCase):
       np.testing.assert_allclose(a * a, abar, rtol=2e-5)
       np.testing.assert_allclose(s * s, 1.0 - abar, rtol=2e-5)
       np.testing.assert_allclose(ls, np.log(abar / (1.0 - abar)), rtol=1e-5, atol=2e-5)
+    elif sch.pure_noise_at_one:  # flow matching: x_t = (1 - t) x0 + t eps (Lipman et al. 2023)
+      np.testing.assert_allclose(a, 1.0 - np.asarray(T, np.float64), atol=1e-7)
+      np.testing.assert_allclose(s, np.asarray(T, np.float64), atol=1e-7)
+      np.testing.assert_allclose(ls, 2.0 * np.log((1.0 - T) / T), rtol=1e-5, atol=2e-5)
     else:
       np.testing.assert_array_equal(a, 1.0)
       np.testing.assert_allclose(s, _sigma_closed_form(name, sch, T), rtol=1e-5)
@@ -236,7 +240,8 @@ class CoreVariantsTest(chex.TestCase):
     r = {k: _f64(v) for k, v in res.items()}
     x0_, eps_, junk_ = _f64(x0), _f64(eps), _f64(junk)
     # The perfect model's output in closed form (Ho et al. 2020; Salimans & Ho 2022; score = -eps/sigma).
-    want_out = {"eps": eps_, "x0": x0_, "v": a * eps_ - s * x0_, "score": -eps_ / s}[param]
+    want_out = {"eps": eps_, "x0": x0_, "v": a * eps_ - s * x0_, "score": -eps_ / s,
+                "flow": eps_ - x0_}[param]
     np.testing.assert_allclose(r["out"] / scale, want_out / scale, rtol=1e-5, atol=1e-5)
     # ... and x0, eps recovered from it.
     np.testing.assert_allclose(r["x0_hat"] / scale, x0_ / scale, atol=3e-5)
@@ -252,7 +257,7 @@ class CoreVariantsTest(chex.TestCase):
   # --------------------------------------------------------------------------------------------------
 
   @chex.variants(**ALL_VARIANTS)
-  @parameterized.named_parameters(("cosine", "cosine"), ("edm", "edm"))
+  @parameterized.named_parameters(("cosine", "cosine"), ("edm", "edm"), ("flow", "flow"))
   def test_loss_weight_closed_forms(self, name):
     gamma, sigma_data = 5.0, 0.5
     sch = schedules.get_schedule(name)
@@ -274,7 +279,7 @@ class CoreVariantsTest(chex.TestCase):
             "edm": snr + 1.0 / sigma_data ** 2}  # Karras et al. 2022, eq. 8
     # ... over the squared factor between each target's error and the x0 error.
     factor = {"x0": np.ones_like(snr), "eps": snr, "v": (a * a + s * s) ** 2 / (s * s),
-              "score": a * a / s ** 4}
+              "score": a * a / s ** 4, "flow": (a + s) ** 2 / (s * s)}
     for w in losses.WEIGHTINGS:
       for p in parametrization.PARAMETRIZATIONS:
         got = _f64(res[w][p])

@@ -37,7 +37,7 @@ def test_endpoints_no_nan():
 
 
 def test_unknown_parametrization():
-  with pytest.raises(ValueError, match="valid parametrizations are: eps, score, v, x0"):
+  with pytest.raises(ValueError, match="valid parametrizations are: eps, flow, score, v, x0"):
     P.make_denoiser(lambda p, x, t, c: x, None, jdiff.CosineSchedule(), "epsilon")
 
 

@@ -161,7 +161,12 @@ ORDERS = {"ddim": 1, "euler": 1, "heun": 2, "dpmpp_2m": 2, "dpmpp_3m": 3}
 UNIPC_ORDERS = [({"order": 3, "variant": "bh2"}, 4)]
 CONVERGENCE = ([(n, {}, ORDERS[n], "linear", "uniform_logsnr") for n in sorted(ORDERS)]
                + [(n, {}, ORDERS[n], "edm", "karras") for n in ("heun", "dpmpp_3m")]
-               + [("unipc", o, p, "linear", "uniform_logsnr") for o, p in UNIPC_ORDERS])
+               + [("unipc", o, p, "linear", "uniform_logsnr") for o, p in UNIPC_ORDERS]
+               # Flow matching (alpha = 1 - t, sigma = t): the first step starts at pure noise
+               # (sigma_tilde = inf), where every sampler takes the first-order (DDIM) step; the global
+               # order is kept.
+               + [(n, {}, ORDERS[n], "flow", "uniform_logsnr") for n in ("euler", "heun", "dpmpp_3m")]
+               + [("unipc", o, p, "flow", "uniform_logsnr") for o, p in UNIPC_ORDERS])
 STEPS = (20, 40, 80)
 
 

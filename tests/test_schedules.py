@@ -14,6 +14,9 @@ def test_logsnr_monotone_and_inverse(name):
   s = jdiff.get_schedule(name)
   t = jnp.linspace(0.0, 1.0, 2001)[1:]
   ls = s.logsnr(t)
+  if s.pure_noise_at_one:  # flow matching: alpha(1) = 0, logsnr(1) = -inf exactly
+    assert float(ls[-1]) == -np.inf and float(s.t_of_logsnr(ls[-1])) == 1.0
+    ls, t = ls[:-1], t[:-1]
   assert np.all(np.isfinite(np.asarray(ls)))
   # Strictly decreasing (clamped schedules may flatten only at their very end).
   d = np.diff(np.asarray(ls))
@@ -33,8 +36,11 @@ def test_alpha_sigma_consistent_with_logsnr(name):
   np.testing.assert_allclose(s.t_of_sigma_tilde(s.sigma_tilde(t)), t, atol=1e-4)
   if s.variance_preserving:
     np.testing.assert_allclose(a * a + sg * sg, 1.0, atol=1e-6)
-  else:
+  elif s.alpha_is_one:
     np.testing.assert_allclose(a, 1.0)
+  else:  # flow matching: the linear interpolant
+    np.testing.assert_allclose(a, 1.0 - t, atol=1e-7)
+    np.testing.assert_allclose(sg, t, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["linear", "vp_sde", "cosine", "sigmoid"])
@@ -96,7 +102,7 @@ def test_sigmoid_accurate_at_every_float32_t(kw):
 
 
 def test_get_schedule_errors():
-  with pytest.raises(ValueError, match="valid schedules are: cosine, edm, linear"):
+  with pytest.raises(ValueError, match="valid schedules are: cosine, edm, flow, linear"):
     jdiff.get_schedule("cosin")
   with pytest.raises(ValueError, match="has no parameter"):
     jdiff.get_schedule("ve", sigma_mx=3.0)
