@@ -35,7 +35,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   f.schedule_kwargs = ml_collections.ConfigDict()
   f.parametrization = "eps"    # eps | x0 | v | score | edm
   f.weighting = "simple"       # simple | snr | min_snr | edm
-  f.time_sampling = "uniform"  # uniform | low_discrepancy | lognormal
+  f.time_sampling = "uniform"  # uniform | low_discrepancy | lognormal | logit_normal
+  f.logit_mean = 0.0           # logit_normal: logit(t) ~ N(logit_mean, logit_std^2) (Esser et al. 2024)
+  f.logit_std = 1.0
   f.sigma_data = 0.5
 
   c.optim = o = ml_collections.ConfigDict()

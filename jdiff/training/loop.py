@@ -131,6 +131,7 @@ class Experiment:
         conditions=self.model.conditions, cond_drop_prob=self.config.training.cond_drop_prob,
         global_batch_size=self.config.data.batch_size, axis_name=axis_name,
         sigma_data=f.sigma_data, learned_variance=self.learned_variance,
+        loss_kwargs={k: f[k] for k in ("p_mean", "p_std", "logit_mean", "logit_std") if k in f},
         ema_warmup=self.config.training.get("ema_warmup", True))
 
   def model_fn(self):
