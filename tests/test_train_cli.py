@@ -38,6 +38,12 @@ def test_train_py_end_to_end_and_resume(tmp_path):
   assert [l["step"] for l in lines] == [1, 2] and all("loss" in l for l in lines)
   cfg = json.load(open(os.path.join(wd, "config.json")))
   assert cfg["training"]["num_steps"] == 2
+  # The run ends by saying where its results are and how to sample from it.
+  tail = r.stdout.strip().splitlines()[-4:]
+  assert tail[0] == f"done: 2 steps; checkpoint {os.path.join(wd, 'checkpoints', '2')}", tail
+  assert tail[1].startswith(f"sample grids: {os.path.join(wd, 'samples')} (last: step_0000002.png)")
+  assert tail[2].startswith(f"draw samples: python sample.py --workdir={wd} --num=64") and "s per image" in tail[2]
+  assert tail[3] == f"score them:   python eval.py --workdir={wd} --num=1000"
   # One front door: sample.py draws exactly the training loop's sample grid (same settings, program).
   out = tmp_path / "grid"
   s = subprocess.run([sys.executable, "sample.py", f"--workdir={wd}", "--num=4", f"--seed={cfg['seed']}",

@@ -346,6 +346,7 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
     grid_model = generation.Restored.from_params(exp.model, None, workdir=workdir)  # programs cached
     progress = Progress(c.training.num_steps, initial=step, enabled=is_main)
     total = c.training.num_steps
+    last_grid = None  # (path, seconds per image) of the newest sample grid
     while step < total:
       batch = feed(next(exp.pipeline))
       rstate, metrics = p_step(rstate, batch)
@@ -369,18 +370,37 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
       if grid_due and is_main:
         path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        sample_grid(exp, ema, min(c.sampling.num, 64), c.seed, path, restored=grid_model)
+        t0, num = time.perf_counter(), min(c.sampling.num, 64)
+        sample_grid(exp, ema, num, c.seed, path, restored=grid_model)
+        last_grid = (path, (time.perf_counter() - t0) / num)
       if eval_due and is_main:
         writer.write(step, evaluator(ema, step))
       if stop.signal is not None:
         log(f"received signal {stop.signal}: saved checkpoint at step {step}, exiting")
         break
     progress.close()
+    if is_main and step == total:
+      log(_next_steps(workdir, step, exp, last_grid))
     return host(rstate)
   finally:
     if writer:
       writer.close()
     ckpt.close()
+
+
+def _next_steps(workdir: str, step: int, exp: Experiment, last_grid) -> str:
+  """The last lines of a finished run: where its checkpoint and sample grids are, and how to sample."""
+  c = exp.config
+  lines = [f"done: {step} steps; checkpoint {os.path.join(workdir, 'checkpoints', str(step))}"]
+  if last_grid is not None and os.path.exists(last_grid[0]):
+    lines.append(f"sample grids: {os.path.dirname(last_grid[0])} (last: {os.path.basename(last_grid[0])})")
+  if exp.task == "diffusion":
+    timing = "" if last_grid is None else f"; ~{last_grid[1]:.2g} s per image on the last grid"
+    lines.append(f"draw samples: python sample.py --workdir={workdir} --num=64   (the config's "
+                 f"{c.sampling.sampler} sampler, {c.sampling.steps} steps{timing})")
+    if len(exp.data_shape) == 3:
+      lines.append(f"score them:   python eval.py --workdir={workdir} --num=1000")
+  return "\n".join(lines)
 
 
 def _drop_metrics_after(path: str, step: int) -> None:

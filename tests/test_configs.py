@@ -1,0 +1,27 @@
+"""Every shipped config validates (names, ranges, the sampling grid) and builds its model abstractly."""
+import importlib
+import os
+
+import jax
+import pytest
+
+from jdiff.experiment import builder, config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
+               if f.endswith(".py") and f not in ("__init__.py", "base.py"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_validates_and_builds(name):
+  c = importlib.import_module(f"configs.{name}").get_config()
+  config_lib.validate(c)
+  shapes = {"mixture2d": (2,), "cifar10": (32, 32, 3), "imagenet64": (64, 64, 3)}
+  shape = next((v for k, v in shapes.items() if k in c.data.name), (28, 28, 1))
+  if c.data.get("image_size", 0):
+    shape = (c.data.image_size, c.data.image_size, shape[-1])
+  num_classes = 1000 if "imagenet" in c.data.name else 10
+  labelled = c.training.get("conditional", False) or config_lib.task_of(c) == "classifier"
+  model = builder.build_model(c, shape, num_classes if labelled else 0)
+  params = jax.eval_shape(model.init_params)
+  assert jax.tree_util.tree_leaves(params)
