@@ -74,12 +74,13 @@ def recorded_devices(workdir: Optional[str]) -> Optional[int]:
 
 
 def set_cpu_devices(n: Optional[int], *, batch_size: Optional[int] = None,
-                    workdir: Optional[str] = None) -> Optional[int]:
+                    workdir: Optional[str] = None, needed: Optional[int] = None) -> Optional[int]:
   """Split a CPU-only host into ``n`` JAX devices (``jax_num_cpu_devices``) before JAX starts its
   backends; returns the count set, or ``None`` when JAX's default was kept.
 
   ``n=None`` (the default of ``--cpu_devices``) chooses automatically on a CPU-only host: the count
-  recorded in ``workdir`` by the run being resumed, else ``auto_cpu_devices(batch_size)``; it does
+  recorded in ``workdir`` by the run being resumed, else ``needed`` (the device count a config asks
+  for, e.g. an explicit FSDP mesh), else ``auto_cpu_devices(batch_size)``; it does
   nothing on a host with an accelerator, or when JAX has already started (a library caller). ``n >= 1``
   forces that count (0 is 1). Per-example noise and t depend on the global example index, not on the device,
   so results match the 1-device run up to float32 reduction order."""
@@ -92,7 +93,7 @@ def set_cpu_devices(n: Optional[int], *, batch_size: Optional[int] = None,
   if not explicit:
     if not cpu_only():
       return None
-    n = recorded_devices(workdir) or auto_cpu_devices(batch_size)
+    n = recorded_devices(workdir) or needed or auto_cpu_devices(batch_size)
   import jax
   try:
     jax.config.update("jax_num_cpu_devices", n)
