@@ -13,6 +13,11 @@ For each case (model x image shape) x batch size x sampler (DDIM 50 steps, DPM-S
   number of steps, in ``torch.inference_mode()``. Target: jdiff images/s >= 1.5x diffusers for the small
   UNet, >= 1.0x for the DDPM CIFAR-10 UNet.
 
+DiT cases (``--cases dit_small28,dit_s4``; not in the default run): jdiff's ``DiT`` (Peebles & Xie 2023),
+class-conditional, sampled with the NULL label (no guidance), next to diffusers' ``DiTTransformer2DModel``
+of the same configuration (``train_throughput.dit_kwargs``) with the same schedulers and the NULL label;
+same target, >= 1.2x diffusers. Both networks output eps on the same linear schedule, as for the UNet.
+
 Timed runs cover the first steps of each grid only: ``--small-steps`` (default 10) for the small UNet
 and ``--ddpm-steps`` (default 2) for the DDPM UNet (35.7M parameters, ~1-2 s per batch-32 call on 2
 cores). Every step of these samplers costs exactly one network call plus a few elementwise ops, so
@@ -31,6 +36,7 @@ rounds when there are at least 2, else over all rounds ("quiet" column).
   python bench/sample_throughput.py            # default (< ~10 min on 2 cores)
   python bench/sample_throughput.py --quick    # a few minutes
   python bench/sample_throughput.py --no-torch --cases small28 --batches 8
+  python bench/sample_throughput.py --cases dit_small28,dit_s4   # DiT vs. diffusers' DiTTransformer2DModel
 
 Writes ``bench/out/sample_throughput.json`` (``--out`` to change).
 """
@@ -52,11 +58,24 @@ SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(14,),
 DDPM = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1)
 
 
+# DiT cases (model["name"] == "dit"): configs/fashion_mnist_dit.py's network, and DiT-S/4 (Peebles & Xie
+# 2023, Table 4) on 32x32x4 latents; as in train_throughput.py.
+DIT_SMALL = dict(name="dit", hidden_size=192, depth=6, num_heads=3, patch_size=4, num_classes=10)
+DIT_S4 = dict(name="dit", size="S", patch_size=4, num_classes=10)
+
 CASES = {
     "small28": Case("small28", 28, 1, SMALL, 1.5),
     "ddpm32": Case("ddpm32", 32, 3, DDPM, 1.0),
+    "dit_small28": Case("dit_small28", 28, 1, DIT_SMALL, 1.2),
+    "dit_s4": Case("dit_s4", 32, 4, DIT_S4, 1.2),
 }
+DEFAULT_CASES = ("small28", "ddpm32")
+SMALL_CASES = ("small28", "dit_small28")  # timed over --small-steps, the others over --ddpm-steps
 SAMPLERS = {"ddim": 50, "dpmpp_2m": 20}  # sampler -> steps of the full run
+
+
+def is_dit(case: Case) -> bool:
+  return case.model.get("name") == "dit"
 
 
 def parse_args(argv=None):
@@ -64,14 +83,15 @@ def parse_args(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--quick", action="store_true", help="fewer steps timed and fewer rounds")
   p.add_argument("--no-torch", action="store_true", help="measure jdiff only")
-  p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+  p.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                 help=f"comma-separated subset of {list(CASES)} (default: {','.join(DEFAULT_CASES)})")
   p.add_argument("--batches", default="8,32", help="comma-separated batch sizes")
   p.add_argument("--samplers", default=",".join(SAMPLERS), help=f"subset of {list(SAMPLERS)}")
   p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 2)")
   p.add_argument("--ddpm-steps", type=int, default=None,
-                 help="steps timed per run for the DDPM UNet (default 2, quick 1)")
+                 help="steps timed per run for the DDPM UNet and DiT-S/4 (default 2, quick 1)")
   p.add_argument("--small-steps", type=int, default=None,
-                 help="steps timed per run for the small UNet (default 10, quick 5)")
+                 help="steps timed per run for the small UNet and small DiT (default 10, quick 5)")
   p.add_argument("--quiet-wait", type=float, default=None,
                  help="max seconds to wait for a quiet CPU before each block (default 3, quick 1)")
   p.add_argument("--xla-flags", default="",
@@ -100,7 +120,7 @@ def parse_args(argv=None):
 
 
 def timed_steps(case: Case, sampler: str, args) -> int:
-  return min(SAMPLERS[sampler], args.small_steps if case.name == "small28" else args.ddpm_steps)
+  return min(SAMPLERS[sampler], args.small_steps if case.name in SMALL_CASES else args.ddpm_steps)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -124,15 +144,24 @@ class JdiffRunner:
     from jdiff.generation import settings as settings_lib
     self._jax, self._np = jax, np
     c = base.get_base_config()
-    for k, v in case.model.items():
-      c.model[k] = v
+    num_classes = 0
+    if is_dit(case):  # a DiT config replaces the UNet's model section (as configs/*_dit.py do)
+      import ml_collections
+      c.model = ml_collections.ConfigDict({k: v for k, v in case.model.items() if k != "num_classes"})
+      num_classes = case.model["num_classes"]  # from the data, as in training; sampled with NULL labels
+    else:
+      for k, v in case.model.items():
+        c.model[k] = v
     shape = (case.image_size, case.image_size, case.channels)
-    model = builder.build_model(c, shape, 0)
+    model = builder.build_model(c, shape, num_classes)
     params = model.init_params()
     model_fn, _ = model.model_fn()
     restored = generation.Restored.from_params(model, params, which="random")
     from jdiff import models
     self.info = {"num_params": models.count_params(params), "compile_s": {}}
+    if is_dit(case):  # what diffusers' DiT repeats in every block (train_throughput.check_dit_counts)
+      self.info["embedder_params"] = models.count_params(params["params"]["noise_embed"])
+      self.info["depth"] = model.module.dims[1]
     dev = jax.local_devices()  # one unless --cpu-devices split the CPU
     if batch % len(dev):
       raise ValueError(f"batch {batch} does not divide over {len(dev)} devices")
@@ -177,14 +206,22 @@ class TorchRunner:
 
   def __init__(self, case: Case, batch: int, plan: dict, seed: int = 0):
     import torch
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+    from diffusers import DDIMScheduler, DiTTransformer2DModel, DPMSolverMultistepScheduler, UNet2DModel
 
     import torch_reference as ref
     self._torch = torch
     torch.manual_seed(seed)
     kw = dict(case.model)
-    self.model = UNet2DModel(**ref.unet2d_kwargs(image_size=case.image_size, channels=case.channels,
-                                                 **kw)).eval()
+    self.extra = {}
+    if is_dit(case):
+      import train_throughput
+      kw.pop("name")
+      self.model = DiTTransformer2DModel(**train_throughput.dit_kwargs(
+          image_size=case.image_size, channels=case.channels, **kw)).eval()
+      self.extra = {"class_labels": torch.full((batch,), kw["num_classes"])}  # the NULL label
+    else:
+      self.model = UNet2DModel(**ref.unet2d_kwargs(image_size=case.image_size, channels=case.channels,
+                                                   **kw)).eval()
     self.info = {"num_params": sum(p.numel() for p in self.model.parameters())}
     common = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     self.plan = {}
@@ -206,13 +243,13 @@ class TorchRunner:
     torch = self._torch
     with torch.inference_mode():
       if what == "denoiser":
-        out = self.model(self.x, self.t).sample
+        out = self.model(self.x, self.t, **self.extra).sample
         return {"finite": bool(torch.isfinite(out).all())}
       sch, steps = self.plan[what]
       sch.set_timesteps(SAMPLERS[what])  # resets the multistep history
       x = self.x.clone()
       for t in sch.timesteps[:steps]:
-        eps = self.model(x, t).sample
+        eps = self.model(x, t.expand(x.shape[0]) if self.extra else t, **self.extra).sample
         x = sch.step(eps, t, x).prev_sample
       return {"nfe": steps, "finite": bool(torch.isfinite(x).all())}
 
@@ -355,6 +392,9 @@ def main(argv=None) -> int:
         what = ", ".join(f"{s} {n} steps" for s, n in plan.items())
         print(f"[{name} B={batch}] compiling / warming up ({what}) ...", flush=True)
         setup = {k: w.ask(cmd="setup", batch=batch, plan=plan) for k, w in workers.items()}
+        if with_torch and is_dit(case):
+          import train_throughput
+          train_throughput.check_dit_counts(name, setup["jdiff"], setup["diffusers"])
         timing = measure(workers, plan, batch, args)
         new = summarize(case, batch, plan, timing, with_torch)
         for r in new:

@@ -11,6 +11,12 @@ For each case (model x image shape x batch size) this measures:
 * diffusers: ``UNet2DModel`` with the same configuration and the same step (``bench/torch_reference.py``),
   with its process peak RSS.
 
+DiT cases (``--cases dit_small28,dit_s4[,dit_s2]``; not in the default run): jdiff's ``DiT`` (Peebles & Xie
+2023), class-conditional with label dropout 0.1, next to diffusers' ``DiTTransformer2DModel`` of the same
+configuration trained with the same step (``TorchDiTTrainer`` below). Their parameter counts differ by
+exactly ``(depth - 1)`` copies of the timestep + label embedder, which diffusers keeps in every block (the
+coordinator checks this and prints both counts); the extra compute is per example, not per token.
+
 Every runner lives in its own worker process (so each can have its own ``XLA_FLAGS``, and the two
 runtimes' thread pools never share a process; the protocol, the quiet-machine detection and the output
 helpers are ``bench/_harness.py``'s); one coordinator drives them **interleaved**: each round
@@ -28,6 +34,7 @@ Usage::
   python bench/train_throughput.py                 # full run (< ~10 min on 2 cores)
   python bench/train_throughput.py --quick         # fewer rounds and shorter blocks
   python bench/train_throughput.py --no-torch      # jdiff only
+  python bench/train_throughput.py --cases dit_small28,dit_s4   # DiT vs. diffusers' DiTTransformer2DModel
   python bench/train_throughput.py --sweep --cases small32 --batches 8   # XLA options and layouts
   python bench/train_throughput.py --xla-flags=--xla_cpu_enable_fast_math=true --attention-impl xla
 
@@ -53,11 +60,44 @@ SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, dropout=0.0)
 DDPM = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, dropout=0.1)
 
 
+# DiT cases: ``model["name"] == "dit"``; the other fields are jdiff DiT fields (mapped onto diffusers'
+# DiTTransformer2DModel by ``dit_kwargs``). dit_small28 is configs/fashion_mnist_dit.py's network; dit_s4 is
+# DiT-S/4 (Peebles & Xie 2023, Table 4) on 32x32x4 latents (64 tokens); dit_s2 is DiT-S/2 (256 tokens,
+# ~4x the cost of S/4: ~5 s per batch-8 jdiff step on 2 busy cores, too slow for the default run).
+DIT_SMALL = dict(name="dit", hidden_size=192, depth=6, num_heads=3, patch_size=4, num_classes=10)
+DIT_S = dict(name="dit", size="S", num_classes=10)
+
 CASES = {
     "small32": Case("small32", 32, 3, dict(SMALL, attn_resolutions=(16,)), 1.5),
     "small28": Case("small28", 28, 1, dict(SMALL, attn_resolutions=(14,)), 1.5),
     "ddpm32": Case("ddpm32", 32, 3, dict(DDPM, attn_resolutions=(16,)), 1.0),
+    "dit_small28": Case("dit_small28", 28, 1, DIT_SMALL, 1.2),
+    "dit_s4": Case("dit_s4", 32, 4, dict(DIT_S, patch_size=4), 1.2),
+    "dit_s2": Case("dit_s2", 32, 4, dict(DIT_S, patch_size=2), 1.2),
 }
+DEFAULT_CASES = ("small32", "small28", "ddpm32")
+
+
+def is_dit(case: Case) -> bool:
+  return case.model.get("name") == "dit"
+
+
+def dit_fields(case: Case) -> dict:
+  """The jdiff DiT fields of a DiT case (without ``name``)."""
+  return {k: v for k, v in case.model.items() if k != "name"}
+
+
+def dit_kwargs(*, image_size: int, channels: int, size: str = "", hidden_size: int = 0, depth: int = 0,
+               num_heads: int = 0, patch_size: int = 2, num_classes: int = 0) -> dict:
+  """``DiTTransformer2DModel`` keyword arguments for a jdiff DiT with these fields: same width, depth,
+  heads, patch, MLP ratio 4 with GELU(tanh), LayerNorms without affine parameters, ``num_classes``
+  labels plus the NULL row (diffusers' label dropout 0.1), the input's channels out."""
+  import jdiff.models
+  hidden, depth, heads = jdiff.models.DiT(size=size, hidden_size=hidden_size, depth=depth,
+                                          num_heads=num_heads, patch_size=patch_size).dims
+  return dict(num_attention_heads=heads, attention_head_dim=hidden // heads, in_channels=channels,
+              out_channels=channels, num_layers=depth, sample_size=image_size, patch_size=patch_size,
+              num_embeds_ada_norm=num_classes, norm_eps=1e-6, activation_fn="gelu-approximate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +132,8 @@ def parse_args(argv=None):
   p.add_argument("--no-torch", action="store_true", help="measure jdiff only")
   p.add_argument("--sweep", action="store_true",
                  help="also run jdiff under other XLA options / attention / precision (see SWEEP)")
-  p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+  p.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                 help=f"comma-separated subset of {list(CASES)} (default: {','.join(DEFAULT_CASES)})")
   p.add_argument("--batches", default="8,32", help="comma-separated batch sizes")
   p.add_argument("--rounds", type=int, default=None,
                  help="max interleaved rounds per case (default 7, quick 3)")
@@ -149,7 +190,11 @@ class JdiffRunner:
     from jdiff.training.step import make_train_step
 
     self._jax = jax
-    model = jdiff.models.create("unet", attention_impl=variant.attention_impl, **case.model)
+    if is_dit(case):
+      model = jdiff.models.create("dit", **dit_fields(case))
+    else:
+      model = jdiff.models.create("unet", attention_impl=variant.attention_impl, **case.model)
+    num_classes = case.model.get("num_classes", 0)
     init, apply = jdiff.models.functional(model)
     shape = (batch, case.image_size, case.image_size, case.channels)
     params = init(jax.random.PRNGKey(seed), jnp.zeros(shape, jnp.float32), jnp.zeros((batch,)))
@@ -158,11 +203,14 @@ class JdiffRunner:
                                          grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
     opt = make_optimizer(cfg, total_steps=1000)
     step = make_train_step(apply, LinearSchedule(), opt, parametrization_name="eps", axis_name=None,
-                           global_batch_size=batch, ema_decay=0.9999)
+                           global_batch_size=batch, ema_decay=0.9999, num_classes=num_classes,
+                           cond_drop_prob=0.1 if num_classes else 0.0)
     self.state = create_state(params, opt, seed)
     rng = np.random.default_rng(seed)
     self.batch = {"image": jnp.asarray(rng.uniform(-1, 1, shape), jnp.float32),
                   "index": jnp.arange(batch, dtype=jnp.int32)}
+    if num_classes:
+      self.batch["label"] = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
     jitted = jax.jit(step, donate_argnums=(0,))
     t0 = time.perf_counter()
     lowered = jitted.lower(self.state, self.batch)
@@ -172,6 +220,9 @@ class JdiffRunner:
     self.jitted, self.lowered = jitted, lowered  # for callers that analyse the program
     self.info = {"num_params": self.num_params, "lower_s": t1 - t0, "compile_s": t2 - t1,
                  "memory": self._memory_analysis()}
+    if is_dit(case):  # what diffusers' DiT repeats in every block
+      self.info["embedder_params"] = jdiff.models.count_params(params["params"]["noise_embed"])
+      self.info["depth"] = model.dims[1]
     t0 = time.perf_counter()
     self.step()
     self.info["first_step_s"] = time.perf_counter() - t0
@@ -191,12 +242,64 @@ class JdiffRunner:
     return float(self._jax.block_until_ready(metrics["loss"]))
 
 
+class TorchDiTTrainer:
+  """diffusers' ``DiTTransformer2DModel`` and the train step of ``torch_reference.TorchTrainer`` (DDPM
+  eps-prediction with the simple loss, global-norm clipping, AdamW, EMA) with class labels: diffusers'
+  label embedder drops them to the NULL label with probability 0.1 in training mode, as jdiff's step
+  does with ``cond_drop_prob=0.1``."""
+
+  def __init__(self, model_kwargs: dict, num_classes: int, *, lr: float = 2e-4, grad_clip: float = 1.0,
+               ema_decay: float = 0.9999, seed: int = 0):
+    import torch
+    from diffusers import DiTTransformer2DModel
+
+    import torch_reference as ref
+    self._torch = torch
+    torch.manual_seed(seed)
+    self.model = DiTTransformer2DModel(**model_kwargs)
+    self.model.train()
+    self.params = [p for p in self.model.parameters() if p.requires_grad]
+    self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    self.ema = [p.detach().clone() for p in self.params]
+    self.grad_clip, self.ema_decay, self.num_classes = grad_clip, ema_decay, num_classes
+    self.alphas_cumprod = ref.linear_alphas_cumprod()
+    self.num_params = sum(p.numel() for p in self.params)
+    self.labels = torch.randint(0, num_classes, (1 << 16,), generator=torch.Generator().manual_seed(seed))
+
+  def step(self, x0) -> float:
+    torch = self._torch
+    b = x0.shape[0]
+    t = torch.randint(0, self.alphas_cumprod.shape[0], (b,))
+    eps = torch.randn_like(x0)
+    abar = self.alphas_cumprod[t].view(b, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
+    pred = self.model(x_t, t, self.labels[:b]).sample
+    loss = torch.nn.functional.mse_loss(pred, eps)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+    self.opt.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(self.ema, self.params, 1.0 - self.ema_decay)
+    return float(loss.detach())
+
+
 class TorchRunner:
   """The diffusers reference step for one case and batch size."""
 
   def __init__(self, case: Case, batch: int, variant: Variant, seed: int = 0):
     sys.path.insert(0, HERE)
     import torch_reference as ref
+    if is_dit(case):
+      fields = dit_fields(case)
+      self.trainer = TorchDiTTrainer(dit_kwargs(image_size=case.image_size, channels=case.channels,
+                                                **fields), fields["num_classes"], seed=seed)
+      self.x = ref.random_batch(batch, case.channels, case.image_size, seed)
+      self.info = {"num_params": self.trainer.num_params}
+      t0 = time.perf_counter()
+      self.step()
+      self.info["first_step_s"] = time.perf_counter() - t0
+      return
     self.trainer = ref.make_trainer(image_size=case.image_size, channels=case.channels,
                                     channels_last=variant.torch_channels_last, seed=seed,
                                     ema_decay=0.9999, **case.model)
@@ -317,6 +420,18 @@ def format_sweep(rows: list[dict]) -> str:
   return "\n".join(out)
 
 
+def check_dit_counts(name: str, jdiff_info: dict, torch_info: dict) -> None:
+  """diffusers' DiT = jdiff's DiT + (depth - 1) more copies of the timestep + label embedder, exactly."""
+  j, t = jdiff_info["num_params"], torch_info["num_params"]
+  extra = (jdiff_info["depth"] - 1) * jdiff_info["embedder_params"]
+  print(f"[{name}] parameters: jdiff {j:,}, diffusers {t:,} = jdiff + {jdiff_info['depth'] - 1} x "
+        f"{jdiff_info['embedder_params']:,} (diffusers keeps a timestep + label embedder in every block)",
+        flush=True)
+  if t != j + extra:
+    raise RuntimeError(f"{name}: diffusers has {t:,} parameters, expected jdiff's {j:,} + {extra:,}: the "
+                       f"two configurations differ")
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.worker:
@@ -351,6 +466,8 @@ def main(argv=None) -> int:
       for batch in args.batches:
         print(f"[{name} B={batch}] compiling / warming up ...", flush=True)
         setup = {k: w.ask(cmd="setup", batch=batch) for k, w in workers.items()}
+        if with_torch and is_dit(case):
+          check_dit_counts(name, setup["jdiff"], setup["diffusers"])
         timing, per_round, steps, quiet = measure(workers, batch, args)
         for k in workers:
           setup[k]["peak_rss_mb"] = timing["runners"][k]["peak_rss_mb"]
@@ -370,6 +487,8 @@ def main(argv=None) -> int:
         print(msg, flush=True)
         # Sweep: each variant alone against its baseline (still compiled), one extra process at a time.
         for v in sweep:
+          if is_dit(case) and (v.attention_impl != "einsum" or v.torch_channels_last):
+            continue  # UNet-only options
           base = "jdiff" if v.kind == "jdiff" else "diffusers"
           with start_worker(v, case) as w:
             s_info = w.ask(cmd="setup", batch=batch)

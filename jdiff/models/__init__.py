@@ -1,5 +1,6 @@
-"""Flax denoisers for jdiff: a DDPM/DDPM++ U-Net and a residual MLP, behind one functional interface;
-plus ``NoisyClassifier`` (the U-Net's downsampling half with logits) for classifier guidance.
+"""Flax denoisers for jdiff: a DDPM/DDPM++ U-Net, a Diffusion Transformer (DiT, Peebles & Xie 2023)
+and a residual MLP, behind one functional interface; plus ``NoisyClassifier`` (the U-Net's downsampling
+half with logits) for classifier guidance.
 
 Why Flax **Linen** (not NNX): a Linen module is a description, not a container of state.
 ``module.init(key, ...)`` returns the parameters as a plain pytree and ``module.apply(params, ...)`` is a
@@ -12,13 +13,14 @@ warnings) in flax 0.12.
 Interface used by the rest of jdiff::
 
   model = jdiff.models.create("unet", ch=128, ch_mult=(1, 2, 2, 2), num_classes=10)
+  model = jdiff.models.create("dit", size="B", patch_size=2, num_classes=10)   # DiT-B/2
   init, apply = jdiff.models.functional(model)
   params = init(key, x, t)                        # {"params": ...}, also valid for model.apply
   out = apply(params, x, t, cond)                 # deterministic (dropout off)
   out = apply(params, x, t, cond, rng=k, train=True)   # dropout on
 
-``x``: ``[B, H, W, C]`` (U-Net) or ``[B, D]`` (MLP); ``t``: float ``[B]`` or a scalar (continuous time
-in [0, 1], or EDM's ``c_noise``); ``cond``: int labels ``[B]`` (``num_classes`` = NULL label) or
+``x``: ``[B, H, W, C]`` (U-Net, DiT) or ``[B, D]`` (MLP); ``t``: float ``[B]`` or a scalar (continuous
+time in [0, 1], or EDM's ``c_noise``); ``cond``: int labels ``[B]`` (``num_classes`` = NULL label) or
 ``None`` (NULL for all). Models never import jdiff's core (schedules, samplers; only the shared input
 checks of ``jdiff._checks``): training glues them.
 """
@@ -36,10 +38,11 @@ from jdiff import _checks
 from jdiff.models.embeddings import (EMBEDDINGS, NoiseEmbedding, fourier_embedding, prepare_labels,
                                      prepare_t, sinusoidal_embedding)
 from jdiff.models.classifier import NoisyClassifier
+from jdiff.models.dit import DiT
 from jdiff.models.mlp import MLP
 from jdiff.models.unet import UNet, num_groups
 
-MODELS = {"unet": UNet, "mlp": MLP, "classifier": NoisyClassifier}
+MODELS = {"unet": UNet, "dit": DiT, "mlp": MLP, "classifier": NoisyClassifier}
 
 
 def model_kwargs(cls) -> Tuple[str, ...]:
@@ -48,7 +51,7 @@ def model_kwargs(cls) -> Tuple[str, ...]:
 
 
 def create(name: str, **kwargs) -> nn.Module:
-  """Build a denoiser by name (``"unet"`` or ``"mlp"``) from keyword configuration."""
+  """Build a denoiser by name (``"unet"``, ``"dit"`` or ``"mlp"``) from keyword configuration."""
   cls = MODELS[_checks.choice("model", name, MODELS)]
   valid = model_kwargs(cls)
   unknown = sorted(set(kwargs) - set(valid))
@@ -84,8 +87,8 @@ def functional(module: nn.Module) -> Tuple[Callable, Callable]:
   ``train=True`` and then needs ``rng`` (when the model has ``dropout > 0``). ``train`` must be a
   Python bool: under ``jax.jit`` mark it static (``static_argnames="train"``).
   """
-  if not isinstance(module, (UNet, MLP, NoisyClassifier)):
-    raise ValueError(f"functional() expects a jdiff model (UNet, MLP or NoisyClassifier, e.g. from "
+  if not isinstance(module, (UNet, DiT, MLP, NoisyClassifier)):
+    raise ValueError(f"functional() expects a jdiff model (UNet, DiT, MLP or NoisyClassifier, e.g. from "
                      f"jdiff.models.create), got {type(module).__name__}")
 
   def _init(key, x, t, cond):
@@ -130,5 +133,5 @@ def functional(module: nn.Module) -> Tuple[Callable, Callable]:
   return init, apply
 
 
-__all__ = ["EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "NoisyClassifier", "UNet", "count_params",
+__all__ = ["DiT", "EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "NoisyClassifier", "UNet", "count_params",
            "create", "fourier_embedding", "functional", "model_kwargs", "num_groups", "sinusoidal_embedding"]
