@@ -36,7 +36,7 @@ from jdiff.experiment.state import TrainState, make_optimizer
 from jdiff.training import sharded
 from jdiff.training.periodic_eval import PeriodicEval
 from jdiff.training.step import make_classifier_train_step, make_train_step
-from jdiff.utils import cli, files
+from jdiff.utils import cli, files, memory
 from jdiff.utils import images as image_utils
 from jdiff.utils.progress import Progress
 
@@ -362,6 +362,7 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
       done = step == total or stop.signal is not None
       if step % c.training.ckpt_every == 0 or done:
         ckpt.save(step, to_save(rstate), exp.pipeline.get_state(), meta)
+        memory.release_free_memory()  # a save's freed buffers otherwise stay in the heap (soak)
       grid_due = bool(c.training.sample_every) and exp.task == "diffusion" and (
           step % c.training.sample_every == 0 or step == total)
       eval_due = evaluator is not None and evaluator.due(step, total)
@@ -373,6 +374,7 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
         t0, num = time.perf_counter(), min(c.sampling.num, 64)
         sample_grid(exp, ema, num, c.seed, path, restored=grid_model)
         last_grid = (path, (time.perf_counter() - t0) / num)
+        memory.release_free_memory()
       if eval_due and is_main:
         writer.write(step, evaluator(ema, step))
       if stop.signal is not None:
