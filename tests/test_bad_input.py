@@ -44,7 +44,7 @@ Case = collections.namedtuple("Case", "id where input message")
 CASES = [
     # -- the public API -----------------------------------------------------------------------------
     Case("schedule_unknown", "api", "jdiff.get_schedule('cosin')",
-         "unknown schedule 'cosin'; valid schedules are: cosine, edm, linear"),
+         "unknown schedule 'cosin'; valid schedules are: cosine, edm, flow, linear"),
     Case("schedule_bad_parameter", "api", "jdiff.get_schedule('cosine', bta=1)",
          "has no parameter(s) bta; its parameters are: logsnr_min, s"),
     Case("add_noise_t_out_of_range", "api", "jdiff.add_noise(S, x, 1.5, x)",
@@ -68,7 +68,7 @@ CASES = [
     Case("sampler_unknown", "api", "sampling.make_sample_fn(mf, S, 'x0', 'dpmpp', 4)",
          "unknown sampler 'dpmpp'; valid samplers are: ddim, ddpm, dpmpp_2m"),
     Case("parametrization_unknown", "api", "sampling.make_sample_fn(mf, S, 'epsilon', 'ddim', 4)",
-         "unknown parametrization 'epsilon'; valid parametrizations are: eps, score, v, x0"),
+         "unknown parametrization 'epsilon'; valid parametrizations are: eps, flow, score, v, x0"),
     Case("sampler_schedule_mismatch", "api", "sampling.make_sample_fn(mf, S, 'x0', 'langevin', 4)",
          ("sampler 'langevin' is for variance-exploding schedules", "use ddpm/ddim/euler/heun")),
     Case("sampler_option_unknown_value", "api", "jdiff.get_sampler('ddpm', variance='big')",
