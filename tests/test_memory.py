@@ -24,3 +24,14 @@ def test_release_free_memory_returns_freed_heap_to_the_os():
   after = _rss_mib()
   assert after < held - 100, (held, after)
   assert top.endswith(b"y")
+
+
+def test_fix_mmap_threshold():
+  if not memory.release_free_memory():
+    pytest.skip("no glibc here")
+  assert memory.fix_mmap_threshold(1 << 20)
+  # Blocks of 2 MiB are now mmapped: freeing them returns the memory at once, with no trim.
+  blocks = [bytes(2 << 20) + b"x" for _ in range(100)]
+  held = _rss_mib()
+  del blocks
+  assert _rss_mib() < held - 150

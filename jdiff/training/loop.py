@@ -280,6 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print,
   workdir = check_workdir(workdir)
   # SIGTERM/SIGINT from here on: a checkpoint at the end of the current step, then exit (before the
   # first step: nothing new to save, exit at once).
+  memory.fix_mmap_threshold()  # a long run's RSS stays flat (jdiff.utils.memory, bench/soak.py)
   with _StopFlag() as stop, _WorkdirLock(workdir, log):
     return _train(exp, train_step, evaluator, workdir, log, allow_device_change, stop, target)
 
