@@ -51,11 +51,9 @@ def _main(argv):
                      f"({why}); pass a config file such as configs/toy2d.py") from None
   # Before anything starts JAX's backends: the per-process batch must split over the devices.
   per_process = config.data.batch_size // max(FLAGS.num_processes, 1)
-  mesh = tuple(config.training.get("mesh", (0, 0)) or (0, 0))
-  fsdp_devices = None  # an explicit FSDP mesh (data, fsdp) on one process needs data * fsdp devices
-  if config.training.get("parallelism", "pmap") == "fsdp" and len(mesh) == 2 and all(
-      isinstance(v, int) and v > 0 for v in mesh) and FLAGS.num_processes <= 1:
-    fsdp_devices = mesh[0] * mesh[1]
+  from jdiff.experiment import config as config_lib
+  # An explicit FSDP mesh (data, fsdp) in one process needs data * fsdp devices.
+  fsdp_devices = config_lib.explicit_mesh_devices(config) if FLAGS.num_processes <= 1 else None
   cli.set_cpu_devices(FLAGS.cpu_devices, batch_size=per_process, workdir=os.path.abspath(workdir),
                       needed=fsdp_devices)
   cli.maybe_initialize_distributed(FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes,

@@ -3,6 +3,7 @@ by ml_collections when the config is parsed from the command line)."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import ml_collections
 
@@ -31,6 +32,16 @@ def parallelism_of(c) -> str:
   """``config.training.parallelism``: ``pmap`` (replicated state, the default, also for configs written
   before the field existed) or ``fsdp`` (sharded state, ``jdiff.training.sharded``)."""
   return c.training.get("parallelism", "pmap")
+
+
+def explicit_mesh_devices(c) -> Optional[int]:
+  """``data * fsdp`` when the config asks for FSDP on an explicit mesh (no 0 to infer), else ``None``:
+  the device count a CPU-only host is split into for it."""
+  mesh = tuple(c.training.get("mesh", (0, 0)) or (0, 0))
+  if parallelism_of(c) != "fsdp" or len(mesh) != 2 or not all(
+      isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in mesh):
+    return None
+  return mesh[0] * mesh[1]
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

@@ -29,10 +29,6 @@ def _libc_function(name: str):
     return None
 
 
-def _trim():
-  return _libc_function("malloc_trim")
-
-
 def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
   """Serve every allocation of ``nbytes`` or more by mmap (returned to the OS on free) and stop glibc
   from raising that threshold; True if it was set. Process-wide: the training loop sets it once."""
@@ -42,7 +38,7 @@ def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
 
 def release_free_memory() -> bool:
   """Give the heap's free memory back to the OS (glibc ``malloc_trim(0)``); True if it ran."""
-  trim = _trim()
+  trim = _libc_function("malloc_trim")
   if trim is None:
     return False
   trim(0)
