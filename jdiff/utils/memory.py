@@ -30,8 +30,8 @@ def _libc_function(name: str):
 
 
 def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
-  """Serve every allocation of ``nbytes`` or more by mmap (returned to the OS on free) and stop glibc
-  from raising that threshold; True if it was set. Process-wide: the training loop sets it once."""
+  """Serve allocations of ``nbytes`` or more by mmap (returned to the OS on free) unless a free heap chunk
+  already fits them, and stop glibc from raising that threshold; True if it was set. Process-wide: the training loop sets it once."""
   mallopt = _libc_function("mallopt")
   return bool(mallopt is not None and mallopt(M_MMAP_THRESHOLD, int(nbytes)) == 1)
 
