@@ -215,6 +215,7 @@ def test_remat_gives_the_same_outputs_and_gradients():
   assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree_util.tree_leaves(g0))
 
 
+@pytest.mark.slow  # ~7 s; default run: the DiT training-loop test
 def test_learned_variance_trains_with_the_hybrid_loss():
   """With ``learned_variance`` the DiT's 2C outputs go through the train step's hybrid loss (Nichol &
   Dhariwal 2021), as the U-Net's do."""

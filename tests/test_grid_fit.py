@@ -231,6 +231,7 @@ def test_sample_py_takes_a_grid_file_and_refuses_a_foreign_one(fitted, tmp_path,
   assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow  # ~12 s; default run: the fit and grid-file tests of this module
 def test_fit_grid_cli_on_the_exact_mixture(tmp_path):
   import subprocess
   import sys

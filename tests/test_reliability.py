@@ -289,6 +289,7 @@ def _kill_test(tmp_path, cache, plan, num_steps, ckpt_every, seed):
   return landed
 
 
+@pytest.mark.slow  # ~35 s; default run: test_training's bit-exact resume and the SIGTERM save below
 def test_kill_anywhere_resumes_exactly(tmp_path, jax_cache):
   # The first save kill makes step 3 appear in metrics.jsonl, so the next train kill comes after
   # checkpoint 3 and the restore kill has a checkpoint to restore.
@@ -327,7 +328,7 @@ def _largest_file(d):
   return max(files, key=os.path.getsize)
 
 
-@pytest.mark.parametrize("mode", ["truncate", "corrupt"])
+@pytest.mark.parametrize("mode", [pytest.param("truncate", marks=pytest.mark.slow), "corrupt"])
 def test_damaged_latest_checkpoint_is_refused_or_skipped(tmp_path, mode):
   wd = str(tmp_path / "w")
   loop.train(_config(4, ckpt_every=2), wd, log=lambda *a: None)
@@ -367,7 +368,8 @@ def test_checkpoint_without_checksums_is_incomplete(tmp_path):
   assert check_checkpoints(wd) == [2]  # step 4 was moved aside (to damaged_checkpoints/)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_a_checkpoint_before_exiting(tmp_path, jax_cache, sig):
   """SIGTERM and SIGINT (Ctrl-C) alike: while training, one checkpoint at the end of the current step
   and exit status 0; while restoring (before the first step), exit 0 at once with nothing written."""

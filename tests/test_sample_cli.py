@@ -282,6 +282,7 @@ def test_failure_while_sampling_or_writing_leaves_nothing(mlp_wd, tmp_path, monk
   assert os.listdir(out) == []
 
 
+@pytest.mark.slow  # ~9 s; default run: test_sample_repro's two-device test
 def test_cpu_devices_flag_samples_the_same_over_two_host_devices(mlp_wd, tmp_path):
   """sample.py --cpu_devices=2 shards each batch over two CPU devices: same samples as one device
   (same noise per sample index; the MLP's kernels may round differently per batch layout)."""

@@ -97,6 +97,7 @@ def test_sharded_step_equals_pmap_and_holds_a_quarter_of_the_state():
   assert r["2x2"]["arg_bytes"] < 0.55 * r["4x1"]["arg_bytes"], r
 
 
+@pytest.mark.slow  # ~12 s; the end-to-end FSDP test (slow) restores on another mesh too
 def test_checkpoint_saved_on_2x2_restores_on_4x1_and_1x1_and_training_continues(tmp_path):
   r = _worker("ckpt", str(tmp_path))
   assert "_sharding" in r["files"]  # saved as sharded arrays, each process writing its shards
@@ -154,6 +155,7 @@ def _one_error_line(r):
   return lines[0]
 
 
+@pytest.mark.slow  # ~30 s; default run: the sharded-step equality and bad-mesh tests
 def test_train_py_fsdp_end_to_end_equals_pmap_and_resumes_on_another_mesh(tmp_path):
   fsdp, ref = str(tmp_path / "fsdp"), str(tmp_path / "pmap")
   # No --cpu_devices: on a CPU-only host train.py splits the CPU into the devices the mesh asks for.

@@ -89,6 +89,7 @@ def test_train_py_bad_flags(tmp_path, args, message):
   assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # ~20 s; default run: test_distributed's one-vs-two-device equality
 def test_train_py_cpu_devices_splits_the_batch_over_host_devices(tmp_path):
   """--cpu_devices=2 makes two CPU devices, pmap shards each batch over them, and the losses equal the
   one-device run's (the same examples, noise and t; float32 reduction order apart)."""
@@ -105,6 +106,7 @@ def test_train_py_cpu_devices_splits_the_batch_over_host_devices(tmp_path):
   np.testing.assert_allclose(losses[2], losses[1], rtol=1e-5)
 
 
+@pytest.mark.slow  # ~35 s; default run: test_automatic_cpu_device_count and the end-to-end test
 def test_train_py_chooses_the_cpu_device_count_and_resumes_with_it(tmp_path):
   """Without --cpu_devices a CPU-only host is split into the automatic device count (both cores of
   the 2-core development machine), recorded in the workdir; a resume takes the recorded count again,

@@ -199,6 +199,7 @@ def test_trained_toy_model_samples_the_mixture(tmp_path):
   assert jdiff.toy.component_weight_error(mix, x) < 0.05
 
 
+@pytest.mark.slow  # ~11 s; default run: the bfloat16 model tests of test_models
 def test_bfloat16_compute_from_the_config_trains_with_float32_state():
   """``model.dtype = "bfloat16"`` (e.g. ``--config.model.dtype=bfloat16``) computes the network in
   bfloat16 while parameters, optimizer state, EMA and loss stay float32, and it learns as float32 does."""
