@@ -113,7 +113,7 @@ def _main(argv):
     f = report["metrics"]["floor"]
     print(f"floor (N={f['num_samples']} real test vs real train images): FD {f['fd']:.4g}, "
           f"KID {f['kid']:.4g}±{f['kid_std']:.2g}, precision {f['precision']:.3f}, recall "
-          f"{f['recall']:.3f}, classifier accuracy {f['accuracy']:.3f}")
+          f"{f['recall']:.3f}, noisy {f['noisy']:.3f}, classifier accuracy {f['accuracy']:.3f}")
   report["command"] = _command(settings, restored.checkpoint_dir, out)
   report["versions"] = {"jax": jax.__version__, "jdiff": jdiff.__version__}
   report["num_devices"] = jax.local_device_count()

@@ -188,6 +188,21 @@ def test_accuracy_and_bad_labels():
 # The Fashion-MNIST feature net (trained once for this module, into a temporary cache).
 
 
+def test_roughness_closed_forms_and_noise_fraction():
+  flat = np.full((1, 8, 8, 1), 0.3)
+  checker = np.where((np.arange(8)[:, None] + np.arange(8)) % 2 == 0, 1.0, -1.0)[None, :, :, None]
+  stripes = np.tile(np.array([1.0, -1.0] * 4), (8, 1))[None, :, :, None]  # vertical stripes: dx = 2, dy = 0
+  r = metrics.roughness(np.concatenate([flat, checker, stripes]))
+  np.testing.assert_allclose(r, [0.0, 2.0, 1.0])
+  u = np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 1))
+  np.testing.assert_allclose(metrics.roughness(u), 2.0 / 3.0, atol=0.02)  # E|U - U'| = range / 3
+  assert metrics.noise_fraction([0.1, 0.5, 0.7, 0.2], [0.3, 0.6]) == 0.25  # only 0.7 > 0.6
+  with pytest.raises(ValueError, match=r"images \[N, H, W, C\]"):
+    metrics.roughness(np.zeros((8, 8)))
+  with pytest.raises(ValueError, match="non-empty 1-D"):
+    metrics.noise_fraction([], [0.3])
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   if not HAVE_FMNIST:
@@ -290,7 +305,13 @@ def test_report_floor_is_small_next_to_bad_generators(trained, test_split):
   wrong = jeval.report(x[-n:], (y[-n:] + 1) % 10, **fast)
   assert wrong["accuracy"] < 0.1
   text = jeval.format_report(good)
-  assert "floor" in text and f"N={n}" in text
+  assert "floor" in text and f"N={n}" in text and "noisy" in text
+  # Noise tiles: none among real or blurred images (about 1/N of real ones may top the reference's
+  # roughest), every uniform-noise image, and exactly the tiles swapped into a real set.
+  assert floor["noisy"] <= 0.005 and good["noisy"] <= 0.005 and blurred["noisy"] == 0.0
+  assert noisy["noisy"] == 1.0
+  mixed = np.concatenate([noise[:37], x[-n + 37:]])
+  assert abs(jeval.report(mixed, **fast)["noisy"] - 0.037) <= good["noisy"]
 
 
 @needs_fmnist

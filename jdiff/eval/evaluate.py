@@ -5,7 +5,9 @@ samples of one distribution), so a score is only readable next to the same metri
 :func:`report` therefore computes, in the Fashion-MNIST feature space of :mod:`jdiff.eval.features`:
 
 - the samples against ``N`` real training images (a fixed random subset): FD, KID, precision, recall,
-  and the classifier accuracy of class-conditional samples against their requested labels;
+  the classifier accuracy of class-conditional samples against their requested labels, and (on pixels)
+  ``noisy``, the share of samples rougher than every one of those images (noise tiles,
+  :func:`jdiff.eval.metrics.noise_fraction`);
 - the **floor**: the same metrics for ``N`` real *test* images against the same training subset
   (test accuracy for the accuracy), i.e. what a perfect generator would score at this ``N``.
 """
@@ -64,7 +66,7 @@ def report(images, labels=None, *, net: Optional[features_lib.FeatureNet] = None
     k: neighbourhood size of precision/recall (Kynkäänniemi et al. 2019 use 3).
 
   Returns:
-    ``{"num_samples", "fd", "kid", "kid_std", "kid_stderr", "precision", "recall", "accuracy"
+    ``{"num_samples", "fd", "kid", "kid_std", "kid_stderr", "precision", "recall", "noisy", "accuracy"
     (None without labels), "reference", "floor": {the same keys for real test images; "accuracy" is
     the test accuracy}}``.
   """
@@ -85,9 +87,10 @@ def report(images, labels=None, *, net: Optional[features_lib.FeatureNet] = None
   m = min(_checks.positive_int(kid_subset_size, "kid_subset_size"), max(2, n // 2))
   kw = {"kid_subset_size": m, "kid_num_subsets": kid_num_subsets, "k": k, "seed": seed}
 
-  ref_f, floor = _reference(net, n, kw)
+  ref_f, ref_rough, floor = _reference(net, n, kw)
   gen_f, gen_logits = net.features_and_logits(images)
   out = {"num_samples": n, **_pick(metrics.feature_metrics(ref_f, gen_f, **kw))}
+  out["noisy"] = metrics.noise_fraction(metrics.roughness(images), ref_rough)
   out["accuracy"] = None if labels is None else metrics.accuracy(gen_logits, labels)
   out["reference"] = f"fashion_mnist train ({ref_f.shape[0]} images, seed {seed})"
   out["floor"] = dict(floor)
@@ -99,8 +102,9 @@ def report(images, labels=None, *, net: Optional[features_lib.FeatureNet] = None
 _REFERENCE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _reference(net: features_lib.FeatureNet, n: int, kw: dict) -> tuple[np.ndarray, dict]:
-  """Features of ``n`` real training images and the floor (``n`` real test images against them)."""
+def _reference(net: features_lib.FeatureNet, n: int, kw: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+  """Features and roughness of ``n`` real training images, and the floor (``n`` real test images
+  against them)."""
   cache = _REFERENCE_CACHE.setdefault(net, {})
   key = (n, tuple(sorted(kw.items())))
   if key not in cache:
@@ -111,8 +115,10 @@ def _reference(net: features_lib.FeatureNet, n: int, kw: dict) -> tuple[np.ndarr
     test_x, test_y = _real_images("test", nf, seed)
     test_f, test_logits = net.features_and_logits(test_x)
     floor = {"num_samples": nf, **_pick(metrics.feature_metrics(ref_f[:nf], test_f, **kw))}
+    ref_rough = metrics.roughness(ref_x)
+    floor["noisy"] = metrics.noise_fraction(metrics.roughness(test_x), ref_rough)
     floor["accuracy"] = metrics.accuracy(test_logits, test_y)
-    cache[key] = (ref_f, floor)
+    cache[key] = (ref_f, ref_rough, floor)
   return cache[key]
 
 
@@ -126,7 +132,8 @@ def format_report(r: dict) -> str:
   parts = [f"N={r['num_samples']}", f"FD {r['fd']:.4g} (floor {f['fd']:.4g})",
            f"KID {r['kid']:.4g}±{r['kid_std']:.2g} (floor {f['kid']:.4g})",
            f"precision {r['precision']:.3f} (floor {f['precision']:.3f})",
-           f"recall {r['recall']:.3f} (floor {f['recall']:.3f})"]
+           f"recall {r['recall']:.3f} (floor {f['recall']:.3f})",
+           f"noisy {r['noisy']:.3f} (floor {f['noisy']:.3f})"]
   if r.get("accuracy") is not None:
     parts.append(f"accuracy {r['accuracy']:.3f} (floor {f['accuracy']:.3f})")
   return ", ".join(parts)

@@ -11,6 +11,9 @@ precision/recall are float32 through XLA (see :func:`_gram`).
   unbiased MMD^2 estimator of Gretton et al. 2012, Lemma 6) with the cubic polynomial kernel
   ``k(x, y) = (x.y / D + 1)^3``, averaged over random subsets.
 - Improved precision and recall (Kynkäänniemi et al. 2019, Sec. 2, Eq. 1-2) from k-NN balls.
+
+On pixels: :func:`roughness` and :func:`noise_fraction`, the share of samples rougher than every real
+image (the "noise tiles" that a sampler or an undertrained model turns some samples into).
 """
 from __future__ import annotations
 
@@ -313,7 +316,32 @@ def feature_metrics(real_features, fake_features, *, kid_subset_size: int = 1000
   return out
 
 
+def roughness(images) -> np.ndarray:
+  """Mean absolute difference between horizontally and vertically neighbouring pixels of each image
+  ``[N, H, W, C]`` (float64 ``[N]``): 0 for a flat image, 2/3 times the value range for i.i.d. uniform
+  noise (1/3 of it per direction); Fashion-MNIST items in [-1, 1] lie below ~0.5."""
+  x = np.asarray(images, np.float64)
+  if x.ndim != 4 or x.shape[1] < 2 or x.shape[2] < 2:
+    raise ValueError(f"roughness needs images [N, H, W, C] with H, W >= 2, got shape {x.shape}")
+  dx = np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3))
+  dy = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
+  return 0.5 * (dx + dy)
+
+
+def noise_fraction(sample_roughness, real_roughness) -> float:
+  """Share of samples rougher than the roughest real image: the noise tiles of a sample set.
+
+  A real item is at most as rough as the roughest of ``N`` real images with probability ``N/(N+1)``, so
+  a perfect generator scores about ``1/N`` (the floor of :func:`jdiff.eval.report`); a sample turned to
+  textured noise is far rougher than any real item."""
+  s, r = np.asarray(sample_roughness, np.float64), np.asarray(real_roughness, np.float64)
+  if s.ndim != 1 or r.ndim != 1 or s.size == 0 or r.size == 0:
+    raise ValueError(f"noise_fraction needs two non-empty 1-D roughness arrays (from roughness()), got "
+                     f"shapes {s.shape} and {r.shape}")
+  return float(np.mean(s > r.max()))
+
+
 __all__ = ["accuracy", "feature_metrics", "frechet_distance", "frechet_distance_from_features",
            "gaussian_stats", "kernel_inception_distance", "knn_radii", "mmd2_unbiased",
-           "polynomial_kernel", "precision_recall"]
+           "noise_fraction", "polynomial_kernel", "precision_recall", "roughness"]
 

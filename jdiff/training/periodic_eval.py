@@ -72,7 +72,7 @@ class PeriodicEval:
     m = r["metrics"]
     out = {"eval/num_samples": s.num, "eval/nfe": r["nfe"],
            "eval/sample_seconds": r["timing"]["sample_seconds"]}
-    for k in ("fd", "kid", "kid_std", "precision", "recall", "accuracy"):
+    for k in ("fd", "kid", "kid_std", "precision", "recall", "noisy", "accuracy"):
       if m.get(k) is not None:
         out[f"eval/{k}"] = m[k]
         out[f"eval/{k}_floor"] = m["floor"][k]
