@@ -23,6 +23,8 @@ keeps only what it measures (its cases, its runners, its rows and its command li
   (atomic, creating ``bench/out/``).
 * **Setup.** ``Case`` (a model and image shape), ``use_torch`` (whether the diffusers side can run) and
   the ``name_list`` / ``int_list`` parsers of comma-separated flags.
+* **Training for a wall-clock budget** (``process_comparison.py``, ``default_recipe.py``):
+  ``train_for`` runs ``train.py`` until SIGTERM and notes when each checkpoint appeared.
 """
 from __future__ import annotations
 
@@ -33,9 +35,11 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -373,3 +377,55 @@ def write_json(path: str, obj) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1)
   os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training for a wall-clock budget
+# ----------------------------------------------------------------------------------------------------
+
+
+def _watch_checkpoints(directory: str, start: float, seen: dict, done: threading.Event) -> None:
+  """Note the second (since ``start``) at which each finished checkpoint step directory appears (orbax
+  writes into a temporary directory and renames it when the save is complete)."""
+  while not done.is_set():
+    if os.path.isdir(directory):
+      for name in os.listdir(directory):
+        if name.isdigit() and int(name) not in seen:
+          seen[int(name)] = time.time() - start
+    done.wait(0.5)
+
+
+def train_for(args: Sequence[str], workdir: str, seconds: float, log_path: str) -> dict:
+  """``train.py --workdir=WORKDIR ARGS`` (a fresh workdir) for ``seconds`` of wall-clock from the process
+  start (compilation included, as a user waits for it), then SIGTERM, on which the loop saves a
+  checkpoint at the end of the current step and exits. Returns ``{"steps": the last step,
+  "checkpoints": {step: seconds when it appeared; the last one counts at the budget}, "seconds",
+  "images_per_sec": the last logged rate}``."""
+  cmd = [sys.executable, "train.py", f"--workdir={workdir}", *args]
+  seen: dict = {}
+  done = threading.Event()
+  start = time.time()
+  watcher = threading.Thread(target=_watch_checkpoints,
+                             args=(os.path.join(workdir, "checkpoints"), start, seen, done), daemon=True)
+  watcher.start()
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+      proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+      proc.send_signal(signal.SIGTERM)
+      proc.wait(timeout=600)
+  elapsed = time.time() - start
+  done.set()
+  watcher.join()
+  if proc.returncode != 0:
+    raise RuntimeError(f"train.py failed (exit {proc.returncode}); see {log_path}")
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  seen[steps[-1]] = min(seen.get(steps[-1], elapsed), seconds)
+  rates = []
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(metrics):
+    rows = [json.loads(line) for line in open(metrics) if line.strip()]
+    rates = [r["images_per_sec"] for r in rows if "images_per_sec" in r]
+  return {"steps": steps[-1], "checkpoints": {str(s): seen.get(s) for s in steps}, "seconds": elapsed,
+          "images_per_sec": rates[-1] if rates else None}

@@ -6,8 +6,8 @@ loop saves a checkpoint at the end of the current step and exits. Each checkpoin
 ``eval.py`` (FD and KID of ``--num`` EMA samples in the Fashion-MNIST feature space, same seed for every
 cell) with the same sampler at each NFE budget. Cases (see ``configs/``):
 
-* ``unet_ddpm``: ``fashion_mnist`` (the default: U-Net, DDPM linear schedule, eps-prediction);
-* ``unet_flow``: ``fashion_mnist_flow`` (the same U-Net, flow matching: velocity, logit-normal t);
+* ``unet_ddpm``: ``fashion_mnist_ddpm`` (the default U-Net with the DDPM recipe: linear schedule, eps);
+* ``unet_flow``: ``fashion_mnist`` (the default: the same U-Net, flow matching: velocity, logit-normal t);
 * ``dit_flow``: ``fashion_mnist_dit`` (a small DiT, flow matching).
 
     python bench/process_comparison.py [--minutes 6] [--num 1000] [--nfe 10,50] [--sampler unipc]
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,34 +31,16 @@ sys.path.insert(0, _HERE)
 
 import _harness  # noqa: E402
 
-CASES = {"unet_ddpm": "configs/fashion_mnist.py", "unet_flow": "configs/fashion_mnist_flow.py",
+CASES = {"unet_ddpm": "configs/fashion_mnist_ddpm.py", "unet_flow": "configs/fashion_mnist.py",
          "dit_flow": "configs/fashion_mnist_dit.py"}
 
 
 def train_for(config: str, workdir: str, seconds: float, log_path: str) -> dict:
-  """Run train.py for ``seconds`` of wall-clock, then SIGTERM; returns steps reached and timings."""
-  cmd = [sys.executable, "train.py", f"--config={config}", f"--workdir={workdir}",
-         "--config.training.num_steps=1000000", "--config.training.sample_every=0",
-         "--config.training.ckpt_every=1000000", "--config.training.log_every=50"]
-  start = time.time()
-  with open(log_path, "w") as log:
-    proc = subprocess.Popen(cmd, cwd=_REPO, stdout=log, stderr=subprocess.STDOUT)
-    try:
-      proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-      proc.send_signal(signal.SIGTERM)
-      proc.wait(timeout=600)
-  elapsed = time.time() - start
-  if proc.returncode != 0:
-    raise RuntimeError(f"train.py failed (exit {proc.returncode}); see {log_path}")
-  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-  rate = None
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(metrics):
-    rows = [json.loads(line) for line in open(metrics) if line.strip()]
-    rates = [r["images_per_sec"] for r in rows if "images_per_sec" in r]
-    rate = rates[-1] if rates else None
-  return {"steps": steps[-1], "seconds": elapsed, "images_per_sec": rate}
+  """``config`` for ``seconds`` of wall-clock (``_harness.train_for``); steps reached and timings."""
+  args = [f"--config={config}", "--config.training.num_steps=1000000", "--config.training.sample_every=0",
+          "--config.training.ckpt_every=1000000", "--config.training.log_every=50"]
+  info = _harness.train_for(args, workdir, seconds, log_path)
+  return {k: info[k] for k in ("steps", "seconds", "images_per_sec")}
 
 
 def evaluate(workdir: str, sampler: str, nfe: int, num: int, out: str) -> dict:
