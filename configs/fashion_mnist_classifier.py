@@ -1,9 +1,8 @@
 """A noise-conditional Fashion-MNIST classifier for classifier guidance (Dhariwal & Nichol 2021, Sec. 4).
 
 The U-Net's downsampling half with global average pooling and 10 logits (``jdiff.models.NoisyClassifier``),
-trained with cross-entropy on ``x_t`` at uniformly drawn ``t`` of the default model's schedule (DDPM
-linear), so it guides ``runs/fashion_mnist`` (any schedule works: the classifier is queried at equal
-log-SNR). Same loop, checkpoints and resume as the diffusion models::
+trained with cross-entropy on ``x_t`` at uniformly drawn ``t`` of the DDPM linear schedule; it guides
+``runs/fashion_mnist`` (any schedule works: the classifier is queried at equal log-SNR). Same loop, checkpoints and resume as the diffusion models::
 
   python train.py --config=configs/fashion_mnist_classifier.py --workdir=runs/fashion_mnist_classifier
   python sample.py --workdir=runs/fashion_mnist --classifier=runs/fashion_mnist_classifier \\
@@ -17,6 +16,9 @@ from configs import fashion_mnist
 def get_config():
   c = fashion_mnist.get_config()
   c.task = "classifier"
+  c.diffusion.schedule = "linear"   # the process it was measured with (bench/README.md), whatever the default
+  c.diffusion.parametrization = "eps"
+  c.diffusion.time_sampling = "uniform"
   c.model = ml_collections.ConfigDict(dict(
       name="classifier", ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
       dropout=0.0, embedding="sinusoidal", dtype="float32"))

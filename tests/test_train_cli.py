@@ -38,6 +38,12 @@ def test_train_py_end_to_end_and_resume(tmp_path):
   assert [l["step"] for l in lines] == [1, 2] and all("loss" in l for l in lines)
   cfg = json.load(open(os.path.join(wd, "config.json")))
   assert cfg["training"]["num_steps"] == 2
+  # With no --config it is the default config's process and sampler (the grid below used them).
+  sys.path.insert(0, REPO)
+  from configs import fashion_mnist
+  default = fashion_mnist.get_config()
+  assert cfg["diffusion"] == json.loads(default.diffusion.to_json())
+  assert cfg["sampling"]["sampler"] == default.sampling.sampler
   # The run ends by saying where its results are and how to sample from it.
   tail = r.stdout.strip().splitlines()[-4:]
   assert tail[0] == f"done: 2 steps; checkpoint {os.path.join(wd, 'checkpoints', '2')}", tail
