@@ -66,6 +66,7 @@ def _train(record, *flags):
   return ["timeout", "-k", "5", "300", sys.executable, WORKER, str(record), *flags, *TRAIN_FLAGS]
 
 
+@pytest.mark.slow  # ~20 s; default run: test_pmap_two_devices_equals_one_device
 def test_two_processes_match_single_process_two_devices(tmp_path):
   """Two processes on 127.0.0.1 with jax.distributed (1 CPU device each, gloo collectives) train the
   same steps as one process with 2 devices. Each process must really be one of 2 (its own

@@ -164,6 +164,7 @@ def mlp_wd(tmp_path_factory):
   return sm.write_workdir(str(tmp_path_factory.mktemp("eval") / "mlp"), sm.mlp_config(), (2,), 0)
 
 
+@pytest.mark.slow  # ~7 s; default run: test_likelihood's bits/dim tests
 def test_eval_py_bits_per_dim_only(mlp_wd, tmp_path):
   """eval.py end to end: --num=0 --bpd works for any dataset (here the 2-D mixture) and writes the
   JSON report; sample metrics refuse a model that is not Fashion-MNIST."""

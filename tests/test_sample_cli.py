@@ -97,6 +97,7 @@ def test_outputs_and_the_json_reproduces_the_run(unet_wd, tmp_path, capsys):
     np.testing.assert_array_equal(z["x_init"], x_init)
 
 
+@pytest.mark.slow  # ~7 s; default run: the x0-clipping tests of test_guidance
 def test_clip_x0_follows_the_config_and_the_flag(unet_wd, tmp_path):
   """Image models clip x0_hat to [-1, 1] at every step by default (the config's sampling.clip_x0, as
   train.py's grids); --noclip_x0 turns it off. With clipping a final x0 step stays in [-1, 1]."""

@@ -170,6 +170,7 @@ def test_stale_lock_is_taken_over_and_a_held_one_refused(trained, tmp_path):
     held.release()
 
 
+@pytest.mark.slow  # ~10 s; default run: test_stale_lock_is_taken_over_and_a_held_one_refused
 def test_second_train_py_on_a_workdir_is_refused(tmp_path, jax_cache):
   """Two real train.py processes on one workdir: the second exits with status 2 and one line naming
   the first (its pid), writing nothing; the first trains on and ends normally."""
