@@ -34,7 +34,8 @@ class Sampler(NamedTuple):
   probability-flow ODE); ``ve_only``: needs ``alpha = 1`` (VE/EDM schedules); ``needs_var_frac``: the
   denoiser must predict ``Prediction.var_frac``; ``adaptive``: its steps depend on the whole batch
   (one error norm of an adaptive solver), so a sample is batch-independent only when it is run one
-  example at a time (``jdiff.generation`` does so).
+  example at a time (``jdiff.generation`` does so); ``lands_on_x0``: its step to ``t = 0`` already returns
+  the model's ``x0`` even where ``sigma(0) > 0`` (no final denoising call is added).
   """
   name: str
   init: Callable[[jnp.ndarray], Any]
@@ -44,6 +45,7 @@ class Sampler(NamedTuple):
   ve_only: bool = False
   needs_var_frac: bool = False
   adaptive: bool = False
+  lands_on_x0: bool = False
 
 
 class SampleOutput(NamedTuple):

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import _checks
+from jdiff import consistency
 from jdiff import grids
 from jdiff import multistep
 from jdiff import ode
@@ -44,6 +45,7 @@ SAMPLERS = {
     "langevin": samplers_lib.langevin,
     "pc": samplers_lib.pc,
     "ode": ode.ode_sampler,
+    "consistency": consistency.multistep,
 }
 SAMPLER_NAMES = tuple(sorted(SAMPLERS))
 _OPTIONS = {"ddpm": ("variance",), "pc": ("step_rule",), "ode": ("solver", "rtol", "atol", "max_steps"),
@@ -180,7 +182,8 @@ def sample(sampler, denoise, schedule: Schedule, x_init, ts, key, *, indices=Non
   xs = (jnp.arange(walk.shape[0], dtype=jnp.int32), jnp.asarray(walk[:, 0]), jnp.asarray(walk[:, 1]))
   (state, nfe), _ = jax.lax.scan(body, carry, xs)
   x = state.x
-  if (final_denoise is None or final_denoise) and not grids.reaches_zero_noise(schedule):
+  if ((final_denoise is None or final_denoise) and not grids.reaches_zero_noise(schedule)
+      and not sampler.lands_on_x0):
     x = denoise(x, ts[-1]).x0
     nfe = nfe + 1
   return SampleOutput(x, nfe)

@@ -1,0 +1,108 @@
+"""Progressive distillation (jdiff.distillation) against exact answers: the target's defining identity
+(one student DDIM step from z_t lands on the teacher's two steps), a hand-computed loss, and one
+distillation round with the exact denoiser of Gaussian data as teacher, whose two-step DDIM map is linear,
+so a student that is one scalar per grid time can match it exactly."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jdiff import distillation as pd
+from jdiff import keys, samplers, sampling, schedules
+from jdiff.parametrization import make_denoiser
+
+S = 0.8  # x0 ~ N(0, S^2 I)
+
+
+def exact_x0(schedule):
+  def fn(params, x, t, cond):
+    del params, cond
+    a, s = schedule.alpha_sigma(t)
+    return x * (a * S * S / (a * a * S * S + s * s))[:, None]
+  return fn
+
+
+@pytest.mark.parametrize("name", ["cosine", "flow"])
+def test_one_student_step_lands_on_two_teacher_steps(name):
+  sched = schedules.get_schedule(name)
+  teacher = make_denoiser(exact_x0(sched), None, sched, "x0")
+  z = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
+  for t, t_mid, t_end in ((0.75, 0.625, 0.5), (0.25, 0.125, 0.0), (1.0, 0.75, 0.5)):
+    tb = lambda v: jnp.full((6,), v, jnp.float32)
+    ddim = samplers.ddim()  # the library's own DDIM step, eta = 0
+    keys_ = jax.random.split(jax.random.PRNGKey(1), 6)
+    f32, hp = jnp.float32, {"eta": jnp.float32(0.0)}
+    mid, _ = ddim.step(teacher, sched, samplers.XState(z), f32(t), f32(t_mid), keys_, hp)
+    two, _ = ddim.step(teacher, sched, mid, f32(t_mid), f32(t_end), keys_, hp)
+    x_tilde = pd.two_step_target(lambda x, s: teacher(x, s).x0, sched, z, tb(t), tb(t_mid), tb(t_end))
+    one = pd.ddim_step(sched, x_tilde, z, tb(t), tb(t_end))
+    np.testing.assert_allclose(np.asarray(one), np.asarray(two.x), rtol=1e-4, atol=1e-5)
+
+
+def test_loss_hand_case():
+  """A student whose x0 is 0 on the flow schedule at N = 1: t = 1, t_end = 0, so the target is the
+  teacher's two-step sample and the weight is max(snr(1), 1) = 1: loss = mean(x_tilde^2)."""
+  sched = schedules.get_schedule("flow")
+  teacher_x0 = lambda x, t: make_denoiser(exact_x0(sched), None, sched, "x0")(x, t).x0
+  x0 = jax.random.normal(jax.random.PRNGKey(2), (5, 4))
+  key = jax.random.PRNGKey(3)
+  loss = pd.progressive_distillation_loss(lambda p, z, t, c: jnp.zeros_like(z), None, teacher_x0, sched,
+                                          x0, key, student_steps=1, parametrization="x0")
+  eps = keys.example_normal(jax.random.split(key)[1], jnp.arange(5), (4,))  # the documented draw
+  # On flow at t = 1: z_1 = eps and x0_hat(z_1, 1) = 0 (alpha = 0), so z_1/2 = (sigma_1/2 / sigma_1) z_1.
+  z_half = 0.5 * eps
+  c = S * S * 0.5 / (0.25 * S * S + 0.25)  # E[x0 | z] at t = 1/2: alpha S^2 / (alpha^2 S^2 + sigma^2)
+  # The step 1/2 -> 0 lands on x0_hat(z_1/2) = c z_1/2, which is the target (sigma_0 = 0).
+  want = jnp.mean(jnp.square(c * z_half), axis=1)
+  np.testing.assert_allclose(np.asarray(loss), np.asarray(want), rtol=1e-5)
+
+
+def test_one_round_on_the_exact_teacher_matches_two_teacher_steps():
+  """Teacher: the exact Gaussian denoiser sampled by DDIM with 8 steps; student: x0_hat = c_i z_t, one
+  scalar per student grid time (4 steps), trained by the loss from c = 0. The student's 4-step DDIM
+  samples then equal the teacher's 8-step ones."""
+  sched = schedules.get_schedule("cosine")
+  teacher = make_denoiser(exact_x0(sched), None, sched, "x0")
+  n = 4
+
+  def student(c, z, t, cond):
+    del cond
+    i = jnp.clip(jnp.round(t * n).astype(jnp.int32) - 1, 0, n - 1)
+    return c[i][:, None] * z
+
+  x0 = jax.random.normal(jax.random.PRNGKey(4), (256, 3)) * S
+  opt = optax.adam(0.05)
+  c = jnp.zeros((n,))
+  state = opt.init(c)
+
+  @jax.jit
+  def step(c, state, k):
+    loss, g = jax.value_and_grad(lambda c: jnp.mean(pd.progressive_distillation_loss(
+        student, c, lambda z, t: teacher(z, t).x0, sched, x0, k, n, parametrization="x0")))(c)
+    upd, state = opt.update(g, state)
+    return optax.apply_updates(c, upd), state, loss
+
+  for k in range(600):
+    c, state, loss = step(c, state, jax.random.PRNGKey(100 + k))
+  assert float(loss) < 1e-6
+  z = jax.random.normal(jax.random.PRNGKey(5), (64, 3))
+  ts_teacher, ts_student = jnp.linspace(1.0, 0.0, 2 * n + 1), jnp.linspace(1.0, 0.0, n + 1)
+  want = sampling.sample("ddim", teacher, sched, z, ts_teacher, jax.random.PRNGKey(6)).x
+  got = sampling.sample("ddim", make_denoiser(student, c, sched, "x0"), sched, z, ts_student,
+                        jax.random.PRNGKey(6)).x
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-3, atol=1e-3)
+  # ...and differ from the teacher's own 4 steps (the test can tell a student from the teacher).
+  own4 = sampling.sample("ddim", teacher, sched, z, ts_student, jax.random.PRNGKey(6)).x
+  assert float(jnp.max(jnp.abs(own4 - want))) > 10 * float(jnp.max(jnp.abs(got - want)))
+
+
+@pytest.mark.parametrize("teacher,student,ok", [(8, 4, True), (8, 1, True), (256, 64, True),
+                                                (8, 3, False), (8, 8, False), (6, 4, False),
+                                                (12, 3, True), (12, 2, False)])
+def test_student_steps_must_be_a_power_of_two_fraction(teacher, student, ok):
+  if ok:
+    assert pd.check_student_steps(teacher, student) == teacher // student
+  else:
+    with pytest.raises(ValueError, match="teacher's divided by a power of two"):
+      pd.check_student_steps(teacher, student)
