@@ -55,6 +55,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.num_steps = 10000
   t.ema_decay = 0.999
   t.ema_warmup = True          # decay min(ema_decay, (1+n)/(10+n)) after n updates
+  t.objective = "denoising"    # or "consistency_training" (with diffusion.parametrization="consistency")
   t.log_every = 50
   t.ckpt_every = 1000
   t.sample_every = 1000
@@ -68,6 +69,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.parallelism = "pmap"
   t.mesh = (0, 0)              # fsdp only: (data, fsdp) sizes, data * fsdp = all devices; a 0 is
                                # inferred, (0, 0) = (processes, devices per process)
+
+  # Improved consistency training (Song & Dhariwal 2023; jdiff.consistency), training.objective=
+  # "consistency_training": the discretization curriculum N(k) = min(s0 2^floor(k/K'), s1) + 1 over the
+  # run, log-normal noise levels, weighting 1/(sigma_{n+1} - sigma_n), pseudo-Huber metric.
+  c.consistency = cc = ml_collections.ConfigDict()
+  cc.s0 = 10
+  cc.s1 = 1280
+  cc.p_mean = -1.1
+  cc.p_std = 2.0
+  cc.weighting = "ict"         # ict | uniform
+  cc.metric = "pseudo_huber"   # pseudo_huber | l2
+  cc.huber_c = 0.0             # 0: 0.00054 sqrt(data dimensions)
 
   c.sampling = s = ml_collections.ConfigDict()
   s.sampler = "dpmpp_2m"

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import _checks
+from jdiff import consistency
 from jdiff.schedules import Schedule
 
 DEFAULT_VP_T_MIN = 1e-3
@@ -199,14 +200,17 @@ def karras(schedule: Schedule, steps: int, t_max: float = 1.0, t_min: float | No
   return _spaced(inner_from, t_max, n, steps)
 
 
-GRIDS = ("uniform_t", "uniform_logsnr", "karras")
+GRIDS = ("uniform_t", "uniform_logsnr", "karras", "consistency")
 
 
 def get_grid(name: str, schedule: Schedule, steps: int, **kwargs) -> jnp.ndarray:
-  """A grid by name: ``uniform_t``, ``uniform_logsnr`` or ``karras``."""
+  """A grid by name: ``uniform_t``, ``uniform_logsnr``, ``karras`` or ``consistency`` (the noise levels
+  of multistep consistency sampling, ``jdiff.consistency.grid``; alpha = 1 schedules)."""
   _checks.choice("grid", name, GRIDS)
   if name == "uniform_t":
     return uniform_t(steps, **kwargs)
+  if name == "consistency":
+    return consistency.grid(schedule, steps, **kwargs)
   return {"uniform_logsnr": uniform_logsnr, "karras": karras}[name](schedule, steps, **kwargs)
 
 

@@ -1,7 +1,11 @@
 """Consistency models (jdiff.consistency) against exact answers: the boundary condition, the curriculum
 and noise-level distribution of iCT, each loss on hand-computed cases and on Gaussian data, whose exact
 denoiser and exact consistency function are closed forms, and multistep consistency sampling."""
+import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +14,7 @@ import pytest
 
 from jdiff import consistency as cm
 from jdiff import keys, sampling, schedules
+from jdiff.experiment import builder, config as config_lib
 from jdiff.parametrization import make_denoiser
 
 EDM = schedules.get_schedule("edm")
@@ -178,5 +183,85 @@ def test_grid_levels():
     cm.grid(EDM, 3, levels=(0.5, 2.0))
   with pytest.raises(ValueError, match="strictly between sigma_min"):
     cm.grid(EDM, 2, levels=(100.0,))
-  with pytest.raises(ValueError, match="alpha = 1"):
-    cm.grid(schedules.get_schedule("flow"), 2)
+  flow = schedules.get_schedule("flow")  # defined on any schedule, in noise levels sigma / alpha
+  np.testing.assert_allclose(float(flow.sigma_tilde(cm.grid(flow, 2)[1])), 0.821, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Through the config, the train step and the CLIs
+# ----------------------------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ICT_TOY = ["--config=configs/toy2d.py", "--config.diffusion.schedule=edm",
+           "--config.diffusion.parametrization=consistency",
+           "--config.training.objective=consistency_training", "--config.sampling.sampler=consistency",
+           "--config.sampling.grid=consistency", "--config.sampling.steps=2",
+           "--config.training.sample_every=0", "--config.training.log_every=1",
+           "--config.training.ckpt_every=3"]
+
+
+def _cli(script, args):
+  return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=REPO,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"training.objective": "consistency_training"}, "go together"),
+    ({"diffusion.parametrization": "consistency"}, "go together"),
+    ({"training.objective": "distill"}, "valid objectives are"),
+    ({"training.objective": "consistency_training", "diffusion.parametrization": "consistency"},
+     "alpha = 1"),
+])
+def test_config_errors(overrides, message):
+  sys.path.insert(0, REPO)
+  from configs import fashion_mnist
+  c = fashion_mnist.get_config()
+  for k, v in overrides.items():
+    section, key = k.split(".")
+    c[section][key] = v
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(c)
+
+
+def test_the_unet_consistency_model_keeps_the_boundary_exactly():
+  sys.path.insert(0, REPO)
+  from configs import fashion_mnist_ict
+  c = fashion_mnist_ict.get_config()
+  config_lib.validate(c)
+  c.model.attn_resolutions = (4,)
+  model = builder.build_model(c, (8, 8, 1), 0)
+  params = model.init_params()
+  params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # no zero-initialised output layer
+  fn, param = model.model_fn()
+  assert param == "x0"
+  x = jax.random.normal(jax.random.PRNGKey(12), (2, 8, 8, 1))
+  np.testing.assert_array_equal(np.asarray(fn(params, x, jnp.zeros((2,)), None)), np.asarray(x))
+  assert float(jnp.max(jnp.abs(fn(params, x, jnp.full((2,), 0.5), None) - x))) > 1e-3
+
+
+def test_consistency_training_through_train_py_resumes_exactly_and_samples(tmp_path):
+  """train.py trains a consistency model (iCT) and resumes bit-exactly (3 + 3 steps give the losses of 6
+  straight); sample.py draws from it in 1 and 2 steps, one network call each, and refuses the
+  consistency sampler for a diffusion model."""
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  r = _cli("train.py", ICT_TOY + [f"--workdir={straight}", "--config.training.num_steps=6"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = _cli("train.py", ICT_TOY + [f"--workdir={split}", "--config.training.num_steps=3"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = _cli("train.py", ICT_TOY + [f"--workdir={split}", "--config.training.num_steps=6"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  losses = lambda wd: [json.loads(l)["loss"] for l in open(os.path.join(wd, "metrics.jsonl"))]
+  assert losses(split) == losses(straight) and len(losses(straight)) == 6
+  for steps in (1, 2):
+    out = str(tmp_path / f"s{steps}.npz")
+    r = _cli("sample.py", [f"--workdir={straight}", "--num=5", f"--steps={steps}", f"--out={out}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{steps} NFE per batch" in r.stdout + r.stderr
+    x = np.load(out)["samples"]
+    assert x.shape == (5, 2) and np.all(np.isfinite(x))
+  other = str(tmp_path / "ddpm")
+  r = _cli("train.py", ["--config=configs/toy2d.py", f"--workdir={other}", "--config.training.num_steps=1",
+                        "--config.training.sample_every=0"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = _cli("sample.py", [f"--workdir={other}", "--num=2", "--sampler=consistency"])
+  assert r.returncode == 2 and "needs a consistency model" in r.stderr.strip().splitlines()[-1]

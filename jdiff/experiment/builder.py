@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from jdiff import conditions as conditions_lib
+from jdiff import consistency
 from jdiff import models
 from jdiff import parametrization
 from jdiff import schedules
@@ -27,17 +28,22 @@ def make_model_fn(apply: Callable, schedule: Schedule, parametrization_name: str
 
   ``model_fn_factory(rng, train)`` gives ``fn(params, x, t, cond)`` for the core; with
   ``parametrization_name == 'edm'`` the network is wrapped in EDM preconditioning (Karras et al. 2022,
-  Table 1) and read as an ``x0`` model.
+  Table 1), with ``'consistency'`` in the boundary-condition parametrization of a consistency model
+  (Song et al. 2023, App. C; ``jdiff.consistency.precondition``); both are read as ``x0`` models.
   """
   def factory(rng: Optional[jax.Array], train: bool):
     def raw(params, x, t, cond):
       return apply(params, x, t, cond, rng=rng, train=train)
     if parametrization_name == "edm":
       return parametrization.edm_precondition(raw, schedule, sigma_data)
+    if parametrization_name == "consistency":
+      return consistency.precondition(raw, schedule, sigma_data)
     return raw
 
-  core = "x0" if parametrization_name == "edm" else parametrization_name
-  if parametrization_name != "edm":
+  core = "x0" if parametrization_name in ("edm", "consistency") else parametrization_name
+  if parametrization_name == "consistency":
+    consistency.check_schedule(schedule)
+  elif parametrization_name != "edm":
     parametrization.check_parametrization(parametrization_name)
   return factory, core
 

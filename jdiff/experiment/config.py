@@ -8,14 +8,31 @@ from typing import Optional
 import ml_collections
 
 from jdiff import _checks
-from jdiff import grids, losses, parametrization, sampling, schedules
+from jdiff import consistency, grids, losses, parametrization, sampling, schedules
 
 _REQUIRED = {"data": ("name", "batch_size"), "model": ("name",), "diffusion": ("schedule",
              "parametrization"), "optim": ("lr",), "training": ("num_steps",), "sampling": ("sampler",)}
 _POSITIVE_INT = [("data", "batch_size"), ("training", "num_steps"), ("training", "log_every"),
                  ("training", "ckpt_every"), ("training", "keep_checkpoints"), ("sampling", "steps"),
                  ("sampling", "num")]
-PARAMETRIZATIONS = parametrization.PARAMETRIZATIONS + ("edm",)
+PARAMETRIZATIONS = parametrization.PARAMETRIZATIONS + ("edm", "consistency")
+OBJECTIVES = ("denoising", "consistency_training")
+
+
+def check_objective(objective: str, parametrization_name: str, learned_variance: bool) -> None:
+  """The training objective, and the parametrization and variance it needs: one error each."""
+  if objective not in OBJECTIVES:
+    raise ValueError(f"unknown training.objective {objective!r}; valid objectives are: "
+                     f"{', '.join(OBJECTIVES)}")
+  if (objective == "consistency_training") != (parametrization_name == "consistency"):
+    raise ValueError("consistency training and the consistency parametrization go together: set "
+                     "training.objective='consistency_training' and diffusion.parametrization="
+                     "'consistency' (configs/fashion_mnist_ict.py), or neither")
+  if objective != "denoising" and learned_variance:
+    raise ValueError(f"training.objective={objective!r} has no learned variance: set "
+                     f"model.learned_variance=False")
+
+
 WEIGHTINGS = losses.WEIGHTINGS
 TIME_SAMPLINGS = losses.TIME_SAMPLINGS
 TASKS = ("diffusion", "classifier")
@@ -73,12 +90,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _checks.choice("parametrization", c.diffusion.parametrization, PARAMETRIZATIONS)
   _checks.choice("weighting", c.diffusion.get("weighting", "simple"), WEIGHTINGS)
   _checks.choice("time sampling", c.diffusion.get("time_sampling", "uniform"), TIME_SAMPLINGS)
-  if c.diffusion.parametrization == "edm" and c.diffusion.get("sigma_data", 0.5) <= 0:
-    raise ValueError("config.diffusion.sigma_data must be > 0 for EDM preconditioning")
+  if c.diffusion.parametrization in ("edm", "consistency") and c.diffusion.get("sigma_data", 0.5) <= 0:
+    raise ValueError("config.diffusion.sigma_data must be > 0 for EDM / consistency preconditioning")
+  if task_of(c) == "diffusion":
+    check_objective(c.training.get("objective", "denoising"), c.diffusion.parametrization,
+                    bool(c.model.get("learned_variance", False)))
   # Names and ranges that are otherwise only read after training has started (the first sample grid)
   # or after the workdir is set up: fail before anything is written.
   schedule = schedules.get_schedule(c.diffusion.schedule,
                                     **dict(c.diffusion.get("schedule_kwargs", None) or {}))
+  if c.diffusion.parametrization == "consistency":
+    consistency.check_schedule(schedule)
   sampling.check_sampler_schedule(sampling.get_sampler(c.sampling.sampler), schedule)
   grid = _checks.choice("grid", c.sampling.get("grid", "uniform_logsnr"), grids.GRIDS)
   try:  # the sampling grid itself: a schedule/grid/steps combination float32 cannot resolve fails now

@@ -153,6 +153,11 @@ def resolve_sampler(s: Settings, restored: Restored):
       raise ValueError("ddpm_variance='learned' needs a model trained with a learned variance "
                        "(model.learned_variance=True); use small or large")
   sampler = sampling.get_sampler(s.sampler, **opts)
+  trained_as = restored.config.get("diffusion", {}).get("parametrization")
+  if s.sampler == "consistency" and trained_as != "consistency":
+    raise ValueError(f"sampler 'consistency' needs a consistency model (diffusion.parametrization="
+                     f"'consistency'), but this model is a {trained_as!r} diffusion model; use another "
+                     f"sampler (e.g. unipc)")
   sampling.check_sampler_schedule(sampler, restored.schedule)
   return sampler
 

@@ -132,11 +132,26 @@ class Experiment:
         global_batch_size=self.config.data.batch_size, axis_name=axis_name,
         sigma_data=f.sigma_data, learned_variance=self.learned_variance,
         loss_kwargs={k: f[k] for k in ("p_mean", "p_std", "logit_mean", "logit_std") if k in f},
-        ema_warmup=self.config.training.get("ema_warmup", True))
+        ema_warmup=self.config.training.get("ema_warmup", True),
+        objective=self.config.training.get("objective", "denoising"),
+        consistency_kwargs=consistency_kwargs(self.config),
+        total_steps=self.config.training.num_steps)
 
   def model_fn(self):
     """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout)."""
     return self.model.model_fn()
+
+
+def consistency_kwargs(config: ml_collections.ConfigDict) -> dict:
+  """``config.consistency`` as keyword arguments of ``jdiff.consistency.consistency_training_loss``
+  (``huber_c = 0``: the default ``0.00054 sqrt(d)``)."""
+  c = config.get("consistency", None)
+  if c is None:
+    return {}
+  kw = {k: c[k] for k in ("s0", "s1", "p_mean", "p_std", "weighting", "metric") if k in c}
+  if c.get("huber_c", 0.0):
+    kw["huber_c"] = float(c.huber_c)
+  return kw
 
 
 def replicate(tree, num_devices: Optional[int] = None):

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import optax
 
 from jdiff import conditions as conditions_lib
-from jdiff import likelihood, losses
+from jdiff import consistency, likelihood, losses
+from jdiff.experiment import config as config_lib
 from jdiff.experiment.builder import make_model_fn
 from jdiff.experiment.state import TrainState
 from jdiff.schedules import Schedule
@@ -35,7 +36,9 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
                     num_classes: int = 0, cond_drop_prob: float = 0.0,
                     global_batch_size: Optional[int] = None, axis_name: Optional[str] = "data",
                     sigma_data: float = 0.5, learned_variance: bool = False,
-                    hybrid_num_steps: int = 1000, ema_warmup: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    hybrid_num_steps: int = 1000, ema_warmup: bool = True,
+                    objective: str = "denoising", consistency_kwargs: Optional[dict] = None,
+                    total_steps: int = 1) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Build the per-device train step. ``batch`` holds ``image`` (the data, any shape ``[b, ...]``),
   ``index`` (int32 ``[b]``, each example's position in the global batch) and a field per condition kind.
 
@@ -45,7 +48,14 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
 
   With ``learned_variance`` the model predicts its variance too and is trained with the hybrid loss
   ``L_simple + 0.001 L_vlb`` over ``hybrid_num_steps`` discrete steps (Nichol & Dhariwal 2021, Sec. 3.1).
+
+  ``objective='consistency_training'`` trains a consistency model (``parametrization_name=
+  'consistency'``) by improved consistency training (Song & Dhariwal 2023;
+  ``jdiff.consistency.consistency_training_loss`` with ``consistency_kwargs``): the discretization
+  curriculum runs over ``total_steps`` training steps, the target network is ``stop_gradient`` of the
+  parameters and the same dropout masks.
   """
+  config_lib.check_objective(objective, parametrization_name, learned_variance)
   factory, core_param = make_model_fn(apply, schedule, parametrization_name, sigma_data)
   loss_kwargs = dict(loss_kwargs or {})
   if learned_variance and (parametrization_name == "edm" or weighting != "simple"):
@@ -71,6 +81,10 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     model_fn = factory(jax.random.fold_in(k_drop, index[0]), True)
 
     def loss_fn(params):
+      if objective == "consistency_training":
+        return jnp.mean(consistency.consistency_training_loss(
+            model_fn, params, schedule, x0, k_loss, state.step, total_steps, cond=cond, indices=index,
+            **dict(consistency_kwargs or {})))
       if learned_variance:
         terms = likelihood.hybrid_loss(model_fn, params, schedule, x0, k_loss, hybrid_num_steps,
                                        cond=cond, parametrization=core_param, indices=index)
