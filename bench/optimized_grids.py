@@ -53,10 +53,10 @@ def main():
                               iters=args.iters, lr=args.lr, rtol=args.tol, atol=args.tol)
         r = g.result
         row = {"schedule": sname, "sampler": sampler, "steps": k,
-               **{name: g.builtin[name]["heldout"] for name in grids.GRIDS},
+               **{name: g.builtin[name]["heldout"] for name in grids.SOLVER_GRIDS},
                "init": g.init, "optimized": r.heldout_distance, "optimized_train": r.train_distance,
                "ts": [round(float(t), 5) for t in r.ts], "seconds": time.perf_counter() - t0}
-        best = min(row[name] for name in grids.GRIDS)
+        best = min(row[name] for name in grids.SOLVER_GRIDS)
         row["best_builtin_over_optimized"] = best / r.heldout_distance
         rows.append(row)
         print(json.dumps({k2: v for k2, v in row.items() if k2 != "ts"}), flush=True)

@@ -308,7 +308,7 @@ def vs_diffusers(args) -> None:
             f"{pb.s_max:.4g}; floor of landing on x0_hat at t=1e-3: {pb.floor:.2e}; jdiff ODE "
             f"(rtol=atol=1e-6) vs float64 reference: {info['jdiff_ode_vs_reference']:.1e}", flush=True)
       for label in labels:
-        for grid in grids.GRIDS:
+        for grid in grids.SOLVER_GRIDS:
           for b in budgets:
             rows.append(dict(pb.jdiff(label, grid, b), schedule=schedule_name, mixture=mixture_name))
         print(".", end="", flush=True)
@@ -403,7 +403,7 @@ def grid_choice(args) -> None:
       problems.append({"schedule": schedule_name, "mixture": mixture_name,
                        "data_scale": data_scale(pb.mix), "floor_t_min": pb.floor})
       for label in labels:
-        for grid in grids.GRIDS:
+        for grid in grids.SOLVER_GRIDS:
           for b in budgets:
             rows.append(dict(pb.jdiff(label, grid, b), schedule=schedule_name, mixture=mixture_name))
       print(".", end="", flush=True)
@@ -421,7 +421,7 @@ def grid_choice(args) -> None:
     cell = [r for r in rows if (r["schedule"], r["mixture"]) == key]
     cells = {(r["solver"], r["budget"]) for r in cell}
     winner = {c: _best([r for r in cell if (r["solver"], r["budget"]) == c])["grid"] for c in cells}
-    for grid in grids.GRIDS:
+    for grid in grids.SOLVER_GRIDS:
       g = [r for r in cell if r["grid"] == grid]
       geo = float(np.exp(np.mean([np.log(max(r["rms"], 1e-12)) for r in g])))
       wins = sum(1 for c in cells if winner[c] == grid)
@@ -461,7 +461,7 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="fewer samples and budgets")
   p.add_argument("--schedule", default="linear")
-  p.add_argument("--grid", default="uniform_logsnr", choices=grids.GRIDS)
+  p.add_argument("--grid", default="uniform_logsnr", choices=grids.SOLVER_GRIDS)
   p.add_argument("--n", type=int, default=None, help="samples (default 10000, --quick 2000)")
   p.add_argument("--vs-diffusers", action="store_true",
                  help="jdiff next to diffusers' schedulers on two mixtures, linear and cosine schedules")

@@ -270,24 +270,27 @@ def multistep() -> Sampler:
                  ve_only=True, lands_on_x0=True)
 
 
-def grid(schedule: Schedule, steps: int, levels: Optional[tuple] = None):
+def grid(schedule: Schedule, steps: int, levels: Optional[tuple] = None, t_max: float = 1.0):
   """The time grid (descending, ``steps + 1`` entries ending at 0) of multistep consistency sampling:
-  ``t = 1`` (``sigma_max``), then the intermediate noise levels ``levels`` (``steps - 1`` of them,
-  descending, in ``(sigma_min, sigma_max)``), then 0. By default: none for one step, ``0.821`` for two
-  (the papers' CIFAR-10 choice), and for more steps the uniform-``t`` grid (on ``edm``: rho-spaced).
-  Levels are noise levels ``sigma / alpha`` of the scaled variable, so the grid is defined on every
-  schedule (a consistency model itself needs ``alpha = 1``)."""
+  ``t_max`` (1: ``sigma_max``; less for editing from a partly noised input), then the intermediate noise
+  levels ``levels`` (``steps - 1`` of them, descending, strictly between ``sigma(0)`` and
+  ``sigma(t_max)``), then 0. By default: none for one step, ``0.821`` for two (the papers' CIFAR-10
+  choice; when it lies below ``sigma(t_max)``), and otherwise the uniform-``t`` grid (on ``edm``:
+  rho-spaced). Levels are noise levels ``sigma / alpha`` of the scaled variable, so the grid is defined
+  on every schedule (a consistency model itself needs ``alpha = 1``)."""
   steps = _checks.positive_int(steps, "steps")
+  if not 0.0 < float(t_max) <= 1.0:
+    raise ValueError(f"t_max must be in (0, 1], got {t_max!r}")
+  lo, hi = (float(schedule.sigma_tilde(jnp.float32(v))) for v in (0.0, t_max))
   if levels is None:
-    if steps == 2:
+    if steps == 2 and lo < TWO_STEP_SIGMA < hi:
       levels = (TWO_STEP_SIGMA,)
     else:
-      return jnp.linspace(1.0, 0.0, steps + 1, dtype=jnp.float32)
+      return jnp.linspace(t_max, 0.0, steps + 1, dtype=jnp.float32)
   levels = tuple(float(v) for v in levels)
-  lo, hi = (float(schedule.sigma_tilde(jnp.float32(v))) for v in (0.0, 1.0))
   if len(levels) != steps - 1 or any(not lo < v < hi for v in levels) or any(
       a <= b for a, b in zip(levels, levels[1:])):
     raise ValueError(f"{steps} consistency steps need {steps - 1} descending noise levels strictly "
                      f"between sigma_min={lo:g} and sigma_max={hi:g}, got {list(levels)}")
   inner = np.asarray(schedule.t_of_sigma_tilde(jnp.asarray(levels, jnp.float32)), np.float32)
-  return jnp.asarray(np.concatenate([[1.0], inner, [0.0]]), jnp.float32)
+  return jnp.asarray(np.concatenate([[t_max], inner, [0.0]]), jnp.float32)

@@ -365,7 +365,7 @@ def fit_grid(make_denoise: Callable, params, schedule: Schedule, x_train, x_held
   steps = _check_steps(steps)
   log = log or (lambda msg: None)
   if init != "best":
-    _checks.choice("init grid", init, grids.GRIDS)
+    _checks.choice("init grid", init, grids.SOLVER_GRIDS)
   lo = t_low(schedule, t_floor)
   run = sample_fn(make_denoise, schedule, sampler)
   ref = reference_fn(make_denoise, schedule, t_floor=t_floor, solver=solver, rtol=rtol, atol=atol,
@@ -399,7 +399,7 @@ def fit_grid(make_denoise: Callable, params, schedule: Schedule, x_train, x_held
                      "computed from these noises")
   run_jit = jax.jit(run)
   builtin = {}
-  for name in grids.GRIDS:
+  for name in grids.SOLVER_GRIDS:
     kwargs = {"t_max": t_max}
     if name != "uniform_t" and lo > 0:
       kwargs["t_min"] = lo

@@ -200,7 +200,9 @@ def karras(schedule: Schedule, steps: int, t_max: float = 1.0, t_min: float | No
   return _spaced(inner_from, t_max, n, steps)
 
 
-GRIDS = ("uniform_t", "uniform_logsnr", "karras", "consistency")
+# The grids of the ODE / SDE samplers (grid_fit starts from these), and every grid by name.
+SOLVER_GRIDS = ("uniform_t", "uniform_logsnr", "karras")
+GRIDS = SOLVER_GRIDS + ("consistency",)
 
 
 def get_grid(name: str, schedule: Schedule, steps: int, **kwargs) -> jnp.ndarray:

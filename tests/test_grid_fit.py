@@ -138,7 +138,7 @@ def test_grid_file_round_trips(fitted):
   np.testing.assert_array_equal(g.ts, np.asarray(record["ts"], np.float32))
   grids.check_grid(g.ts)
   assert g.record["model"]["step"] == 3 and g.record["model"]["params"] == "ema"
-  assert set(g.record["distance"]["builtin"]) == set(grids.GRIDS)
+  assert set(g.record["distance"]["builtin"]) == set(grids.SOLVER_GRIDS)
   assert g.record["fit"]["num_train"] == 16 and g.record["fit"]["num_heldout"] == 8
   grid_fit.check_grid_file(g, schedule=r.schedule, model_hash=g.model_hash, steps=3)
 
@@ -196,7 +196,7 @@ def test_generation_samples_with_a_grid_file_and_refuses_other_models(fitted, tm
                    "was fit for the schedule CosineSchedule(s=0.01"),
       "editing": (r, generation.Settings(num=4, grid=path, strength=0.5), "needs a named grid"),
       "missing": (r, generation.Settings(num=4, grid=str(tmp_path / "nope.json")),
-                  "valid grids are: karras, uniform_logsnr, uniform_t, or a grid file"),
+                  "valid grids are: consistency, karras, uniform_logsnr, uniform_t, or a grid file"),
   }
   for name, (model, s, message) in bad.items():
     with pytest.raises(ValueError) as e:

@@ -199,7 +199,7 @@ BAD = [
     ("no_checkpoint", "empty", [], "no checkpoint in"),
     ("not_a_checkpoint", None, ["--checkpoint={not_ckpt}"], "is not a <workdir>/checkpoints/<step>"),
     ("incompatible_checkpoint", "changed", [], "incompatible with its workdir's config.json"),
-    ("unknown_sampler", "unet", ["--sampler=dpm"], "unknown sampler 'dpm'; valid samplers are: ddim, "
+    ("unknown_sampler", "unet", ["--sampler=dpm"], "unknown sampler 'dpm'; valid samplers are: consistency, ddim, "
                                                    "ddpm, dpmpp_2m, dpmpp_3m, euler, heun, langevin, "
                                                    "ode, pc"),
     ("num_zero", "unet", ["--num=0"], "num must be an integer >= 1, got 0"),

@@ -243,7 +243,7 @@ def _fn(name="ddim", steps=4, schedule=_VP, **kw):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: _fn("ddmi"), "unknown sampler 'ddmi'; valid samplers are: ddim, ddpm, dpmpp_2m"),
+    (lambda: _fn("ddmi"), "unknown sampler 'ddmi'; valid samplers are: consistency, ddim, ddpm, dpmpp_2m"),
     (lambda: sampling.get_sampler("no_such_sampler"), "valid samplers are"),
     (lambda: _fn(steps=0), "steps must be an integer >= 1"),
     (lambda: _fn("langevin"), "is for variance-exploding schedules"),
