@@ -55,7 +55,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.num_steps = 10000
   t.ema_decay = 0.999
   t.ema_warmup = True          # decay min(ema_decay, (1+n)/(10+n)) after n updates
-  t.objective = "denoising"    # or "consistency_training" (with diffusion.parametrization="consistency")
+  # "denoising", "consistency_training" / "consistency_distillation" (with diffusion.parametrization=
+  # "consistency"), or "progressive_distillation" (see distill below)
+  t.objective = "denoising"
   t.log_every = 50
   t.ckpt_every = 1000
   t.sample_every = 1000
@@ -81,6 +83,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   cc.weighting = "ict"         # ict | uniform
   cc.metric = "pseudo_huber"   # pseudo_huber | l2
   cc.huber_c = 0.0             # 0: 0.00054 sqrt(data dimensions)
+
+  # Distillation of a trained teacher (training.objective "consistency_distillation" or
+  # "progressive_distillation"; jdiff.training.distill).
+  c.distill = dd = ml_collections.ConfigDict()
+  dd.teacher_workdir = ""      # the teacher's train.py workdir
+  dd.teacher_step = 0          # its checkpoint (0: the newest)
+  # Progressive distillation (Salimans & Ho 2022): the teacher's DDIM step count and the final student's;
+  # a power-of-two ratio, one round (training.num_steps steps) per halving, chained in one command,
+  # round k in <workdir>/round_k (student_steps 0: teacher_steps / 2, one round).
+  dd.teacher_steps = 0
+  dd.student_steps = 0
+  # Consistency distillation (Song et al. 2023): N levels of the uniform-t grid on the edm schedule, the
+  # target network's EMA decay mu, and the weighting (the metric is consistency.metric / huber_c).
+  dd.num_levels = 18
+  dd.target_ema = 0.95
+  dd.weighting = "uniform"     # uniform | ict
 
   c.sampling = s = ml_collections.ConfigDict()
   s.sampler = "dpmpp_2m"

@@ -2,6 +2,11 @@
 (one student DDIM step from z_t lands on the teacher's two steps), a hand-computed loss, and one
 distillation round with the exact denoiser of Gaussian data as teacher, whose two-step DDIM map is linear,
 so a student that is one scalar per grid time can match it exactly."""
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,3 +111,125 @@ def test_student_steps_must_be_a_power_of_two_fraction(teacher, student, ok):
   else:
     with pytest.raises(ValueError, match="teacher's divided by a power of two"):
       pd.check_student_steps(teacher, student)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Through train.py / sample.py: progressive and consistency distillation of a tiny toy teacher
+# ----------------------------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = ["--config.training.sample_every=0", "--config.training.log_every=1"]
+
+
+def _cli(script, args):
+  return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=REPO,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("teacher") / "run")
+  r = _cli("train.py", ["--config=configs/toy2d.py", f"--workdir={wd}", "--config.training.num_steps=4",
+                        *QUIET])
+  assert r.returncode == 0, r.stderr[-3000:]
+  return wd
+
+
+def _losses(wd):
+  return [json.loads(l)["loss"] for l in open(os.path.join(wd, "metrics.jsonl"))]
+
+
+def test_progressive_distillation_rounds_chain_resume_exactly_and_sample(teacher, tmp_path):
+  """teacher_steps 8 -> student_steps 2 is two rounds from one command (round_1: 4 steps, round_2: 2),
+  each a workdir that sample.py draws from with its own step count; each student starts from its
+  teacher's EMA weights; a round resumed mid-way gives the losses of a straight run."""
+  pd_args = ["--config=configs/toy2d.py", "--config.training.objective=progressive_distillation",
+             f"--config.distill.teacher_workdir={teacher}", "--config.distill.teacher_steps=8",
+             "--config.distill.student_steps=2", "--config.training.ckpt_every=2", *QUIET]
+  wd = str(tmp_path / "pd")
+  r = _cli("train.py", pd_args + [f"--workdir={wd}", "--config.training.num_steps=4"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "round 2/2: 4 -> 2 steps" in r.stdout + r.stderr
+  for k, steps in ((1, 4), (2, 2)):
+    cfg = json.load(open(os.path.join(wd, f"round_{k}", "config.json")))
+    assert (cfg["sampling"]["sampler"], cfg["sampling"]["steps"]) == ("ddim", steps)
+    out = str(tmp_path / f"r{k}.npz")
+    r = _cli("sample.py", [f"--workdir={os.path.join(wd, f'round_{k}')}", "--num=3", f"--out={out}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{steps} NFE per batch" in r.stdout + r.stderr
+    assert np.all(np.isfinite(np.load(out)["samples"]))
+  # Resume: round 1 again, 2 steps then 4, equals the straight 4 steps (one round: in the workdir).
+  one = pd_args[:4] + ["--config.distill.student_steps=4"] + pd_args[5:]
+  split = str(tmp_path / "split")
+  for n in (2, 4):
+    r = _cli("train.py", one + [f"--workdir={split}", f"--config.training.num_steps={n}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+  assert _losses(split) == _losses(os.path.join(wd, "round_1"))
+
+
+def test_the_student_starts_from_the_teacher(teacher):
+  sys.path.insert(0, REPO)
+  from configs import toy2d
+  from jdiff.generation import restore as restore_lib
+  from jdiff.training import loop
+  c = toy2d.get_config()
+  c.training.objective = "progressive_distillation"
+  c.distill.teacher_workdir, c.distill.teacher_steps = teacher, 8
+  from jdiff.training import distill
+  exp = loop.Experiment(distill.round_config(c, teacher, 8, 4))
+  state = exp.init_state()
+  want = restore_lib.restore(workdir=teacher).params
+  for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_consistency_distillation_trains_resumes_exactly_and_samples_in_one_step(teacher, tmp_path):
+  """The student (consistency model, edm) distills the v-prediction cosine teacher; the EMA target
+  network is part of the checkpoint, so 2 + 2 steps give the losses of 4 straight."""
+  cd_args = ["--config=configs/toy2d.py", "--config.training.objective=consistency_distillation",
+             "--config.diffusion.schedule=edm", "--config.diffusion.parametrization=consistency",
+             "--config.sampling.sampler=consistency", "--config.sampling.grid=consistency",
+             "--config.sampling.steps=2", f"--config.distill.teacher_workdir={teacher}",
+             "--config.training.ckpt_every=2", *QUIET]
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  r = _cli("train.py", cd_args + [f"--workdir={straight}", "--config.training.num_steps=4"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  for n in (2, 4):
+    r = _cli("train.py", cd_args + [f"--workdir={split}", f"--config.training.num_steps={n}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+  assert _losses(split) == _losses(straight) and len(_losses(straight)) == 4
+  out = str(tmp_path / "s.npz")
+  r = _cli("sample.py", [f"--workdir={straight}", "--num=3", "--steps=1", f"--out={out}"])
+  assert r.returncode == 0 and "1 NFE per batch" in r.stdout + r.stderr, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("case", ["missing", "damaged", "other_data", "steps"])
+def test_bad_teacher_or_steps_is_one_error(teacher, tmp_path, case):
+  import shutil
+  args = ["--config=configs/toy2d.py", "--config.training.objective=progressive_distillation",
+          "--config.distill.teacher_steps=8", f"--workdir={tmp_path / 'student'}", *QUIET]
+  want = {"missing": "does not exist", "damaged": "damaged",
+          "other_data": "makes data of shape (2,) but this run's data has shape (8, 8, 1)",
+          "steps": "teacher's divided by a power of two"}[case]
+  t = teacher
+  if case == "missing":
+    t = str(tmp_path / "nowhere")
+  elif case == "damaged":
+    t = str(tmp_path / "damaged")
+    shutil.copytree(teacher, t)
+    ckpt = os.path.join(t, "checkpoints", "4")
+    victim = max((os.path.join(d, f) for d, _, fs in os.walk(ckpt) for f in fs
+                  if "state" in d and not f.startswith(".")), key=os.path.getsize)
+    with open(victim, "r+b") as f:
+      f.seek(os.path.getsize(victim) // 2)
+      f.write(b"\xff" * 64)
+  elif case == "other_data":
+    args += ["--config.data.name=digits"]
+  elif case == "steps":
+    args += ["--config.distill.student_steps=3"]
+  r = _cli("train.py", args + [f"--config.distill.teacher_workdir={t}"])
+  assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and want in last, last
+  assert "Traceback" not in r.stderr
+  assert not os.path.exists(tmp_path / "student" / "checkpoints")

@@ -71,8 +71,11 @@ class Model:
     cond = self.conditions.for_indices(np.zeros((1,), np.int32))
     return self.init_fn(jax.random.PRNGKey(self.config.seed), x, jnp.zeros((1,), jnp.float32), cond)
 
-  def init_state(self, optimizer) -> TrainState:
-    return create_state(self.init_params(), optimizer, self.config.seed + 1)
+  def init_state(self, optimizer, params=None) -> TrainState:
+    """A fresh state (``params``: start from these, e.g. a distillation teacher's)."""
+    with_target = self.config.training.get("objective", "denoising") == "consistency_distillation"
+    params = self.init_params() if params is None else params
+    return create_state(params, optimizer, self.config.seed + 1, with_target)
 
   def meta(self, state: TrainState) -> dict:
     c = self.config

@@ -8,7 +8,7 @@ from typing import Optional
 import ml_collections
 
 from jdiff import _checks
-from jdiff import consistency, grids, losses, parametrization, sampling, schedules
+from jdiff import consistency, distillation, grids, losses, parametrization, sampling, schedules
 
 _REQUIRED = {"data": ("name", "batch_size"), "model": ("name",), "diffusion": ("schedule",
              "parametrization"), "optim": ("lr",), "training": ("num_steps",), "sampling": ("sampler",)}
@@ -16,7 +16,10 @@ _POSITIVE_INT = [("data", "batch_size"), ("training", "num_steps"), ("training",
                  ("training", "ckpt_every"), ("training", "keep_checkpoints"), ("sampling", "steps"),
                  ("sampling", "num")]
 PARAMETRIZATIONS = parametrization.PARAMETRIZATIONS + ("edm", "consistency")
-OBJECTIVES = ("denoising", "consistency_training")
+OBJECTIVES = ("denoising", "consistency_training", "consistency_distillation",
+              "progressive_distillation")
+CONSISTENCY_OBJECTIVES = ("consistency_training", "consistency_distillation")
+DISTILLATION_OBJECTIVES = ("consistency_distillation", "progressive_distillation")
 
 
 def check_objective(objective: str, parametrization_name: str, learned_variance: bool) -> None:
@@ -24,10 +27,11 @@ def check_objective(objective: str, parametrization_name: str, learned_variance:
   if objective not in OBJECTIVES:
     raise ValueError(f"unknown training.objective {objective!r}; valid objectives are: "
                      f"{', '.join(OBJECTIVES)}")
-  if (objective == "consistency_training") != (parametrization_name == "consistency"):
-    raise ValueError("consistency training and the consistency parametrization go together: set "
-                     "training.objective='consistency_training' and diffusion.parametrization="
-                     "'consistency' (configs/fashion_mnist_ict.py), or neither")
+  if (objective in CONSISTENCY_OBJECTIVES) != (parametrization_name == "consistency"):
+    raise ValueError("consistency training/distillation and the consistency parametrization go "
+                     "together: set training.objective='consistency_training' (or "
+                     "'consistency_distillation') and diffusion.parametrization='consistency' "
+                     "(configs/fashion_mnist_ict.py, configs/fashion_mnist_cd.py), or neither")
   if objective != "denoising" and learned_variance:
     raise ValueError(f"training.objective={objective!r} has no learned variance: set "
                      f"model.learned_variance=False")
@@ -115,6 +119,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if "cond_drop_prob" in c.training:
     _in_range(c.training.cond_drop_prob, "config.training.cond_drop_prob", 0.0, 1.0, "in [0, 1]")
   _checks.choice("parallelism", parallelism_of(c), PARALLELISMS)
+  objective = c.training.get("objective", "denoising")
+  if objective in DISTILLATION_OBJECTIVES:
+    d = c.get("distill", {})
+    if not d.get("teacher_workdir", ""):
+      raise ValueError(f"training.objective={objective!r} distills a trained model: pass "
+                       f"--config.distill.teacher_workdir=<the teacher's train.py workdir>")
+    if parallelism_of(c) != "pmap":
+      raise ValueError(f"training.objective={objective!r} runs with training.parallelism='pmap' only")
+    if objective == "progressive_distillation":
+      distillation.check_student_steps(d.get("teacher_steps", 0), d.get("student_steps", 0) or max(
+          d.get("teacher_steps", 0) // 2, 1))
+    if objective == "consistency_distillation":
+      _checks.int_at_least(d.get("num_levels", 18), "config.distill.num_levels", 2)
+      _in_range(d.get("target_ema", 0.95), "config.distill.target_ema", 0.0, 1.0, "in [0, 1)",
+                hi_open=True)
   mesh = c.training.get("mesh", (0, 0))
   if (not isinstance(mesh, (tuple, list)) or len(mesh) != 2 or
       not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in mesh)):

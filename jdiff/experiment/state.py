@@ -26,16 +26,20 @@ class TrainState:
   opt_state: Any
   rng: jnp.ndarray  # uint32[2] raw PRNG key
   skipped: jnp.ndarray  # int32 scalar: updates skipped for a non-finite loss or gradient
+  # Consistency distillation only: the target network, an EMA of the parameters with its own decay
+  # (Song et al. 2023, Alg. 2); None (no leaves) otherwise.
+  target: Any = None
 
   def replace(self, **kw) -> "TrainState":
     return dataclasses.replace(self, **kw)
 
 
-def create_state(params, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    ema_params=jax.tree_util.tree_map(jnp.array, params),
+def create_state(params, optimizer: optax.GradientTransformation, seed: int,
+                 with_target: bool = False) -> TrainState:
+  copy = lambda: jax.tree_util.tree_map(jnp.array, params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=copy(),
                     opt_state=optimizer.init(params), rng=jax.random.PRNGKey(seed),
-                    skipped=jnp.zeros((), jnp.int32))
+                    skipped=jnp.zeros((), jnp.int32), target=copy() if with_target else None)
 
 
 def learning_rate_schedule(lr: float, warmup_steps: int, decay: str, total_steps: int):

@@ -16,6 +16,7 @@ that step, on which TensorBoard hides the events of earlier files at or past it 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from jdiff.experiment import checkpoint as ckpt_lib
 from jdiff.experiment import config as config_check
 from jdiff.experiment.builder import build_model
 from jdiff.experiment.state import TrainState, make_optimizer
+from jdiff.training import distill as distill_lib
 from jdiff.training import sharded
 from jdiff.training.periodic_eval import PeriodicEval
 from jdiff.training.step import make_classifier_train_step, make_train_step
@@ -93,6 +95,9 @@ class Experiment:
                        f"--config.training.conditional=False")
     if self.task == "classifier" and not self.num_classes:
       raise ValueError(f"a classifier needs labelled data but dataset {c.data.name!r} has no labels")
+    self.objective = c.training.get("objective", "denoising")
+    self.teacher = (distill_lib.load_teacher(c, tuple(self.source.shape), self.num_classes)
+                    if self.objective in config_check.DISTILLATION_OBJECTIVES else None)
     self.model = build_model(c, tuple(self.source.shape), self.num_classes)
     self.module, self.init_fn, self.apply_fn = self.model.module, self.model.init_fn, self.model.apply_fn
     self.schedule = self.model.schedule
@@ -101,7 +106,9 @@ class Experiment:
     self.learned_variance = self.model.learned_variance
 
   def init_state(self) -> TrainState:
-    return self.model.init_state(self.optimizer)
+    """A fresh state; progressive distillation's student starts from its teacher's EMA weights."""
+    start = self.teacher.params if self.objective == "progressive_distillation" else None
+    return self.model.init_state(self.optimizer, start)
 
   def meta(self, state: TrainState) -> dict:
     """The checkpoint metadata: the model's, plus the device layout (for bit-exact resume)."""
@@ -109,6 +116,8 @@ class Experiment:
             "process_count": jax.process_count()}
     if self.mesh is not None:  # pmap checkpoints predate the fields: none means pmap
       meta.update(parallelism="fsdp", mesh=[self.mesh.shape[a] for a in sharded.AXES])
+    if self.teacher is not None:
+      meta["teacher"] = {"checkpoint": self.teacher.checkpoint_dir, "step": self.teacher.step}
     return meta
 
   def train_step_fn(self, axis_name: Optional[str] = "data", target=None):
@@ -133,9 +142,10 @@ class Experiment:
         sigma_data=f.sigma_data, learned_variance=self.learned_variance,
         loss_kwargs={k: f[k] for k in ("p_mean", "p_std", "logit_mean", "logit_std") if k in f},
         ema_warmup=self.config.training.get("ema_warmup", True),
-        objective=self.config.training.get("objective", "denoising"),
-        consistency_kwargs=consistency_kwargs(self.config),
-        total_steps=self.config.training.num_steps)
+        objective=self.objective, consistency_kwargs=consistency_kwargs(self.config),
+        total_steps=self.config.training.num_steps,
+        teacher=None if self.teacher is None else distill_lib.teacher_of(self.teacher),
+        distill_kwargs=distill_kwargs(self.config))
 
   def model_fn(self):
     """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout)."""
@@ -151,6 +161,18 @@ def consistency_kwargs(config: ml_collections.ConfigDict) -> dict:
   kw = {k: c[k] for k in ("s0", "s1", "p_mean", "p_std", "weighting", "metric") if k in c}
   if c.get("huber_c", 0.0):
     kw["huber_c"] = float(c.huber_c)
+  return kw
+
+
+def distill_kwargs(config: ml_collections.ConfigDict) -> dict:
+  """``config.distill`` as the train step's ``distill_kwargs`` (``jdiff.training.step``)."""
+  d = config.get("distill", None)
+  if d is None or config.training.get("objective", "denoising") not in \
+      config_check.DISTILLATION_OBJECTIVES:
+    return {}
+  kw = {k: d[k] for k in ("num_levels", "target_ema", "weighting") if k in d}
+  if config.training.objective == "progressive_distillation":
+    kw["student_steps"] = int(d.student_steps) or max(int(d.teacher_steps) // 2, 1)
   return kw
 
 
@@ -283,9 +305,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, log=print,
   and in ``<workdir>/devices.json``, which ``train.py`` reads to choose it again); with
   ``allow_device_change`` another count is accepted with a warning. Another run training in
   ``workdir`` makes this one fail with a ``ValueError`` before anything is written."""
+  if config.training.get("objective", "denoising") == "progressive_distillation" and len(
+      distill_lib.rounds(config)) > 1:
+    config_check.validate(config)
+    return distill_lib.train_rounds(
+        config, workdir, lambda c, w: _train_one(c, w, log, allow_device_change), log)
+  return _train_one(config, workdir, log, allow_device_change)
+
+
+def _train_one(config: ml_collections.ConfigDict, workdir: str, log, allow_device_change: bool):
   # Every check of the config (data, model, train step) runs before anything is created or written,
   # so a bad config leaves no workdir, checkpoint directory or config.json behind.
   workdir = check_workdir(workdir, create=False)
+  if config.training.get("objective", "denoising") == "progressive_distillation":
+    (t_steps, s_steps), = distill_lib.rounds(config)
+    config = distill_lib.round_config(config, config.distill.teacher_workdir, t_steps, s_steps)
   exp = Experiment(config)
   # fsdp: the shapes and shardings of the state (nothing allocated), and the step on the global batch,
   # with no pmean (jit over the mesh reduces across devices).
@@ -320,6 +354,12 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
     if restored is not None:
       start, state, data_state, saved_meta = restored
       _check_devices(saved_meta, start, allow_device_change, log, meta)
+      saved_teacher = saved_meta.get("teacher")
+      if saved_teacher and exp.teacher is not None and saved_teacher.get("step") != exp.teacher.step:
+        raise ValueError(f"checkpoint step {start} was distilled from the teacher's step "
+                         f"{saved_teacher.get('step')} but distill.teacher_step now gives step "
+                         f"{exp.teacher.step}; resume with --config.distill.teacher_step="
+                         f"{saved_teacher.get('step')}")
       exp.pipeline.set_state(data_state)
       log(f"resumed from checkpoint step {start} in {ckpt.directory}")
     elif fsdp:
@@ -348,6 +388,11 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
       host, to_save = sharded.to_host, (lambda s: s)
     else:
       p_step = jax.pmap(train_step, axis_name="data", donate_argnums=(0,))
+      if exp.teacher is not None:  # the teacher's parameters: a third argument, put on the devices once
+        mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+        rteacher = jax.device_put(replicate(exp.teacher.params), jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec("data")))
+        p_step = functools.partial(lambda f, s, b: f(s, b, rteacher), p_step)
       rstate = replicate(state)
       if jax.process_count() == 1:
         # Commit the host copy to the devices with the sharding pmap gives its outputs: from host numpy

@@ -15,17 +15,18 @@ example on the device (dropout masks), so dropout masks depend on the device lay
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jdiff import conditions as conditions_lib
-from jdiff import consistency, likelihood, losses
+from jdiff import consistency, distillation, likelihood, losses
 from jdiff.experiment import config as config_lib
 from jdiff.experiment.builder import make_model_fn
 from jdiff.experiment.state import TrainState
+from jdiff.parametrization import make_denoiser
 from jdiff.schedules import Schedule
 
 
@@ -38,7 +39,8 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
                     sigma_data: float = 0.5, learned_variance: bool = False,
                     hybrid_num_steps: int = 1000, ema_warmup: bool = True,
                     objective: str = "denoising", consistency_kwargs: Optional[dict] = None,
-                    total_steps: int = 1) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    total_steps: int = 1, teacher: Optional[Teacher] = None,
+                    distill_kwargs: Optional[dict] = None) -> Callable[..., tuple[TrainState, dict]]:
   """Build the per-device train step. ``batch`` holds ``image`` (the data, any shape ``[b, ...]``),
   ``index`` (int32 ``[b]``, each example's position in the global batch) and a field per condition kind.
 
@@ -54,8 +56,24 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
   ``jdiff.consistency.consistency_training_loss`` with ``consistency_kwargs``): the discretization
   curriculum runs over ``total_steps`` training steps, the target network is ``stop_gradient`` of the
   parameters and the same dropout masks.
+
+  The distillation objectives take the ``teacher`` (its network, schedule and parametrization) and
+  its parameters as the step's third argument, ``train_step(state, batch, teacher_params)``:
+
+  * ``progressive_distillation``: ``jdiff.distillation.progressive_distillation_loss`` with
+    ``distill_kwargs['student_steps']`` (Salimans & Ho 2022, Alg. 2);
+  * ``consistency_distillation``: ``jdiff.consistency.consistency_distillation_loss`` with a Heun step of
+    the teacher (any schedule, read on the VE process) and the target network ``state.target``, updated
+    after each step as ``mu target + (1 - mu) params`` with ``mu = distill_kwargs['target_ema']`` (Song
+    et al. 2023, Alg. 2); ``num_levels``, ``weighting`` from ``distill_kwargs``, the metric from
+    ``consistency_kwargs``.
   """
   config_lib.check_objective(objective, parametrization_name, learned_variance)
+  distill_kwargs = dict(distill_kwargs or {})
+  if (objective in config_lib.DISTILLATION_OBJECTIVES) != (teacher is not None):
+    raise ValueError(f"training.objective={objective!r}: a teacher is needed exactly for the "
+                     f"distillation objectives ({', '.join(config_lib.DISTILLATION_OBJECTIVES)})")
+  target_ema = float(distill_kwargs.pop("target_ema", 0.95))
   factory, core_param = make_model_fn(apply, schedule, parametrization_name, sigma_data)
   loss_kwargs = dict(loss_kwargs or {})
   if learned_variance and (parametrization_name == "edm" or weighting != "simple"):
@@ -72,7 +90,11 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
   def pmean(x):
     return jax.lax.pmean(x, axis_name) if axis_name is not None else x
 
-  def train_step(state: TrainState, batch: dict):
+  def teacher_denoiser(teacher_params, cond):
+    return make_denoiser(teacher.model_fn, teacher_params, teacher.schedule, teacher.parametrization,
+                         cond)
+
+  def train_step(state: TrainState, batch: dict, teacher_params=None):
     x0 = batch["image"]
     index = batch["index"]
     step_key = jax.random.fold_in(state.rng, state.step)
@@ -81,6 +103,18 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     model_fn = factory(jax.random.fold_in(k_drop, index[0]), True)
 
     def loss_fn(params):
+      if objective == "progressive_distillation":
+        denoise = teacher_denoiser(teacher_params, cond)
+        return jnp.mean(distillation.progressive_distillation_loss(
+            model_fn, params, lambda z, t: denoise(z, t).x0, schedule, x0, k_loss,
+            distill_kwargs["student_steps"], cond=cond, parametrization=core_param, indices=index))
+      if objective == "consistency_distillation":
+        teacher_x0 = consistency.ve_denoiser(teacher_denoiser(teacher_params, cond), teacher.schedule)
+        ckw = {k: v for k, v in dict(consistency_kwargs or {}).items() if k in ("metric", "huber_c")}
+        return jnp.mean(consistency.consistency_distillation_loss(
+            model_fn, params, state.target, teacher_x0, schedule, x0, k_loss, cond=cond, indices=index,
+            num_levels=distill_kwargs.get("num_levels", 18),
+            weighting=distill_kwargs.get("weighting", "uniform"), **ckw))
       if objective == "consistency_training":
         return jnp.mean(consistency.consistency_training_loss(
             model_fn, params, schedule, x0, k_loss, state.step, total_steps, cond=cond, indices=index,
@@ -97,9 +131,21 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     loss, grads = pmean(loss), pmean(grads)
-    return update(state, loss, grads)
+    new_state, metrics = update(state, loss, grads)
+    if state.target is not None:  # consistency distillation's target network
+      new_state = new_state.replace(target=jax.tree_util.tree_map(
+          lambda a, p: target_ema * a + (1.0 - target_ema) * p, state.target, new_state.params))
+    return new_state, metrics
 
   return train_step
+
+
+class Teacher(NamedTuple):
+  """A distillation teacher without its parameters: ``model_fn(params, x, t, cond)`` (no dropout) read
+  with ``parametrization`` on ``schedule`` (``jdiff.generation.Restored`` provides all three)."""
+  model_fn: Callable
+  schedule: Schedule
+  parametrization: str
 
 
 def make_update(optimizer: optax.GradientTransformation, ema_decay: float = 0.9999,

@@ -1,0 +1,89 @@
+"""Distillation runs of ``train.py``: the teacher of ``training.objective`` ``progressive_distillation`` or
+``consistency_distillation`` (a trained workdir, restored through ``jdiff.generation``), and the chain of
+progressive-distillation rounds.
+
+Progressive distillation (Salimans & Ho 2022) halves the teacher's DDIM step count per round: with
+``distill.teacher_steps = T`` and ``distill.student_steps = S`` (``T / S`` a power of two) one command runs
+``log2(T / S)`` rounds of ``training.num_steps`` steps each, round ``k`` in ``<workdir>/round_k`` (one
+round: in ``<workdir>``), its teacher the previous round's workdir (round 1: ``distill.teacher_workdir``). Each round's student starts
+from its teacher's EMA weights, with the teacher's model and diffusion settings (read from its
+``config.json``), and samples with ``ddim`` on the ``uniform_t`` grid of its own step count, so
+``sample.py --workdir=<workdir>/round_k`` draws with ``T / 2^k`` steps. A rerun resumes the unfinished
+round (finished rounds are complete checkpoints and are left as they are).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import Callable
+
+import ml_collections
+
+from jdiff import distillation, generation
+from jdiff.generation import restore as restore_lib
+from jdiff.training.step import Teacher
+
+
+def load_teacher(config: ml_collections.ConfigDict, data_shape, num_classes: int) -> generation.Restored:
+  """The teacher's EMA parameters and model, checked against the student's data (one clear error for a
+  missing or damaged teacher workdir, or one of another data shape or label set)."""
+  d = config.distill
+  try:
+    teacher = restore_lib.restore(workdir=d.teacher_workdir, step=int(d.teacher_step) or None)
+  except ValueError as e:
+    raise ValueError(f"distill.teacher_workdir: {e}") from None
+  if tuple(teacher.data_shape) != tuple(data_shape):
+    raise ValueError(f"the teacher {teacher.checkpoint_dir} makes data of shape "
+                     f"{tuple(teacher.data_shape)} but this run's data has shape {tuple(data_shape)}; "
+                     f"distill a teacher trained on the same data")
+  if teacher.num_classes != num_classes:
+    raise ValueError(f"the teacher has {teacher.num_classes} classes (0: unconditional) but the student "
+                     f"has {num_classes}; set training.conditional as the teacher was trained")
+  return teacher
+
+
+def teacher_of(restored: generation.Restored) -> Teacher:
+  return Teacher(restored.model_fn, restored.schedule, restored.parametrization)
+
+
+def rounds(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+  """``(teacher_steps, student_steps)`` of each progressive-distillation round."""
+  d = config.distill
+  t = int(d.teacher_steps)
+  s = int(d.student_steps) or max(t // 2, 1)
+  n = int(round(math.log2(distillation.check_student_steps(t, s))))
+  return [(t >> k, t >> (k + 1)) for k in range(n)]
+
+
+def round_config(config: ml_collections.ConfigDict, teacher_workdir: str, teacher_steps: int,
+                 student_steps: int) -> ml_collections.ConfigDict:
+  """One round's config: the teacher's model and diffusion sections (the student starts from its
+  weights), this round's teacher and step counts, and DDIM sampling with ``student_steps`` steps."""
+  teacher_config = restore_lib.load_config(os.path.abspath(teacher_workdir)) if os.path.isdir(
+      teacher_workdir) else None
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    if teacher_config is not None:
+      c.model = copy.deepcopy(teacher_config.model)
+      c.diffusion = copy.deepcopy(teacher_config.diffusion)
+    c.distill.teacher_workdir = os.path.abspath(teacher_workdir)
+    c.distill.teacher_steps = teacher_steps
+    c.distill.student_steps = student_steps
+    c.sampling.sampler = "ddim"
+    c.sampling.grid = "uniform_t"
+    c.sampling.steps = student_steps
+  return c
+
+
+def train_rounds(config: ml_collections.ConfigDict, workdir: str, train_one: Callable, log=print):
+  """Run every round (``train_one(round_config, round_workdir)``); returns the last round's result."""
+  result, teacher = None, config.distill.teacher_workdir
+  plan = rounds(config)
+  for k, (t_steps, s_steps) in enumerate(plan, start=1):
+    round_dir = os.path.join(workdir, f"round_{k}") if len(plan) > 1 else workdir
+    if len(plan) > 1:
+      log(f"progressive distillation round {k}/{len(plan)}: {t_steps} -> {s_steps} steps in {round_dir}")
+    result = train_one(round_config(config, teacher, t_steps, s_steps), round_dir)
+    teacher = round_dir
+  return result
