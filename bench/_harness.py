@@ -429,3 +429,33 @@ def train_for(args: Sequence[str], workdir: str, seconds: float, log_path: str) 
     rates = [r["images_per_sec"] for r in rows if "images_per_sec" in r]
   return {"steps": steps[-1], "checkpoints": {str(s): seen.get(s) for s in steps}, "seconds": elapsed,
           "images_per_sec": rates[-1] if rates else None}
+
+
+def run_train(args: Sequence[str], workdir: str, log_path: str) -> float:
+  """``train.py --workdir=WORKDIR ARGS`` to completion; returns its wall-clock seconds."""
+  start = time.time()
+  with open(log_path, "w") as log:
+    proc = subprocess.run([sys.executable, "train.py", f"--workdir={workdir}", *args], cwd=REPO,
+                          stdout=log, stderr=subprocess.STDOUT)
+  if proc.returncode != 0:
+    raise RuntimeError(f"train.py failed (exit {proc.returncode}); see {log_path}")
+  return time.time() - start
+
+
+def eval_fd(workdir: str, out: str, num: int, *, step: Optional[int] = None,
+            sampler: Optional[str] = None, steps: Optional[int] = None) -> dict:
+  """``eval.py`` on ``workdir`` (its newest checkpoint, or ``step``) with the given sampler and step count
+  (default: its config's), seed 0: FD, its real-data floor at the same N and their ratio, KID, the share
+  of noise tiles, NFE per sample and the seconds the evaluation took."""
+  cmd = [sys.executable, "eval.py", f"--workdir={workdir}", f"--num={num}", "--seed=0", f"--out={out}",
+         "--noprogress"]
+  cmd += [f"--step={step}"] if step is not None else []
+  cmd += [f"--sampler={sampler}"] if sampler else []
+  cmd += [f"--steps={steps}"] if steps else []
+  start = time.time()
+  subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+  r = json.load(open(out))
+  m = r["metrics"]
+  return {"nfe": r["nfe"], "fd": m["fd"], "fd_floor": m["floor"]["fd"],
+          "fd_ratio": m["fd"] / m["floor"]["fd"], "kid": m["kid"], "noisy": m["noisy"],
+          "eval_seconds": time.time() - start}

@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -92,15 +90,7 @@ def pick_checkpoints(checkpoints: dict, minutes: float, every: float) -> list[tu
 
 
 def evaluate(workdir: str, step: int, sampler: str, steps: int, num: int, out: str) -> dict:
-  cmd = [sys.executable, "eval.py", f"--workdir={workdir}", f"--step={step}", f"--sampler={sampler}",
-         f"--steps={steps}", f"--num={num}", "--seed=0", f"--out={out}", "--noprogress"]
-  start = time.time()
-  subprocess.run(cmd, cwd=_REPO, check=True, stdout=subprocess.DEVNULL)
-  r = json.load(open(out))
-  m = r["metrics"]
-  return {"nfe": r["nfe"], "fd": m["fd"], "fd_floor": m["floor"]["fd"],
-          "fd_ratio": m["fd"] / m["floor"]["fd"], "kid": m["kid"], "noisy": m["noisy"],
-          "eval_seconds": time.time() - start}
+  return _harness.eval_fd(workdir, out, num, step=step, sampler=sampler, steps=steps)
 
 
 def plot(rows: list, path: str, title: str) -> None:

@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPO = os.path.dirname(_HERE)
@@ -44,13 +42,7 @@ def train_for(config: str, workdir: str, seconds: float, log_path: str) -> dict:
 
 
 def evaluate(workdir: str, sampler: str, nfe: int, num: int, out: str) -> dict:
-  cmd = [sys.executable, "eval.py", f"--workdir={workdir}", f"--sampler={sampler}", f"--steps={nfe}",
-         f"--num={num}", "--seed=0", f"--out={out}", "--noprogress"]
-  start = time.time()
-  subprocess.run(cmd, cwd=_REPO, check=True, stdout=subprocess.DEVNULL)
-  r = json.load(open(out))["metrics"]
-  return {"fd": r["fd"], "kid": r["kid"], "fd_floor": r["floor"]["fd"],
-          "eval_seconds": time.time() - start}
+  return _harness.eval_fd(workdir, out, num, sampler=sampler, steps=nfe)
 
 
 def main():
