@@ -2,6 +2,7 @@
 (one student DDIM step from z_t lands on the teacher's two steps), a hand-computed loss, and one
 distillation round with the exact denoiser of Gaussian data as teacher, whose two-step DDIM map is linear,
 so a student that is one scalar per grid time can match it exactly."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -233,3 +234,37 @@ def test_bad_teacher_or_steps_is_one_error(teacher, tmp_path, case):
   assert last.startswith("error: ") and want in last, last
   assert "Traceback" not in r.stderr
   assert not os.path.exists(tmp_path / "student" / "checkpoints")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _StateBeforeTargets:
+  """TrainState as it was before consistency distillation added ``target``."""
+  step: object
+  params: object
+  ema_params: object
+  opt_state: object
+  rng: object
+  skipped: object
+
+
+def test_checkpoints_written_before_the_target_field_still_restore(tmp_path):
+  """Only consistency distillation's state has the ``target`` subtree: a checkpoint written with the
+  six-field state restores into today's state (orbax refuses a tree of another structure, even one that
+  differs by a None), and a state with a target round-trips too."""
+  import optax
+  from jdiff.experiment import checkpoint as ckpt_lib
+  from jdiff.experiment.state import create_state
+  params = {"w": jnp.ones((2, 3)), "b": jnp.arange(3.0)}
+  state = create_state(params, optax.adam(1e-3), 0)
+  old = _StateBeforeTargets(state.step, state.params, state.ema_params, state.opt_state, state.rng,
+                            state.skipped)
+  with_target = create_state(params, optax.adam(1e-3), 0, with_target=True)
+  for name, saved, into in (("old", old, state), ("cd", with_target, with_target)):
+    ck = ckpt_lib.Checkpointer(str(tmp_path / name), 2)
+    ck.save(1, saved, {}, {})
+    restored, _, _ = ck.restore(1, jax.eval_shape(lambda: into))
+    ck.close()
+    assert (restored.target is None) == (name == "old")
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(into)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

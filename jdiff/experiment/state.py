@@ -17,7 +17,6 @@ DECAYS = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw")
 
 
-@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TrainState:
   step: jnp.ndarray  # int32 scalar
@@ -32,6 +31,28 @@ class TrainState:
 
   def replace(self, **kw) -> "TrainState":
     return dataclasses.replace(self, **kw)
+
+
+# The pytree: the six fields every checkpoint holds, plus ``target`` only when a state has one, so the
+# saved tree of every other run is exactly the one written before the field existed (orbax refuses to
+# restore a checkpoint into a tree of another structure, even one that differs by a None).
+_FIELDS = ("step", "params", "ema_params", "opt_state", "rng", "skipped")
+
+
+def _flatten_with_keys(state: TrainState):
+  names = _FIELDS + (("target",) if state.target is not None else ())
+  return [(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in names], state.target is not None
+
+
+def _unflatten(has_target: bool, children) -> TrainState:
+  children = list(children)
+  target = children.pop() if has_target else None
+  return TrainState(*children, target=target)
+
+
+jax.tree_util.register_pytree_with_keys(
+    TrainState, _flatten_with_keys, _unflatten,
+    flatten_func=lambda s: (tuple(v for _, v in _flatten_with_keys(s)[0]), s.target is not None))
 
 
 def create_state(params, optimizer: optax.GradientTransformation, seed: int,
