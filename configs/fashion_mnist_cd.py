@@ -6,22 +6,15 @@ process by ``jdiff.consistency.ve_denoiser``). The student is a consistency mode
 one Heun step of the teacher per example, an EMA target network (mu = 0.95) and the pseudo-Huber metric;
 sampled with the multistep consistency sampler in 2 steps (levels 80 and 0.821; ``--steps=1`` for one).
 """
-from configs import fashion_mnist
+from configs import fashion_mnist_ict
 
 
 def get_config():
-  c = fashion_mnist.get_config()
+  c = fashion_mnist_ict.get_config()  # the same consistency model, sampler and grid
   c.training.objective = "consistency_distillation"
-  c.diffusion.schedule = "edm"
-  c.diffusion.parametrization = "consistency"
-  c.diffusion.sigma_data = 0.5
   c.distill.teacher_workdir = "runs/fashion_mnist"
   c.distill.num_levels = 18
   c.distill.target_ema = 0.95
   c.training.num_steps = 3000
-  c.training.ema_decay = 0.9999
   c.optim.lr = 4e-4
-  c.sampling.sampler = "consistency"
-  c.sampling.grid = "consistency"
-  c.sampling.steps = 2
   return c

@@ -1,0 +1,21 @@
+"""What the few-step tests share: the exact denoiser of Gaussian data, and a CLI runner."""
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def exact_x0(schedule, s: float):
+  """E[x0 | x_t] for N(0, s^2 I) data on any schedule, as an x0 model ``fn(params, x, t, cond)``."""
+  def fn(params, x, t, cond):
+    del params, cond
+    a, sig = schedule.alpha_sigma(t)
+    return x * (a * s * s / (a * a * s * s + sig * sig))[:, None]
+  return fn
+
+
+def cli(script, args):
+  """``python SCRIPT ARGS`` in the repository, on the CPU."""
+  return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=REPO,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
