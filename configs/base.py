@@ -56,7 +56,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.ema_decay = 0.999
   t.ema_warmup = True          # decay min(ema_decay, (1+n)/(10+n)) after n updates
   # "denoising", "consistency_training" / "consistency_distillation" (with diffusion.parametrization=
-  # "consistency"), or "progressive_distillation" (see distill below)
+  # "consistency"), "progressive_distillation" (see distill below), "reflow" / "reflow_distill" (see
+  # reflow below)
   t.objective = "denoising"
   t.log_every = 50
   t.ckpt_every = 1000
@@ -99,6 +100,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   dd.num_levels = 18
   dd.target_ema = 0.95
   dd.weighting = "uniform"     # uniform | ict
+
+  # Reflow (Liu et al. 2023; jdiff.reflow) of a flow-matching teacher (distill.teacher_workdir):
+  # training.objective "reflow" retrains it on (noise, sample) pairs of its ODE, "reflow_distill" trains
+  # on the same pairs at t = 1 only (a one-step model). The pairs are drawn once, before the first step,
+  # into pairs_dir ("" = <workdir>/pairs), with the teacher's sampling settings unless set here (the
+  # sampler must be deterministic: an ODE solver). Their noise is fold_in(PRNGKey(seed), i): keep the seed
+  # apart from the sampling/eval seeds, or the student is scored on the noise it was trained on.
+  c.reflow = rf = ml_collections.ConfigDict()
+  rf.num_pairs = 10000
+  rf.sampler = ""
+  rf.steps = 0
+  rf.grid = ""
+  rf.seed = 1000
+  rf.batch_size = 250          # pairs per sampling call
+  rf.pairs_dir = ""
+  rf.time_sampling = ""        # "" = the teacher's diffusion.time_sampling (Liu et al. 2023: uniform)
 
   c.sampling = s = ml_collections.ConfigDict()
   s.sampler = "dpmpp_2m"

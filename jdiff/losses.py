@@ -162,7 +162,7 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
                    global_batch_size: Optional[int] = None, t_eps: float = 1e-5,
                    min_snr_gamma: float = 5.0, sigma_data: float = 0.5, p_mean: float = -1.2,
                    p_std: float = 1.2, logit_mean: float = 0.0, logit_std: float = 1.0,
-                   learned_variance: bool = False):
+                   learned_variance: bool = False, noise=None, t=None):
   """Per-example denoising loss ``w(t) mean_d (out - target)^2``, shape ``[batch]``.
 
   Args:
@@ -186,6 +186,9 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
     p_mean, p_std: the log-normal noise distribution (Karras et al. 2022 use -1.2 and 1.2).
     logit_mean, logit_std: the logit-normal time distribution (Esser et al. 2024 use 0 and 1).
     learned_variance: the model outputs twice the channels; the variance half is ignored here.
+    noise: the ``eps`` of each example, ``[batch, ...]`` like ``x0``, instead of a fresh draw: a coupled
+      (noise, data) pair as in reflow (Liu et al. 2023; ``jdiff.reflow``). Default: drawn per example.
+    t: the time of each example, ``[batch]`` or a scalar, instead of a draw from ``time_sampling``.
   """
   batch = check_data(x0)
   _checks.check_key(key)
@@ -209,9 +212,13 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
     raise ValueError("t_eps=0 reaches t=0 where this schedule has infinite log-SNR (sigma=0); "
                      "use t_eps > 0, e.g. 1e-5")
 
+  if noise is not None and np.shape(noise) != np.shape(x0):
+    raise ValueError(f"noise must have the shape of x0 {np.shape(x0)}, got {np.shape(noise)}")
+  if t is not None and (np.ndim(t) > 1 or np.ndim(t) == 1 and np.shape(t)[0] != batch):
+    raise ValueError(f"t must be a scalar or one time per example [{batch}], got shape {np.shape(t)}")
   x0 = jnp.asarray(x0)
   t, eps, alpha, sigma, x_t = _noised(schedule, x0, key, indices, time_sampling, t_eps, gbs, p_mean,
-                                      p_std, logit_mean, logit_std)
+                                      p_std, logit_mean, logit_std, noise=noise, t=t)
   out, _ = model_output(model_fn, params, x_t, t, cond, x0.shape, learned_variance)
   tgt = target(parametrization, x0, eps, x_t, alpha, sigma)
   w = loss_weight(schedule, t, parametrization, weighting, min_snr_gamma=min_snr_gamma,
@@ -220,14 +227,19 @@ def denoising_loss(model_fn: ModelFn, params, schedule: Schedule, x0, key, cond:
 
 
 def _noised(schedule: Schedule, x0, key, indices, time_sampling, t_eps, gbs, p_mean, p_std,
-            logit_mean=0.0, logit_std=1.0):
-  """Per-example ``t`` and ``eps`` from keys folded with ``indices``, and ``x_t = alpha x0 + sigma eps``
-  (Ho et al. 2020, eq. 4): the draw shared by the denoising and the noisy-classifier losses."""
+            logit_mean=0.0, logit_std=1.0, noise=None, t=None):
+  """Per-example ``t`` and ``eps`` from keys folded with ``indices`` (or the given ``noise`` / ``t``),
+  and ``x_t = alpha x0 + sigma eps`` (Ho et al. 2020, eq. 4): the draw shared by the denoising and the
+  noisy-classifier losses."""
   k_t, k_eps = jax.random.split(key)
-  t = sample_times(k_t, indices, time_sampling, t_min=t_eps, global_batch_size=gbs,
-                   schedule=schedule, p_mean=p_mean, p_std=p_std, logit_mean=logit_mean,
-                   logit_std=logit_std)
-  eps = example_normal(k_eps, indices, x0.shape[1:], x0.dtype)
+  if t is None:
+    t = sample_times(k_t, indices, time_sampling, t_min=t_eps, global_batch_size=gbs,
+                     schedule=schedule, p_mean=p_mean, p_std=p_std, logit_mean=logit_mean,
+                     logit_std=logit_std)
+  else:
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x0.shape[:1])
+  eps = (example_normal(k_eps, indices, x0.shape[1:], x0.dtype) if noise is None
+         else jnp.asarray(noise, x0.dtype))
   alpha, sigma = schedule.alpha_sigma(t)
   return t, eps, alpha, sigma, bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
 

@@ -33,11 +33,14 @@ grain's: a grain release that changed ``index_shuffle`` or the seed derivation w
 Each host batch is a dict of numpy arrays shaped for ``jax.pmap`` over the local devices:
 
 - ``image``: ``float32 [num_local_devices, per_device_batch, H, W, C]`` images scaled from ``uint8``
-  to [-1, 1] (``x / 127.5 - 1``), or ``[num_local_devices, per_device_batch, D]`` vectors as stored;
+  to [-1, 1] (``x / 127.5 - 1``; ``float32`` images as stored), or ``[num_local_devices,
+  per_device_batch, D]`` vectors as stored;
 - ``label``: ``int32 [num_local_devices, per_device_batch]``;
 - ``index``: ``int32 [num_local_devices, per_device_batch]``, each example's position in the *global*
   batch (``0 .. B - 1``): training folds it into the per-example random key, so the noise an example
-  gets does not depend on the device or process count.
+  gets does not depend on the device or process count;
+- one ``float32 [num_local_devices, per_device_batch, ...]`` array per ``Source.extras`` field (e.g.
+  reflow's ``noise``).
 """
 from __future__ import annotations
 
@@ -115,6 +118,9 @@ class Pipeline:
     if random_flip and not source.is_image:
       raise ValueError(f"random_flip needs an image dataset; {source.name!r} holds vectors of "
                        f"shape {source.shape}: pass random_flip=False")
+    if random_flip and source.extras:
+      raise ValueError(f"random_flip would flip the images of {source.name!r} but not their "
+                       f"{', '.join(source.extras)}: pass random_flip=False")
     self.source = source
     self.global_batch_size = b
     self.num_local_devices = ndev
@@ -164,7 +170,8 @@ class Pipeline:
   def shapes(self) -> dict:
     """Shapes of the arrays in each host batch."""
     lead = (self.num_local_devices, self.per_device_batch_size)
-    return {"image": lead + tuple(self.source.shape), "label": lead, "index": lead}
+    extras = {k: lead + self.source.extra_shape(k) for k in self.source.extras}
+    return {"image": lead + tuple(self.source.shape), "label": lead, "index": lead, **extras}
 
   def global_indices(self, step: int) -> np.ndarray:
     """Dataset indices of the whole global batch ``step`` (all processes), ``int64 [B]``."""
@@ -174,17 +181,20 @@ class Pipeline:
     """This process's host batch for global step ``step`` (does not move the iterator)."""
     lo = self.process_index * self.local_batch_size
     positions = np.arange(lo, lo + self.local_batch_size)
-    data, labels = self.source.read(self.global_indices(step)[positions])
+    indices = self.global_indices(step)[positions]
+    data, labels = self.source.read(indices)
     x = data.astype(np.float32)
-    if self.source.is_image:
+    if self.source.is_image and data.dtype == np.uint8:
       x = x / np.float32(127.5) - np.float32(1.0)
       if self.random_flip:
         flips = flip_mask(self._seed, step, self.global_batch_size)[positions]
         x[flips] = x[flips, :, ::-1]
     lead = (self.num_local_devices, self.per_device_batch_size)
+    extras = {k: np.asarray(v, np.float32).reshape(lead + np.shape(v)[1:])
+              for k, v in self.source.read_extras(indices).items()}
     return {"image": x.reshape(lead + x.shape[1:]),
             "label": labels.astype(np.int32).reshape(lead),
-            "index": positions.astype(np.int32).reshape(lead)}
+            "index": positions.astype(np.int32).reshape(lead), **extras}
 
   # -- iteration -------------------------------------------------------------------------------------
 

@@ -44,8 +44,11 @@ class Source:
     shape: per-example data shape: ``(H, W, C)`` for images, ``(D,)`` for vectors.
     num_classes: number of label values (``None`` when the dataset has no class label; labels are
       then all 0).
-    is_image: ``True`` for ``uint8`` images (scaled to [-1, 1] by the pipeline), ``False`` for
-      ``float32`` vectors (passed through unscaled).
+    is_image: ``True`` for images ``[H, W, C]`` (``uint8`` ones are scaled to [-1, 1] by the pipeline,
+      ``float32`` ones are already in model units), ``False`` for ``float32`` vectors (passed through
+      unscaled).
+    extras: names of further per-example ``float32`` fields (``read_extras``) that the pipeline adds
+      to each batch, e.g. reflow's ``noise`` (``jdiff.reflow``); none by default.
   """
 
   name: str
@@ -54,11 +57,16 @@ class Source:
   shape: tuple
   num_classes: Optional[int]
   is_image: bool
+  extras: tuple = ()
 
   def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
     """``(data [n, *shape], labels int32 [n])`` for the examples at ``indices`` (any order,
     repeats allowed)."""
     raise NotImplementedError
+
+  def read_extras(self, indices) -> dict:
+    """``{name: float32 [n, ...]}`` for each of ``extras`` at ``indices``."""
+    return {}
 
   def __len__(self) -> int:
     return self.num_examples
@@ -74,16 +82,17 @@ class Source:
 
 
 class ArraySource(Source):
-  """A source held in memory as numpy arrays: ``uint8 [N, H, W, C]`` images or ``float32 [N, D]``
-  vectors, with ``int32 [N]`` labels."""
+  """A source held in memory as numpy arrays: ``uint8 [N, H, W, C]`` images (or ``float32`` ones
+  already in model units, e.g. generated samples) or ``float32 [N, D]`` vectors, with ``int32 [N]``
+  labels, and optional ``extras``: ``{name: float32 [N, ...]}`` further per-example fields."""
 
   def __init__(self, data: np.ndarray, labels: np.ndarray, *, name: str, split: str,
-               num_classes: Optional[int]):
+               num_classes: Optional[int], extras: Optional[dict] = None):
     data = np.asarray(data)
     labels = np.asarray(labels)
     if data.ndim == 4:
-      if data.dtype != np.uint8:
-        raise ValueError(f"image data for {name!r} must be uint8 [N, H, W, C], got dtype "
+      if data.dtype not in (np.uint8, np.float32):
+        raise ValueError(f"image data for {name!r} must be uint8 or float32 [N, H, W, C], got dtype "
                          f"{data.dtype}")
       self.is_image = True
     elif data.ndim == 2:
@@ -95,6 +104,14 @@ class ArraySource(Source):
     if labels.shape != data.shape[:1]:
       raise ValueError(f"labels for {name!r} must have shape {data.shape[:1]}, got "
                        f"{labels.shape}")
+    self._extras = {}
+    for key, value in (extras or {}).items():
+      value = np.asarray(value, np.float32)
+      if value.shape[:1] != data.shape[:1]:
+        raise ValueError(f"extra field {key!r} of {name!r} must have {data.shape[0]} rows like the "
+                         f"data, got shape {value.shape}")
+      self._extras[key] = np.ascontiguousarray(value)
+    self.extras = tuple(self._extras)
     self._data = np.ascontiguousarray(data)
     self._labels = labels.astype(np.int32)
     self.name, self.split, self.num_classes = name, split, num_classes
@@ -112,6 +129,13 @@ class ArraySource(Source):
   def read(self, indices):
     indices = np.asarray(indices, np.int64)
     return self._data[indices], self._labels[indices]
+
+  def read_extras(self, indices):
+    indices = np.asarray(indices, np.int64)
+    return {k: v[indices] for k, v in self._extras.items()}
+
+  def extra_shape(self, name: str) -> tuple:
+    return tuple(int(s) for s in self._extras[name].shape[1:])
 
 
 class TfdsSource(Source):

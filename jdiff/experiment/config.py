@@ -17,9 +17,12 @@ _POSITIVE_INT = [("data", "batch_size"), ("training", "num_steps"), ("training",
                  ("sampling", "num")]
 PARAMETRIZATIONS = parametrization.PARAMETRIZATIONS + ("edm", "consistency")
 OBJECTIVES = ("denoising", "consistency_training", "consistency_distillation",
-              "progressive_distillation")
+              "progressive_distillation", "reflow", "reflow_distill")
 CONSISTENCY_OBJECTIVES = ("consistency_training", "consistency_distillation")
 DISTILLATION_OBJECTIVES = ("consistency_distillation", "progressive_distillation")
+# Trained on (noise, sample) pairs drawn from a teacher before the first step (jdiff.training.reflow).
+REFLOW_OBJECTIVES = ("reflow", "reflow_distill")
+TEACHER_OBJECTIVES = DISTILLATION_OBJECTIVES + REFLOW_OBJECTIVES
 
 
 def check_objective(objective: str, parametrization_name: str, learned_variance: bool) -> None:
@@ -120,10 +123,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _in_range(c.training.cond_drop_prob, "config.training.cond_drop_prob", 0.0, 1.0, "in [0, 1]")
   _checks.choice("parallelism", parallelism_of(c), PARALLELISMS)
   objective = c.training.get("objective", "denoising")
-  if objective in DISTILLATION_OBJECTIVES:
+  if objective in TEACHER_OBJECTIVES:
     d = c.get("distill", {})
     if not d.get("teacher_workdir", ""):
-      raise ValueError(f"training.objective={objective!r} distills a trained model: pass "
+      raise ValueError(f"training.objective={objective!r} learns from a trained model: pass "
                        f"--config.distill.teacher_workdir=<the teacher's train.py workdir>")
     if parallelism_of(c) != "pmap":
       raise ValueError(f"training.objective={objective!r} runs with training.parallelism='pmap' only")
@@ -134,6 +137,23 @@ def validate(c: ml_collections.ConfigDict) -> None:
       _checks.int_at_least(d.get("num_levels", 18), "config.distill.num_levels", 2)
       _in_range(d.get("target_ema", 0.95), "config.distill.target_ema", 0.0, 1.0, "in [0, 1)",
                 hi_open=True)
+    if objective in REFLOW_OBJECTIVES:
+      r = c.get("reflow", {})
+      num = _checks.int_at_least(r.get("num_pairs", 0), "config.reflow.num_pairs", 1)
+      if num < c.data.batch_size:
+        raise ValueError(f"config.reflow.num_pairs={num} is fewer than one batch "
+                         f"(data.batch_size={c.data.batch_size}); draw at least that many pairs")
+      _checks.int_at_least(r.get("steps", 0), "config.reflow.steps", 0)
+      _checks.int_at_least(r.get("batch_size", 250), "config.reflow.batch_size", 1)
+      if not 0 <= r.get("seed", 0) < 2 ** 31:
+        raise ValueError(f"config.reflow.seed must be in [0, 2^31), got {r.get('seed')!r}")
+      if r.get("sampler", ""):
+        _checks.choice("config.reflow.sampler", r.sampler, sampling.SAMPLER_NAMES)
+      if r.get("grid", ""):
+        _checks.choice("config.reflow.grid", r.grid, grids.GRIDS)
+      if c.data.get("random_flip", False):
+        raise ValueError("reflow trains on (noise, sample) pairs, which a flip would uncouple: set "
+                         "--config.data.random_flip=False")
   mesh = c.training.get("mesh", (0, 0))
   if (not isinstance(mesh, (tuple, list)) or len(mesh) != 2 or
       not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in mesh)):

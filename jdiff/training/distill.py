@@ -56,10 +56,11 @@ def rounds(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
   return [(t >> k, t >> (k + 1)) for k in range(n)]
 
 
-def round_config(config: ml_collections.ConfigDict, teacher_workdir: str, teacher_steps: int,
-                 student_steps: int) -> ml_collections.ConfigDict:
-  """One round's config: the teacher's model and diffusion sections (the student starts from its
-  weights), this round's teacher and step counts, and DDIM sampling with ``student_steps`` steps."""
+def with_teacher_model(config: ml_collections.ConfigDict,
+                       teacher_workdir: str) -> ml_collections.ConfigDict:
+  """``config`` with the teacher's model and diffusion sections (a student that starts from its
+  weights: progressive distillation, reflow) and the teacher workdir as an absolute path. A missing
+  teacher config is left for ``load_teacher`` to report."""
   teacher_config = restore_lib.load_config(os.path.abspath(teacher_workdir)) if os.path.isdir(
       teacher_workdir) else None
   c = copy.deepcopy(config)
@@ -68,6 +69,15 @@ def round_config(config: ml_collections.ConfigDict, teacher_workdir: str, teache
       c.model = copy.deepcopy(teacher_config.model)
       c.diffusion = copy.deepcopy(teacher_config.diffusion)
     c.distill.teacher_workdir = os.path.abspath(teacher_workdir)
+  return c
+
+
+def round_config(config: ml_collections.ConfigDict, teacher_workdir: str, teacher_steps: int,
+                 student_steps: int) -> ml_collections.ConfigDict:
+  """One round's config: the teacher's model and diffusion sections (the student starts from its
+  weights), this round's teacher and step counts, and DDIM sampling with ``student_steps`` steps."""
+  c = with_teacher_model(config, teacher_workdir)
+  with c.unlocked():
     c.distill.teacher_steps = teacher_steps
     c.distill.student_steps = student_steps
     c.sampling.sampler = "ddim"

@@ -29,12 +29,13 @@ import ml_collections
 import numpy as np
 
 from jdiff import data as jdata
-from jdiff import generation
+from jdiff import generation, reflow
 from jdiff.experiment import checkpoint as ckpt_lib
 from jdiff.experiment import config as config_check
 from jdiff.experiment.builder import build_model
 from jdiff.experiment.state import TrainState, make_optimizer
 from jdiff.training import distill as distill_lib
+from jdiff.training import reflow as reflow_lib
 from jdiff.training import sharded
 from jdiff.training.periodic_eval import PeriodicEval
 from jdiff.training.step import make_classifier_train_step, make_train_step
@@ -83,10 +84,7 @@ class Experiment:
     self.source = jdata.get_dataset(c.data.name, c.data.split, data_dir=c.data.data_dir or None,
                                     download=c.data.download,
                                     **({"image_size": c.data.image_size} if c.data.image_size else {}))
-    self.pipeline = jdata.Pipeline(
-        self.source, c.data.batch_size, seed=c.seed, num_local_devices=self.num_local_devices,
-        process_index=self.process_index, process_count=self.process_count,
-        random_flip=c.data.random_flip)
+    self.use_source(self.source)
     self.task = config_check.task_of(c)
     labelled = c.training.conditional or self.task == "classifier"
     self.num_classes = int(self.source.num_classes) if labelled else 0
@@ -97,7 +95,10 @@ class Experiment:
       raise ValueError(f"a classifier needs labelled data but dataset {c.data.name!r} has no labels")
     self.objective = c.training.get("objective", "denoising")
     self.teacher = (distill_lib.load_teacher(c, tuple(self.source.shape), self.num_classes)
-                    if self.objective in config_check.DISTILLATION_OBJECTIVES else None)
+                    if self.objective in config_check.TEACHER_OBJECTIVES else None)
+    if self.objective in config_check.REFLOW_OBJECTIVES:
+      reflow.check_flow(self.teacher.schedule, f"training.objective={self.objective!r}")
+      reflow_lib.settings(c, self.teacher, 1)  # the pairs' sampler: checked before anything is written
     self.model = build_model(c, tuple(self.source.shape), self.num_classes)
     self.module, self.init_fn, self.apply_fn = self.model.module, self.model.init_fn, self.model.apply_fn
     self.schedule = self.model.schedule
@@ -105,9 +106,19 @@ class Experiment:
     self.data_shape = self.model.data_shape
     self.learned_variance = self.model.learned_variance
 
+  def use_source(self, source: jdata.Source) -> None:
+    """Train on ``source`` (e.g. reflow's pairs, drawn once the workdir is locked)."""
+    c = self.config
+    self.source = source
+    self.pipeline = jdata.Pipeline(
+        source, c.data.batch_size, seed=c.seed, num_local_devices=self.num_local_devices,
+        process_index=self.process_index, process_count=self.process_count,
+        random_flip=c.data.random_flip)
+
   def init_state(self) -> TrainState:
-    """A fresh state; progressive distillation's student starts from its teacher's EMA weights."""
-    start = self.teacher.params if self.objective == "progressive_distillation" else None
+    """A fresh state; the students of progressive distillation and of reflow start from their
+    teacher's EMA weights."""
+    start = self.teacher.params if self.objective in STARTS_FROM_TEACHER else None
     return self.model.init_state(self.optimizer, start)
 
   def meta(self, state: TrainState) -> dict:
@@ -144,12 +155,16 @@ class Experiment:
         ema_warmup=self.config.training.get("ema_warmup", True),
         objective=self.objective, consistency_kwargs=consistency_kwargs(self.config),
         total_steps=self.config.training.num_steps,
-        teacher=None if self.teacher is None else distill_lib.teacher_of(self.teacher),
+        teacher=(distill_lib.teacher_of(self.teacher)
+                 if self.objective in config_check.DISTILLATION_OBJECTIVES else None),
         distill_kwargs=distill_kwargs(self.config))
 
   def model_fn(self):
     """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout)."""
     return self.model.model_fn()
+
+
+STARTS_FROM_TEACHER = ("progressive_distillation",) + config_check.REFLOW_OBJECTIVES
 
 
 def consistency_kwargs(config: ml_collections.ConfigDict) -> dict:
@@ -317,9 +332,16 @@ def _train_one(config: ml_collections.ConfigDict, workdir: str, log, allow_devic
   # Every check of the config (data, model, train step) runs before anything is created or written,
   # so a bad config leaves no workdir, checkpoint directory or config.json behind.
   workdir = check_workdir(workdir, create=False)
-  if config.training.get("objective", "denoising") == "progressive_distillation":
+  objective = config.training.get("objective", "denoising")
+  if objective == "progressive_distillation":
     (t_steps, s_steps), = distill_lib.rounds(config)
     config = distill_lib.round_config(config, config.distill.teacher_workdir, t_steps, s_steps)
+  elif objective in config_check.REFLOW_OBJECTIVES:
+    time_sampling = config.reflow.get("time_sampling", "")
+    config = distill_lib.with_teacher_model(config, config.distill.teacher_workdir)
+    if time_sampling:
+      with config.unlocked():
+        config.diffusion.time_sampling = time_sampling
   exp = Experiment(config)
   # fsdp: the shapes and shardings of the state (nothing allocated), and the step on the global batch,
   # with no pmean (jit over the mesh reduces across devices).
@@ -338,6 +360,8 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
            stop: "_StopFlag", target=None) -> TrainState:
   c = exp.config
   is_main = jax.process_index() == 0
+  if exp.objective in config_check.REFLOW_OBJECTIVES:  # the pairs, drawn under the workdir's lock
+    exp.use_source(reflow_lib.ensure_pairs(c, exp.teacher, workdir, log))
   # The one writer (under the lock) removes the temporary directories of interrupted saves.
   ckpt = ckpt_lib.Checkpointer(workdir, c.training.keep_checkpoints, cleanup_tmp=True)
   writer = None
@@ -388,7 +412,8 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
       host, to_save = sharded.to_host, (lambda s: s)
     else:
       p_step = jax.pmap(train_step, axis_name="data", donate_argnums=(0,))
-      if exp.teacher is not None:  # the teacher's parameters: a third argument, put on the devices once
+      if exp.objective in config_check.DISTILLATION_OBJECTIVES:
+        # the teacher's parameters: a third argument, put on the devices once
         mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
         rteacher = jax.device_put(replicate(exp.teacher.params), jax.sharding.NamedSharding(
             mesh, jax.sharding.PartitionSpec("data")))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from jdiff import conditions as conditions_lib
-from jdiff import consistency, distillation, likelihood, losses
+from jdiff import consistency, distillation, likelihood, losses, reflow
 from jdiff.experiment import config as config_lib
 from jdiff.experiment.builder import make_model_fn
 from jdiff.experiment.state import TrainState
@@ -67,6 +67,10 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     after each step as ``mu target + (1 - mu) params`` with ``mu = distill_kwargs['target_ema']`` (Song
     et al. 2023, Alg. 2); ``num_levels``, ``weighting`` from ``distill_kwargs``, the metric from
     ``consistency_kwargs``.
+
+  ``reflow`` / ``reflow_distill`` (Liu et al. 2023; ``jdiff.reflow.reflow_loss``) train a flow on
+  (noise, sample) pairs: ``batch['noise']`` is each example's noise, with ``t`` drawn by
+  ``time_sampling`` (reflow) or ``t = 1`` (one-step distillation).
   """
   config_lib.check_objective(objective, parametrization_name, learned_variance)
   distill_kwargs = dict(distill_kwargs or {})
@@ -119,6 +123,14 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
         return jnp.mean(consistency.consistency_training_loss(
             model_fn, params, schedule, x0, k_loss, state.step, total_steps, cond=cond, indices=index,
             **dict(consistency_kwargs or {})))
+      if objective in ("reflow", "reflow_distill"):
+        if "noise" not in batch:
+          raise ValueError(f"training.objective={objective!r} trains on (noise, sample) pairs: the batch "
+                           f"needs a 'noise' field (jdiff.training.reflow draws them)")
+        return jnp.mean(reflow.reflow_loss(
+            model_fn, params, schedule, x0, batch["noise"], k_loss, cond, parametrization=core_param,
+            one_step=objective == "reflow_distill", weighting=weighting, time_sampling=time_sampling,
+            indices=index, global_batch_size=global_batch_size, **loss_kwargs))
       if learned_variance:
         terms = likelihood.hybrid_loss(model_fn, params, schedule, x0, k_loss, hybrid_num_steps,
                                        cond=cond, parametrization=core_param, indices=index)
