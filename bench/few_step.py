@@ -11,6 +11,13 @@ replace it, with the CPU minutes each took.
 * **ct**: improved consistency training from scratch (Song & Dhariwal 2023; ``configs/fashion_mnist_ict.py``)
   for ``--ct_steps``;
 
+* **reflow**: reflow of the (flow-matching) teacher (Liu et al. 2023; ``configs/fashion_mnist_reflow.py``):
+  ``--reflow_pairs`` (noise, sample) pairs drawn with the teacher's sampler, ``--reflow_steps`` of training
+  on them, scored with Euler at ``--reflow_nfe`` (1, 2, 4, 8), next to the teacher with Euler at the same
+  NFE (``teacher_euler``: how much straighter the paths became); then **reflow_1step**, its one-step
+  distillation (``configs/fashion_mnist_reflow_distill.py``, ``--reflow_distill_steps``) at 1 NFE. The
+  minutes include drawing the pairs;
+
 the consistency models scored with the multistep consistency sampler at ``--cm_nfe`` (1, 2, 4, 8). FD is the
 project's (``eval.py``: Fashion-MNIST feature space, ``--num`` samples, seed 0), reported with its real-data
 floor at the same N and as a ratio to the teacher's FD at its largest NFE. The issue's targets: PD at 4
@@ -36,11 +43,13 @@ sys.path.insert(0, _HERE)
 
 import _harness  # noqa: E402
 
-METHODS = ("pd", "cd", "ct")
+METHODS = ("pd", "cd", "ct", "reflow")
 CONFIGS = {"pd": "configs/fashion_mnist_pd.py", "cd": "configs/fashion_mnist_cd.py",
-           "ct": "configs/fashion_mnist_ict.py"}
+           "ct": "configs/fashion_mnist_ict.py", "reflow": "configs/fashion_mnist_reflow.py",
+           "reflow_1step": "configs/fashion_mnist_reflow_distill.py"}
 TARGETS = {("pd", 4): 1.5, ("cd", 2): 2.0, ("ct", 2): 3.0}
-COLORS = {"teacher": (0, 0, 0), "pd": (31, 119, 180), "cd": (214, 39, 40), "ct": (44, 160, 44)}
+COLORS = {"teacher": (0, 0, 0), "pd": (31, 119, 180), "cd": (214, 39, 40), "ct": (44, 160, 44),
+          "teacher_euler": (150, 150, 150), "reflow": (148, 103, 189), "reflow_1step": (255, 127, 14)}
 QUIET = ["--config.training.sample_every=0", "--config.training.log_every=50"]
 
 
@@ -104,12 +113,17 @@ def main():
   p.add_argument("--pd_round_steps", type=int, default=1000)
   p.add_argument("--cd_steps", type=int, default=3000)
   p.add_argument("--ct_steps", type=int, default=3000)
+  p.add_argument("--reflow_pairs", type=int, default=10000)
+  p.add_argument("--reflow_steps", type=int, default=2000)
+  p.add_argument("--reflow_distill_steps", type=int, default=1000)
+  p.add_argument("--reflow_nfe", default="1,2,4,8", help="Euler step counts for reflow")
   p.add_argument("--workdir", default="", help="keep the runs here (default: a temporary folder)")
   p.add_argument("--out", default=os.path.join(_HERE, "out", "few_step.json"))
   args = p.parse_args()
   methods = _harness.name_list(p, args.methods, "method", METHODS)
   teacher_nfe = _harness.int_list(p, args.teacher_nfe, "--teacher_nfe")
   cm_nfe = _harness.int_list(p, args.cm_nfe, "--cm_nfe")
+  reflow_nfe = _harness.int_list(p, args.reflow_nfe, "--reflow_nfe")
   t = args.pd_teacher_steps
   ratio = t // max(args.pd_student_steps, 1)
   if t % max(args.pd_student_steps, 1) or ratio < 2 or ratio & (ratio - 1):
@@ -154,6 +168,23 @@ def main():
     result["minutes"][method] = minutes
     for n in cm_nfe:
       score(method, os.path.join(root, method), n, minutes, steps=n)
+
+  if "reflow" in methods:
+    for n in reflow_nfe:
+      score("teacher_euler", teacher, n, 0.0, sampler="euler", steps=n)
+    pairs = f"--config.reflow.num_pairs={args.reflow_pairs}"
+    minutes = _train(root, "reflow", [f"--config={CONFIGS['reflow']}", pairs,
+                                      f"--config.distill.teacher_workdir={teacher}",
+                                      f"--config.training.num_steps={args.reflow_steps}"])
+    result["minutes"]["reflow"] = minutes
+    for n in reflow_nfe:
+      score("reflow", os.path.join(root, "reflow"), n, minutes, sampler="euler", steps=n)
+    minutes += _train(root, "reflow_1step", [
+        f"--config={CONFIGS['reflow_1step']}", pairs,
+        f"--config.distill.teacher_workdir={os.path.join(root, 'reflow')}",
+        f"--config.training.num_steps={args.reflow_distill_steps}"])
+    result["minutes"]["reflow_1step"] = minutes
+    score("reflow_1step", os.path.join(root, "reflow_1step"), 1, minutes, sampler="euler", steps=1)
 
   ref = max((r for r in rows if r["method"] == "teacher"), key=lambda r: r["nfe"])
   for r in rows:
