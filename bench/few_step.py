@@ -14,7 +14,8 @@ replace it, with the CPU minutes each took.
 * **reflow**: reflow of the (flow-matching) teacher (Liu et al. 2023; ``configs/fashion_mnist_reflow.py``):
   ``--reflow_pairs`` (noise, sample) pairs drawn with the teacher's sampler, ``--reflow_steps`` of training
   on them, scored with Euler at ``--reflow_nfe`` (1, 2, 4, 8), next to the teacher with Euler at the same
-  NFE (``teacher_euler``: how much straighter the paths became); then **reflow_1step**, its one-step
+  NFE (``teacher_euler``: how much straighter the paths became; the straightness of both, ``jdiff.reflow``,
+  is printed and recorded); then **reflow_1step**, its one-step
   distillation (``configs/fashion_mnist_reflow_distill.py``, ``--reflow_distill_steps``) at 1 NFE. The
   minutes include drawing the pairs;
 
@@ -63,6 +64,21 @@ def _train(root: str, name: str, args: list) -> float:
   minutes = _harness.run_train(args + QUIET, wd, os.path.join(root, f"{name}.log")) / 60.0
   _harness.write_json(timing, {"minutes": minutes})
   return minutes
+
+
+def straightness(workdir: str, num: int = 256, steps: int = 50) -> float:
+  """Mean straightness of a flow model's ODE paths (``jdiff.reflow.straightness``: Euler with ``steps``
+  steps from the prior noise of samples ``0 .. num - 1``, seed 0); 0 for straight paths."""
+  import jax
+  import jax.numpy as jnp
+  from jdiff import reflow, sampling
+  from jdiff.generation import restore
+  from jdiff.parametrization import make_denoiser
+  r = restore.restore(workdir=workdir)
+  x1 = sampling.initial_noise(jax.random.PRNGKey(0), jnp.arange(num), tuple(r.data_shape), r.schedule)
+  fn = jax.jit(lambda p, x: reflow.straightness(
+      make_denoiser(r.model_fn, p, r.schedule, r.parametrization), x, steps))
+  return float(jnp.mean(jnp.concatenate([fn(r.params, x1[i:i + 64]) for i in range(0, num, 64)])))
 
 
 def plot(rows: list, path: str, title: str) -> None:
@@ -170,6 +186,7 @@ def main():
       score(method, os.path.join(root, method), n, minutes, steps=n)
 
   if "reflow" in methods:
+    result["straightness"] = {"teacher": straightness(teacher)}
     for n in reflow_nfe:
       score("teacher_euler", teacher, n, 0.0, sampler="euler", steps=n)
     pairs = f"--config.reflow.num_pairs={args.reflow_pairs}"
@@ -177,6 +194,10 @@ def main():
                                       f"--config.distill.teacher_workdir={teacher}",
                                       f"--config.training.num_steps={args.reflow_steps}"])
     result["minutes"]["reflow"] = minutes
+    result["straightness"]["reflow"] = straightness(os.path.join(root, "reflow"))
+    print(f"straightness of the ODE paths (50 Euler steps, 256 samples; 0 = straight): teacher "
+          f"{result['straightness']['teacher']:.4f}, reflow {result['straightness']['reflow']:.4f}",
+          flush=True)
     for n in reflow_nfe:
       score("reflow", os.path.join(root, "reflow"), n, minutes, sampler="euler", steps=n)
     minutes += _train(root, "reflow_1step", [

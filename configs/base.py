@@ -59,6 +59,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # "consistency"), "progressive_distillation" (see distill below), "reflow" / "reflow_distill" (see
   # reflow below)
   t.objective = "denoising"
+  # Start from another run's EMA weights (its workdir), with its network (the model section is taken from
+  # it): fine-tuning; for a consistency model (diffusion.parametrization="consistency") the network is
+  # read as that run's denoiser under the boundary condition (consistency.base_*, set from its diffusion
+  # section), as consistency distillation initialised from its teacher (configs/fashion_mnist_cd.py).
+  t.init_from = ""
   t.log_every = 50
   t.ckpt_every = 1000
   t.sample_every = 1000
@@ -84,6 +89,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   cc.weighting = "ict"         # ict | uniform
   cc.metric = "pseudo_huber"   # pseudo_huber | l2
   cc.huber_c = 0.0             # 0: 0.00054 sqrt(data dimensions)
+  # The network as a denoiser of this schedule and parametrization ("": the raw network F of Song et al.
+  # 2023, App. C); set by training.init_from from the run it starts from.
+  cc.base_schedule = ""
+  cc.base_parametrization = ""
+  cc.base_schedule_kwargs = ml_collections.ConfigDict()
 
   # Distillation of a trained teacher (training.objective "consistency_distillation" or
   # "progressive_distillation"; jdiff.training.distill).

@@ -12,7 +12,8 @@ of the papers (Song et al. 2023, eq. 6's grid; Karras et al. 2022, eq. 5).
   ``c_skip = sigma_data^2 / ((sigma - sigma_min)^2 + sigma_data^2)`` and
   ``c_out = (sigma - sigma_min) sigma_data / sqrt(sigma^2 + sigma_data^2)`` (Song et al. 2023, App. C,
   eq. 40): ``c_skip(sigma_min) = 1`` and ``c_out(sigma_min) = 0``, so ``f(x, sigma_min) = x`` exactly.
-  It is an ``x0`` model for the rest of jdiff.
+  It is an ``x0`` model for the rest of jdiff. ``precondition_over``: the same boundary condition over a
+  trained denoiser's ``x0`` (a student that starts from a diffusion model's weights).
 * ``consistency_distillation_loss`` (CD; Song et al. 2023, Alg. 2): ``x_{n+1} = x0 + sigma_{n+1} z``, one
   Heun step of the teacher's probability-flow ODE to ``sigma_n`` gives ``x_n``; the loss is
   ``lambda(sigma_n) d(f_theta(x_{n+1}, sigma_{n+1}), f_target(x_n, sigma_n))`` with the target network an
@@ -86,6 +87,24 @@ def precondition(raw_fn: ModelFn, schedule: Schedule, sigma_data: float = 0.5) -
     c_skip, c_out, c_in, c_noise = coefficients(sig, sigma_min(schedule), sigma_data)
     f = raw_fn(params, bcast(c_in, x) * x, c_noise, cond)
     return bcast(c_skip, x) * x + bcast(c_out, x) * f
+
+  return fn
+
+
+def precondition_over(base_x0: Callable, schedule: Schedule, sigma_data: float = 0.5) -> ModelFn:
+  """The boundary condition over a denoiser: ``f(x, t) = c_skip x + (1 - c_skip) D(params, x, sigma,
+  cond)`` with ``D`` an ``x0`` prediction on the VE process ``x = x0 + sigma z`` (e.g. a trained
+  flow-matching or VP network read through :func:`ve_denoiser`) and ``c_skip`` of :func:`coefficients`:
+  ``f(x, sigma_min) = x`` exactly, and ``f`` tends to ``D`` as ``sigma`` grows. A consistency model whose
+  network starts from a trained diffusion model's weights starts as that model's one-step denoiser, as
+  consistency distillation initialised from its teacher does (Song et al. 2023, their released training
+  code copies the teacher's weights into the student; there both are EDM-preconditioned)."""
+  check_schedule(schedule)
+
+  def fn(params, x, t, cond):
+    sig = schedule.sigma(broadcast_t(t, x))
+    c_skip = coefficients(sig, sigma_min(schedule), sigma_data)[0]
+    return bcast(c_skip, x) * x + bcast(1.0 - c_skip, x) * base_x0(params, x, sig, cond)
 
   return fn
 

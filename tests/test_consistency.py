@@ -43,6 +43,34 @@ def test_boundary_condition_is_exact_for_any_network():
   assert float(jnp.max(jnp.abs(f(w, x, jnp.full((5,), 0.3), None) - x))) > 0.1
 
 
+def test_over_a_base_denoiser_the_boundary_is_exact_and_the_base_is_read_on_the_ve_process():
+  """f(x, sigma_min) = x bit for bit whatever the base; elsewhere f = c_skip x + (1 - c_skip) D with D
+  the base's x0 read on the VE process: for a flow-matching x0 model of Gaussian data built through the
+  builder, D(x, sigma) = x S^2 / (S^2 + sigma^2)."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 3)) * 3.0
+  huge = cm.precondition_over(lambda p, x, sig, c: 1e6 * x + sig[:, None], EDM)
+  np.testing.assert_array_equal(np.asarray(huge(None, x, jnp.zeros((4,)), None)), np.asarray(x))
+  flow = schedules.get_schedule("flow")
+  apply = lambda p, x, t, cond, rng=None, train=False: exact_x0(flow)(p, x, t, cond)
+  factory, core = builder.make_model_fn(apply, EDM, "consistency", base=(flow, "x0"))
+  assert core == "x0"
+  t = jnp.array([0.0, 0.3, 0.6, 1.0])
+  sig = EDM.sigma(t)
+  c_skip = cm.coefficients(sig, cm.sigma_min(EDM))[0]
+  want = x * (c_skip + (1 - c_skip) * S * S / (S * S + sig * sig))[:, None]
+  got = factory(None, False)(None, x, t, None)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-3, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(x[0]))
+  # An EDM-preconditioned base whose network outputs 0 is the denoiser x sigma_data^2 / (sigma^2 +
+  # sigma_data^2) (Karras et al. 2022, Table 1: c_skip).
+  zero = lambda p, x, t, cond, rng=None, train=False: jnp.zeros_like(x)
+  f_edm = builder.make_model_fn(zero, EDM, "consistency", base=(EDM, "edm"))[0](None, False)
+  want = x * (c_skip + (1 - c_skip) * 0.25 / (sig * sig + 0.25))[:, None]
+  np.testing.assert_allclose(np.asarray(f_edm(None, x, t, None)), np.asarray(want), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="consistency parametrization only"):
+    builder.make_model_fn(apply, EDM, "x0", base=(flow, "x0"))
+
+
 def test_coefficients_hand_values():
   # sigma = sigma_min + sigma_data: c_skip = 1/2; c_out = sigma_data^2 / sqrt(sigma^2 + sigma_data^2).
   s_min, sd = 0.002, 0.5
@@ -204,6 +232,7 @@ _cli = _gaussian.cli
     ({"training.objective": "distill"}, "valid objectives are"),
     ({"training.objective": "consistency_training", "diffusion.parametrization": "consistency"},
      "alpha = 1"),
+    ({"consistency.base_schedule": "flow"}, "network of a consistency model"),
 ])
 def test_config_errors(overrides, message):
   sys.path.insert(0, REPO)

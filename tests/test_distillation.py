@@ -198,6 +198,70 @@ def test_consistency_distillation_trains_resumes_exactly_and_samples_in_one_step
   assert r.returncode == 0 and "1 NFE per batch" in r.stdout + r.stderr, r.stderr[-3000:]
 
 
+CD_INIT = ["--config=configs/toy2d.py", "--config.training.objective=consistency_distillation",
+           "--config.diffusion.schedule=edm", "--config.diffusion.parametrization=consistency",
+           "--config.sampling.sampler=consistency", "--config.sampling.grid=consistency",
+           "--config.sampling.steps=2", *QUIET]
+
+
+def test_a_consistency_student_initialised_from_its_teacher_starts_as_its_denoiser(teacher, tmp_path):
+  """training.init_from: the student takes the teacher's network and weights, read as the teacher's
+  denoiser on the VE process under the boundary condition, so at step 0 f = c_skip x + (1 - c_skip)
+  D_teacher; the run trains, resumes and samples like any other."""
+  sys.path.insert(0, REPO)
+  from configs import toy2d
+  from jdiff import consistency
+  from jdiff.generation import restore as restore_lib
+  from jdiff.parametrization import make_denoiser
+  from jdiff.training import distill, loop
+  c = toy2d.get_config()
+  c.training.objective = "consistency_distillation"
+  c.diffusion.schedule, c.diffusion.parametrization = "edm", "consistency"
+  c.sampling.sampler, c.sampling.grid = "consistency", "consistency"
+  c.distill.teacher_workdir = c.training.init_from = teacher
+  exp = loop.Experiment(distill.with_init_model(c))
+  assert (exp.config.consistency.base_schedule, exp.config.consistency.base_parametrization) == (
+      "cosine", "v")
+  t_run = restore_lib.restore(workdir=teacher)
+  params = exp.init_state().params
+  fn, _ = exp.model_fn()
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 2)) * 2.0
+  t = jnp.array([0.0, 0.2, 0.5, 0.9])
+  sig = exp.schedule.sigma(t)
+  c_skip = consistency.coefficients(sig, consistency.sigma_min(exp.schedule))[0][:, None]
+  d = consistency.ve_denoiser(make_denoiser(t_run.model_fn, t_run.params, t_run.schedule,
+                                            t_run.parametrization), t_run.schedule)
+  np.testing.assert_allclose(np.asarray(fn(params, x, t, None)),
+                             np.asarray(c_skip * x + (1 - c_skip) * d(x, sig)), rtol=1e-5, atol=1e-6)
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  args = CD_INIT + [f"--config.distill.teacher_workdir={teacher}", f"--config.training.init_from={teacher}",
+                    "--config.training.ckpt_every=2"]
+  r = _cli("train.py", args + [f"--workdir={straight}", "--config.training.num_steps=4"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  for n in (2, 4):
+    r = _cli("train.py", args + [f"--workdir={split}", f"--config.training.num_steps={n}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+  assert _losses(split) == _losses(straight) and len(_losses(straight)) == 4
+  r = _cli("sample.py", [f"--workdir={straight}", "--num=3", "--steps=1", f"--out={tmp_path / 's.npz'}"])
+  assert r.returncode == 0 and "1 NFE per batch" in r.stdout + r.stderr, r.stderr[-3000:]
+
+
+def test_init_from_a_consistency_model_or_missing_run_is_one_error(teacher, tmp_path):
+  cd = str(tmp_path / "cd")
+  r = _cli("train.py", CD_INIT + [f"--config.distill.teacher_workdir={teacher}", f"--workdir={cd}",
+                                  "--config.training.num_steps=2"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  for src, want in ((cd, "is a consistency model; a consistency model starts from a denoiser"),
+                    (str(tmp_path / "nowhere"), "training.init_from: workdir")):
+    r = _cli("train.py", CD_INIT + [f"--config.distill.teacher_workdir={teacher}",
+                                    f"--config.training.init_from={src}",
+                                    f"--workdir={tmp_path / 'student'}", "--config.training.num_steps=2"])
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and want in last, last
+    assert not os.path.exists(tmp_path / "student" / "checkpoints")
+
+
 @pytest.mark.parametrize("case", ["missing", "damaged", "other_data", "steps"])
 def test_bad_teacher_or_steps_is_one_error(teacher, tmp_path, case):
   import shutil

@@ -23,19 +23,37 @@ from jdiff.schedules import Schedule
 
 
 def make_model_fn(apply: Callable, schedule: Schedule, parametrization_name: str,
-                  sigma_data: float = 0.5):
+                  sigma_data: float = 0.5, base: Optional[tuple] = None):
   """Returns ``(model_fn_factory, core_parametrization)``.
 
   ``model_fn_factory(rng, train)`` gives ``fn(params, x, t, cond)`` for the core; with
   ``parametrization_name == 'edm'`` the network is wrapped in EDM preconditioning (Karras et al. 2022,
   Table 1), with ``'consistency'`` in the boundary-condition parametrization of a consistency model
   (Song et al. 2023, App. C; ``jdiff.consistency.precondition``); both are read as ``x0`` models.
+  ``base = (schedule, parametrization)`` (consistency only): the network is a denoiser of that schedule
+  and parametrization, read on the VE process (``consistency.ve_denoiser``) under the boundary condition
+  (``consistency.precondition_over``), so that it can start from a trained diffusion model's weights.
   """
+  if base is not None and parametrization_name != "consistency":
+    raise ValueError("a base denoiser (consistency.base_schedule) is for the consistency "
+                     "parametrization only")
+
   def factory(rng: Optional[jax.Array], train: bool):
     def raw(params, x, t, cond):
       return apply(params, x, t, cond, rng=rng, train=train)
     if parametrization_name == "edm":
       return parametrization.edm_precondition(raw, schedule, sigma_data)
+    if parametrization_name == "consistency" and base is not None:
+      base_schedule, base_param = base
+
+      inner, inner_param = raw, base_param
+      if base_param == "edm":  # an EDM-preconditioned network is an x0 model
+        inner, inner_param = parametrization.edm_precondition(raw, base_schedule, sigma_data), "x0"
+
+      def base_x0(params, x, sigma, cond):
+        d = parametrization.make_denoiser(inner, params, base_schedule, inner_param, cond)
+        return consistency.ve_denoiser(d, base_schedule)(x, sigma)
+      return consistency.precondition_over(base_x0, schedule, sigma_data)
     if parametrization_name == "consistency":
       return consistency.precondition(raw, schedule, sigma_data)
     return raw
@@ -61,6 +79,7 @@ class Model:
     self.module = models.create(c.model.name, num_classes=self.num_classes, **model_kwargs)
     self.init_fn, self.apply_fn = models.functional(self.module)
     self.schedule = schedules.get_schedule(c.diffusion.schedule, **dict(c.diffusion.schedule_kwargs))
+    self.consistency_base = consistency_base(c)
     self.learned_variance = bool(c.model.get("learned_variance", False))
     # What the denoiser is conditioned on (a classifier reads no condition: it predicts the label).
     self.conditions = (conditions_lib.for_model(self.num_classes) if self.task == "diffusion"
@@ -92,8 +111,21 @@ class Model:
     if self.task == "classifier":
       return (lambda params, x, t: self.apply_fn(params, x, t, None)), "logits"
     factory, core = make_model_fn(self.apply_fn, self.schedule, self.config.diffusion.parametrization,
-                                  self.config.diffusion.sigma_data)
+                                  self.config.diffusion.sigma_data, self.consistency_base)
     return factory(None, False), core
+
+
+def consistency_base(config: ml_collections.ConfigDict) -> Optional[tuple]:
+  """``(schedule, parametrization)`` of ``config.consistency.base_schedule`` /
+  ``base_parametrization`` (a consistency model over a denoiser of that kind), or ``None``."""
+  cc = config.get("consistency", None)
+  if cc is None or not cc.get("base_schedule", ""):
+    return None
+  base_param = cc.get("base_parametrization", "") or "eps"
+  if base_param != "edm":
+    parametrization.check_parametrization(base_param)
+  return (schedules.get_schedule(cc.base_schedule, **dict(cc.get("base_schedule_kwargs", None) or {})),
+          base_param)
 
 
 def build_model(config: ml_collections.ConfigDict, data_shape, num_classes: int) -> Model:

@@ -108,6 +108,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
                                     **dict(c.diffusion.get("schedule_kwargs", None) or {}))
   if c.diffusion.parametrization == "consistency":
     consistency.check_schedule(schedule)
+  cc = c.get("consistency", None)
+  if cc is not None and cc.get("base_schedule", ""):
+    if c.diffusion.parametrization != "consistency":
+      raise ValueError("consistency.base_schedule describes the network of a consistency model: set "
+                       "diffusion.parametrization='consistency' or leave it empty")
+    schedules.get_schedule(cc.base_schedule, **dict(cc.get("base_schedule_kwargs", None) or {}))
+    if cc.get("base_parametrization", "") == "consistency":
+      raise ValueError("consistency.base_parametrization must be a denoiser's (eps, x0, v, score, flow "
+                       "or edm), got 'consistency'")
+    if cc.get("base_parametrization", "") != "edm":
+      parametrization.check_parametrization(cc.get("base_parametrization", "") or "eps")
   sampling.check_sampler_schedule(sampling.get_sampler(c.sampling.sampler), schedule)
   grid = _checks.choice("grid", c.sampling.get("grid", "uniform_logsnr"), grids.GRIDS)
   try:  # the sampling grid itself: a schedule/grid/steps combination float32 cannot resolve fails now

@@ -72,6 +72,44 @@ def with_teacher_model(config: ml_collections.ConfigDict,
   return c
 
 
+def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` for a run that starts from ``training.init_from``'s weights: that run's model section;
+  its diffusion section too, except for a consistency model, whose network is then read as that run's
+  denoiser (``consistency.base_schedule`` / ``base_parametrization``; ``jdiff.consistency.
+  precondition_over``). A missing config is left for ``load_init`` to report."""
+  src = config.training.init_from
+  init_config = restore_lib.load_config(os.path.abspath(src)) if os.path.isdir(src) else None
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.training.init_from = os.path.abspath(src)
+    if init_config is None:
+      return c
+    c.model = copy.deepcopy(init_config.model)
+    if c.diffusion.parametrization == "consistency":
+      if init_config.diffusion.parametrization == "consistency":
+        raise ValueError(f"training.init_from: {src} is a consistency model; a consistency model "
+                         f"starts from a denoiser (eps / x0 / v / flow / edm parametrization)")
+      c.consistency.base_schedule = init_config.diffusion.schedule
+      c.consistency.base_parametrization = init_config.diffusion.parametrization
+      c.consistency.base_schedule_kwargs = copy.deepcopy(
+          init_config.diffusion.get("schedule_kwargs", ml_collections.ConfigDict()))
+    else:
+      c.diffusion = copy.deepcopy(init_config.diffusion)
+  return c
+
+
+def load_init(config: ml_collections.ConfigDict, data_shape, num_classes: int) -> generation.Restored:
+  """The EMA weights of ``training.init_from`` (checked as a teacher is)."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.distill.teacher_workdir, c.distill.teacher_step = c.training.init_from, 0
+  try:
+    return load_teacher(c, data_shape, num_classes)
+  except ValueError as e:
+    raise ValueError(str(e).replace("distill.teacher_workdir", "training.init_from", 1)
+                     .replace("the teacher", "the run to start from")) from None
+
+
 def round_config(config: ml_collections.ConfigDict, teacher_workdir: str, teacher_steps: int,
                  student_steps: int) -> ml_collections.ConfigDict:
   """One round's config: the teacher's model and diffusion sections (the student starts from its

@@ -96,6 +96,12 @@ class Experiment:
     self.objective = c.training.get("objective", "denoising")
     self.teacher = (distill_lib.load_teacher(c, tuple(self.source.shape), self.num_classes)
                     if self.objective in config_check.TEACHER_OBJECTIVES else None)
+    self.init_from = None
+    if c.training.get("init_from", ""):
+      same = self.teacher is not None and os.path.abspath(c.training.init_from) == os.path.abspath(
+          c.distill.teacher_workdir)
+      self.init_from = (self.teacher if same else
+                        distill_lib.load_init(c, tuple(self.source.shape), self.num_classes))
     if self.objective in config_check.REFLOW_OBJECTIVES:
       reflow.check_flow(self.teacher.schedule, f"training.objective={self.objective!r}")
       reflow_lib.settings(c, self.teacher, 1)  # the pairs' sampler: checked before anything is written
@@ -117,8 +123,10 @@ class Experiment:
 
   def init_state(self) -> TrainState:
     """A fresh state; the students of progressive distillation and of reflow start from their
-    teacher's EMA weights."""
+    teacher's EMA weights, a run with ``training.init_from`` from that run's."""
     start = self.teacher.params if self.objective in STARTS_FROM_TEACHER else None
+    if self.init_from is not None:
+      start = self.init_from.params
     return self.model.init_state(self.optimizer, start)
 
   def meta(self, state: TrainState) -> dict:
@@ -157,7 +165,7 @@ class Experiment:
         total_steps=self.config.training.num_steps,
         teacher=(distill_lib.teacher_of(self.teacher)
                  if self.objective in config_check.DISTILLATION_OBJECTIVES else None),
-        distill_kwargs=distill_kwargs(self.config))
+        distill_kwargs=distill_kwargs(self.config), consistency_base=self.model.consistency_base)
 
   def model_fn(self):
     """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout)."""
@@ -342,6 +350,8 @@ def _train_one(config: ml_collections.ConfigDict, workdir: str, log, allow_devic
     if time_sampling:
       with config.unlocked():
         config.diffusion.time_sampling = time_sampling
+  if config.training.get("init_from", ""):
+    config = distill_lib.with_init_model(config)
   exp = Experiment(config)
   # fsdp: the shapes and shardings of the state (nothing allocated), and the step on the global batch,
   # with no pmean (jit over the mesh reduces across devices).

@@ -40,7 +40,8 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
                     hybrid_num_steps: int = 1000, ema_warmup: bool = True,
                     objective: str = "denoising", consistency_kwargs: Optional[dict] = None,
                     total_steps: int = 1, teacher: Optional[Teacher] = None,
-                    distill_kwargs: Optional[dict] = None) -> Callable[..., tuple[TrainState, dict]]:
+                    distill_kwargs: Optional[dict] = None,
+                    consistency_base: Optional[tuple] = None) -> Callable[..., tuple[TrainState, dict]]:
   """Build the per-device train step. ``batch`` holds ``image`` (the data, any shape ``[b, ...]``),
   ``index`` (int32 ``[b]``, each example's position in the global batch) and a field per condition kind.
 
@@ -68,6 +69,9 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     et al. 2023, Alg. 2); ``num_levels``, ``weighting`` from ``distill_kwargs``, the metric from
     ``consistency_kwargs``.
 
+  ``consistency_base = (schedule, parametrization)``: the consistency model's network is a denoiser of
+  that kind (``jdiff.experiment.builder.make_model_fn``).
+
   ``reflow`` / ``reflow_distill`` (Liu et al. 2023; ``jdiff.reflow.reflow_loss``) train a flow on
   (noise, sample) pairs: ``batch['noise']`` is each example's noise, with ``t`` drawn by
   ``time_sampling`` (reflow) or ``t = 1`` (one-step distillation).
@@ -78,7 +82,8 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     raise ValueError(f"training.objective={objective!r}: a teacher is needed exactly for the "
                      f"distillation objectives ({', '.join(config_lib.DISTILLATION_OBJECTIVES)})")
   target_ema = float(distill_kwargs.pop("target_ema", 0.95))
-  factory, core_param = make_model_fn(apply, schedule, parametrization_name, sigma_data)
+  factory, core_param = make_model_fn(apply, schedule, parametrization_name, sigma_data,
+                                      consistency_base)
   loss_kwargs = dict(loss_kwargs or {})
   if learned_variance and (parametrization_name == "edm" or weighting != "simple"):
     raise ValueError("learned_variance trains with the hybrid loss of Nichol & Dhariwal 2021: use "
