@@ -443,19 +443,32 @@ def run_train(args: Sequence[str], workdir: str, log_path: str) -> float:
 
 
 def eval_fd(workdir: str, out: str, num: int, *, step: Optional[int] = None,
-            sampler: Optional[str] = None, steps: Optional[int] = None) -> dict:
+            sampler: Optional[str] = None, steps: Optional[int] = None, reuse: bool = False) -> dict:
   """``eval.py`` on ``workdir`` (its newest checkpoint, or ``step``) with the given sampler and step count
   (default: its config's), seed 0: FD, its real-data floor at the same N and their ratio, KID, the share
-  of noise tiles, NFE per sample and the seconds the evaluation took."""
+  of noise tiles, NFE per sample and the seconds the evaluation took. ``reuse``: read ``out`` if an
+  earlier run of the bench wrote it (for the same workdir, sampler, steps and N) instead of sampling."""
   cmd = [sys.executable, "eval.py", f"--workdir={workdir}", f"--num={num}", "--seed=0", f"--out={out}",
          "--noprogress"]
   cmd += [f"--step={step}"] if step is not None else []
   cmd += [f"--sampler={sampler}"] if sampler else []
   cmd += [f"--steps={steps}"] if steps else []
   start = time.time()
-  subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+  if not (reuse and os.path.exists(out) and _same_eval(out, num, sampler, steps)):
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
   r = json.load(open(out))
   m = r["metrics"]
   return {"nfe": r["nfe"], "fd": m["fd"], "fd_floor": m["floor"]["fd"],
           "fd_ratio": m["fd"] / m["floor"]["fd"], "kid": m["kid"], "noisy": m["noisy"],
           "eval_seconds": time.time() - start}
+
+
+def _same_eval(path: str, num: int, sampler: Optional[str], steps: Optional[int]) -> bool:
+  """Whether the ``eval.py`` report at ``path`` was made with ``num`` samples (and the sampler and step
+  count asked for, when given)."""
+  try:
+    s = json.load(open(path))["settings"]
+  except (OSError, ValueError, KeyError):
+    return False
+  return (s.get("num") == num and (sampler is None or s.get("sampler") == sampler)
+          and (steps is None or s.get("steps") == steps))

@@ -10,6 +10,9 @@ replace it, with the CPU minutes each took.
 * **cd**: consistency distillation (Song et al. 2023; ``configs/fashion_mnist_cd.py``) for ``--cd_steps``;
 * **ct**: improved consistency training from scratch (Song & Dhariwal 2023; ``configs/fashion_mnist_ict.py``)
   for ``--ct_steps``;
+* **ct_init**: the same loss (no teacher in it) from the teacher's network and weights
+  (``--config.training.init_from``; the idea of "consistency models made easy", Geng et al. 2024) for
+  ``--ct_steps``;
 
 * **reflow**: reflow of the (flow-matching) teacher (Liu et al. 2023; ``configs/fashion_mnist_reflow.py``):
   ``--reflow_pairs`` (noise, sample) pairs drawn with the teacher's sampler, ``--reflow_steps`` of training
@@ -28,7 +31,8 @@ steps within 1.5x, CD at 2 steps within 2x and CT at 2 steps within 3x of the te
         [--workdir DIR]
 
 Prints a table, writes ``bench/out/few_step.json`` (after every evaluation) and ``bench/out/few_step.png``
-(FD against NFE, log-log). With ``--workdir``, runs already there are reused (not trained again).
+(FD against NFE, log-log). With ``--workdir``, runs and evaluations already there are reused (not
+trained or sampled again).
 """
 from __future__ import annotations
 
@@ -44,12 +48,13 @@ sys.path.insert(0, _HERE)
 
 import _harness  # noqa: E402
 
-METHODS = ("pd", "cd", "ct", "reflow")
+METHODS = ("pd", "cd", "ct", "ct_init", "reflow")
 CONFIGS = {"pd": "configs/fashion_mnist_pd.py", "cd": "configs/fashion_mnist_cd.py",
-           "ct": "configs/fashion_mnist_ict.py", "reflow": "configs/fashion_mnist_reflow.py",
+           "ct": "configs/fashion_mnist_ict.py", "ct_init": "configs/fashion_mnist_ict.py", "reflow": "configs/fashion_mnist_reflow.py",
            "reflow_1step": "configs/fashion_mnist_reflow_distill.py"}
 TARGETS = {("pd", 4): 1.5, ("cd", 2): 2.0, ("ct", 2): 3.0}
 COLORS = {"teacher": (0, 0, 0), "pd": (31, 119, 180), "cd": (214, 39, 40), "ct": (44, 160, 44),
+          "ct_init": (23, 190, 207),
           "teacher_euler": (150, 150, 150), "reflow": (148, 103, 189), "reflow_1step": (255, 127, 14)}
 QUIET = ["--config.training.sample_every=0", "--config.training.log_every=50"]
 
@@ -155,7 +160,7 @@ def main():
 
   def score(method, wd, nfe, minutes, **kw):
     ev = _harness.eval_fd(wd, os.path.join(root, f"{method}_{os.path.basename(wd)}_{nfe}.json"),
-                          args.num, **kw)
+                          args.num, reuse=True, **kw)
     rows.append({"method": method, "nfe": ev["nfe"], "minutes": minutes, **ev})
     _harness.write_json(args.out, result)
     print(f"{method:8s} NFE {ev['nfe']:3d}  FD {ev['fd']:.2f}  (floor {ev['fd_floor']:.2f})  "
@@ -175,10 +180,12 @@ def main():
       result["minutes"][name] = total
       prev, t = os.path.join(root, name), t // 2
       score("pd", prev, t, total)
-  for method, steps_flag in (("cd", args.cd_steps), ("ct", args.ct_steps)):
+  for method, steps_flag in (("cd", args.cd_steps), ("ct", args.ct_steps), ("ct_init", args.ct_steps)):
     if method not in methods:
       continue
-    extra = [f"--config.distill.teacher_workdir={teacher}"] if method == "cd" else []
+    extra = {"cd": [f"--config.distill.teacher_workdir={teacher}",
+                    f"--config.training.init_from={teacher}"],
+             "ct_init": [f"--config.training.init_from={teacher}"]}.get(method, [])
     minutes = _train(root, method, [f"--config={CONFIGS[method]}", *extra,
                                     f"--config.training.num_steps={steps_flag}"])
     result["minutes"][method] = minutes

@@ -55,6 +55,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.num_steps = 10000
   t.ema_decay = 0.999
   t.ema_warmup = True          # decay min(ema_decay, (1+n)/(10+n)) after n updates
+  t.ema_power = 0.0            # gamma > 0: power-function EMA (Karras et al. 2024), decay (1-1/n)^(gamma+1)
+                               # at the n-th update, instead of ema_decay / ema_warmup
   # "denoising", "consistency_training" / "consistency_distillation" (with diffusion.parametrization=
   # "consistency"), "progressive_distillation" (see distill below), "reflow" / "reflow_distill" (see
   # reflow below)

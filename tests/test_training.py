@@ -72,6 +72,28 @@ def test_ema_warmup():
     state = new
 
 
+@pytest.mark.parametrize("gamma", [0.0, 1.0])
+def test_power_ema_closed_forms(gamma):
+  """Parameters theta_n = n after the n-th update (SGD with a constant gradient): the power-function EMA
+  with gamma = 0 is their plain mean (T + 1) / 2; with gamma = 1 the weight of update n is
+  (2n - 1) / T^2 exactly (the decays (1 - 1/m)^2 telescope)."""
+  from jdiff.experiment.state import TrainState
+  from jdiff.training.step import make_update
+  update = jax.jit(make_update(optax.sgd(-1.0), ema_power=gamma if gamma else 1e-12))
+  p = {"w": jnp.zeros(())}
+  state = TrainState(step=jnp.int32(0), params=p, ema_params=p, opt_state=optax.sgd(-1.0).init(p),
+                     rng=jax.random.PRNGKey(0), skipped=jnp.int32(0))
+  T = 40
+  for _ in range(T):
+    state, _ = update(state, jnp.float32(0.0), {"w": jnp.ones(())})
+  assert float(state.params["w"]) == T
+  n = np.arange(1, T + 1)
+  want = np.mean(n) if gamma == 0 else np.sum((2 * n - 1) * n) / T ** 2
+  np.testing.assert_allclose(float(state.ema_params["w"]), want, rtol=1e-5)
+  with pytest.raises(ValueError, match="ema_power"):
+    make_update(optax.sgd(1.0), ema_power=-1.0)
+
+
 def test_gradient_clipping_applies_to_optimizer_input():
   state, step, _ = _mlp_setup(grad_clip=1e-3)
   new, m = step(state, _batch(0))

@@ -130,6 +130,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if "ema_decay" in c.training:
     _in_range(c.training.ema_decay, "config.training.ema_decay", 0.0, 1.0, "in [0, 1)",
               hi_open=True)
+  if c.training.get("ema_power", 0.0):
+    _in_range(c.training.ema_power, "config.training.ema_power", 0.0, math.inf, ">= 0 (0: off)",
+              hi_open=True)
   if "cond_drop_prob" in c.training:
     _in_range(c.training.cond_drop_prob, "config.training.cond_drop_prob", 0.0, 1.0, "in [0, 1]")
   _checks.choice("parallelism", parallelism_of(c), PARALLELISMS)

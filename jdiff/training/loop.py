@@ -152,7 +152,8 @@ class Experiment:
       return make_classifier_train_step(
           apply, self.schedule, self.optimizer, time_sampling=f.time_sampling,
           ema_decay=self.config.training.ema_decay, global_batch_size=self.config.data.batch_size,
-          axis_name=axis_name, ema_warmup=self.config.training.get("ema_warmup", True))
+          axis_name=axis_name, ema_warmup=self.config.training.get("ema_warmup", True),
+          ema_power=float(self.config.training.get("ema_power", 0.0)))
     return make_train_step(
         apply, self.schedule, self.optimizer, parametrization_name=f.parametrization,
         weighting=f.weighting, time_sampling=f.time_sampling, ema_decay=self.config.training.ema_decay,
@@ -165,7 +166,8 @@ class Experiment:
         total_steps=self.config.training.num_steps,
         teacher=(distill_lib.teacher_of(self.teacher)
                  if self.objective in config_check.DISTILLATION_OBJECTIVES else None),
-        distill_kwargs=distill_kwargs(self.config), consistency_base=self.model.consistency_base)
+        distill_kwargs=distill_kwargs(self.config), consistency_base=self.model.consistency_base,
+        ema_power=float(self.config.training.get("ema_power", 0.0)))
 
   def model_fn(self):
     """``(fn(params, x, t, cond), parametrization)`` for sampling (no dropout)."""

@@ -41,7 +41,8 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
                     objective: str = "denoising", consistency_kwargs: Optional[dict] = None,
                     total_steps: int = 1, teacher: Optional[Teacher] = None,
                     distill_kwargs: Optional[dict] = None,
-                    consistency_base: Optional[tuple] = None) -> Callable[..., tuple[TrainState, dict]]:
+                    consistency_base: Optional[tuple] = None,
+                    ema_power: float = 0.0) -> Callable[..., tuple[TrainState, dict]]:
   """Build the per-device train step. ``batch`` holds ``image`` (the data, any shape ``[b, ...]``),
   ``index`` (int32 ``[b]``, each example's position in the global batch) and a field per condition kind.
 
@@ -92,7 +93,7 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     loss_kwargs.setdefault("sigma_data", sigma_data)
   if not 0.0 <= cond_drop_prob <= 1.0:
     raise ValueError(f"training.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
-  update = make_update(optimizer, ema_decay, ema_warmup)
+  update = make_update(optimizer, ema_decay, ema_warmup, ema_power)
   if conditions is None:
     conditions = conditions_lib.for_model(num_classes)
 
@@ -166,12 +167,21 @@ class Teacher(NamedTuple):
 
 
 def make_update(optimizer: optax.GradientTransformation, ema_decay: float = 0.9999,
-                ema_warmup: bool = True) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
+                ema_warmup: bool = True,
+                ema_power: float = 0.0) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
   """``update(state, loss, grads) -> (state, metrics)`` with already averaged ``loss`` and ``grads``:
   the Optax update, the EMA of the parameters, and the guard that skips a non-finite update (shared
-  by the diffusion and the classifier train steps)."""
+  by the diffusion and the classifier train steps).
+
+  ``ema_power = gamma > 0`` replaces ``ema_decay``: the power-function EMA of Karras et al. 2024 (EDM2,
+  Sec. 3.1), decay ``(1 - 1/n)^(gamma + 1)`` at the ``n``-th update, which weighs the parameters of
+  update ``k`` about as ``k^gamma`` whatever the run's length (``gamma = 0``: the plain mean of all
+  updates). The default warm-up ``min(decay, (1 + n) / (10 + n))`` is about ``gamma = 8`` until it
+  reaches ``ema_decay``."""
   if not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"training.ema_decay must be in [0, 1), got {ema_decay}")
+  if not (isinstance(ema_power, (int, float)) and 0.0 <= ema_power < float("inf")):
+    raise ValueError(f"training.ema_power must be a number >= 0 (0: off), got {ema_power!r}")
 
   def update(state: TrainState, loss, grads):
     # One scalar test (any NaN/Inf makes the global norm non-finite); a per-leaf all() over the tree
@@ -183,7 +193,10 @@ def make_update(optimizer: optax.GradientTransformation, ema_decay: float = 0.99
     updates, new_opt = optimizer.update(safe_grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     decay = jnp.float32(ema_decay)
-    if ema_warmup:
+    if ema_power > 0:
+      n = (state.step - state.skipped + 1).astype(jnp.float32)  # this update is the n-th
+      decay = jnp.power(1.0 - 1.0 / n, jnp.float32(ema_power + 1.0))
+    elif ema_warmup:
       # min(decay, (1 + n) / (10 + n)) over the n updates made so far, so the average is not
       # dominated by the random initialisation early in training (as tf.train.ExponentialMovingAverage
       # with num_updates).
@@ -208,14 +221,14 @@ def make_update(optimizer: optax.GradientTransformation, ema_decay: float = 0.99
 def make_classifier_train_step(
     apply: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,
     time_sampling: str = "uniform", ema_decay: float = 0.9999, global_batch_size: Optional[int] = None,
-    axis_name: Optional[str] = "data",
-    ema_warmup: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    axis_name: Optional[str] = "data", ema_warmup: bool = True,
+    ema_power: float = 0.0) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """The per-device train step of a noise-conditional classifier (Dhariwal & Nichol 2021, Sec. 4.1):
   cross-entropy on ``x_t`` at random ``t`` (``losses.noisy_classifier_loss``), gradients and metrics
   averaged with ``lax.pmean`` over ``axis_name``, then the same update, EMA and non-finite guard as
   the diffusion step. ``batch`` holds ``image``, ``label`` and ``index``; the metrics add ``accuracy``
   (on the noisy training inputs, averaged over t)."""
-  update = make_update(optimizer, ema_decay, ema_warmup)
+  update = make_update(optimizer, ema_decay, ema_warmup, ema_power)
 
   def pmean(x):
     return jax.lax.pmean(x, axis_name) if axis_name is not None else x
