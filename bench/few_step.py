@@ -11,8 +11,8 @@ replace it, with the CPU minutes each took.
 * **ct**: improved consistency training from scratch (Song & Dhariwal 2023; ``configs/fashion_mnist_ict.py``)
   for ``--ct_steps``;
 * **ct_init**: the same loss (no teacher in it) from the teacher's network and weights
-  (``--config.training.init_from``; the idea of "consistency models made easy", Geng et al. 2024) for
-  ``--ct_steps``;
+  (``--config.training.init_from``, at the fine-tuning rate 1e-4; the idea of "consistency models made
+  easy", Geng et al. 2024) for ``--ct_steps``;
 
 * **reflow**: reflow of the (flow-matching) teacher (Liu et al. 2023; ``configs/fashion_mnist_reflow.py``):
   ``--reflow_pairs`` (noise, sample) pairs drawn with the teacher's sampler, ``--reflow_steps`` of training
@@ -185,7 +185,8 @@ def main():
       continue
     extra = {"cd": [f"--config.distill.teacher_workdir={teacher}",
                     f"--config.training.init_from={teacher}"],
-             "ct_init": [f"--config.training.init_from={teacher}"]}.get(method, [])
+             "ct_init": [f"--config.training.init_from={teacher}",
+                         "--config.optim.lr=1e-4"]}.get(method, [])
     minutes = _train(root, method, [f"--config={CONFIGS[method]}", *extra,
                                     f"--config.training.num_steps={steps_flag}"])
     result["minutes"][method] = minutes

@@ -20,5 +20,5 @@ def get_config():
   c.distill.num_levels = 18
   c.distill.target_ema = 0.95
   c.training.num_steps = 3000
-  c.optim.lr = 4e-4
+  c.optim.lr = 1e-4  # from the teacher's weights: a fine-tuning rate
   return c
