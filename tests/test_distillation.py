@@ -186,15 +186,20 @@ def test_consistency_distillation_trains_resumes_exactly_and_samples_in_one_step
              "--config.sampling.sampler=consistency", "--config.sampling.grid=consistency",
              "--config.sampling.steps=2", f"--config.distill.teacher_workdir={teacher}",
              "--config.training.ckpt_every=2", *QUIET]
+  _resumes_exactly_and_samples_in_one_step(cd_args, tmp_path)
+
+
+def _resumes_exactly_and_samples_in_one_step(args, tmp_path):
+  """``train.py args`` for 4 steps straight and 2 + 2 resumed give the same losses (the state, with any
+  target network, is all in the checkpoint); ``sample.py --steps=1`` draws in one network call."""
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  r = _cli("train.py", cd_args + [f"--workdir={straight}", "--config.training.num_steps=4"])
+  r = _cli("train.py", args + [f"--workdir={straight}", "--config.training.num_steps=4"])
   assert r.returncode == 0, r.stderr[-3000:]
   for n in (2, 4):
-    r = _cli("train.py", cd_args + [f"--workdir={split}", f"--config.training.num_steps={n}"])
+    r = _cli("train.py", args + [f"--workdir={split}", f"--config.training.num_steps={n}"])
     assert r.returncode == 0, r.stderr[-3000:]
   assert _losses(split) == _losses(straight) and len(_losses(straight)) == 4
-  out = str(tmp_path / "s.npz")
-  r = _cli("sample.py", [f"--workdir={straight}", "--num=3", "--steps=1", f"--out={out}"])
+  r = _cli("sample.py", [f"--workdir={straight}", "--num=3", "--steps=1", f"--out={tmp_path / 's.npz'}"])
   assert r.returncode == 0 and "1 NFE per batch" in r.stdout + r.stderr, r.stderr[-3000:]
 
 
@@ -233,17 +238,9 @@ def test_a_consistency_student_initialised_from_its_teacher_starts_as_its_denois
                                             t_run.parametrization), t_run.schedule)
   np.testing.assert_allclose(np.asarray(fn(params, x, t, None)),
                              np.asarray(c_skip * x + (1 - c_skip) * d(x, sig)), rtol=1e-5, atol=1e-6)
-  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  args = CD_INIT + [f"--config.distill.teacher_workdir={teacher}", f"--config.training.init_from={teacher}",
-                    "--config.training.ckpt_every=2"]
-  r = _cli("train.py", args + [f"--workdir={straight}", "--config.training.num_steps=4"])
-  assert r.returncode == 0, r.stderr[-3000:]
-  for n in (2, 4):
-    r = _cli("train.py", args + [f"--workdir={split}", f"--config.training.num_steps={n}"])
-    assert r.returncode == 0, r.stderr[-3000:]
-  assert _losses(split) == _losses(straight) and len(_losses(straight)) == 4
-  r = _cli("sample.py", [f"--workdir={straight}", "--num=3", "--steps=1", f"--out={tmp_path / 's.npz'}"])
-  assert r.returncode == 0 and "1 NFE per batch" in r.stdout + r.stderr, r.stderr[-3000:]
+  _resumes_exactly_and_samples_in_one_step(
+      CD_INIT + [f"--config.distill.teacher_workdir={teacher}", f"--config.training.init_from={teacher}",
+                 "--config.training.ckpt_every=2"], tmp_path)
 
 
 def test_init_from_a_consistency_model_or_missing_run_is_one_error(teacher, tmp_path):
