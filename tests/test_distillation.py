@@ -243,6 +243,23 @@ def test_a_consistency_student_initialised_from_its_teacher_starts_as_its_denois
                  "--config.training.ckpt_every=2"], tmp_path)
 
 
+def test_init_from_fine_tunes_with_the_runs_network_process_and_weights(teacher):
+  """A denoising run with training.init_from takes that run's model and diffusion sections (whatever
+  its own config says) and starts from its EMA weights."""
+  sys.path.insert(0, REPO)
+  from configs import toy2d
+  from jdiff.generation import restore as restore_lib
+  from jdiff.training import distill, loop
+  c = toy2d.get_config()
+  c.diffusion.schedule, c.diffusion.parametrization = "flow", "flow"  # replaced by the run's
+  c.training.init_from = teacher
+  exp = loop.Experiment(distill.with_init_model(c))
+  assert (exp.config.diffusion.schedule, exp.config.diffusion.parametrization) == ("cosine", "v")
+  want = restore_lib.restore(workdir=teacher).params
+  for a, b in zip(jax.tree_util.tree_leaves(exp.init_state().params), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_init_from_a_consistency_model_or_missing_run_is_one_error(teacher, tmp_path):
   cd = str(tmp_path / "cd")
   r = _cli("train.py", CD_INIT + [f"--config.distill.teacher_workdir={teacher}", f"--workdir={cd}",
