@@ -29,18 +29,25 @@ def load_teacher(config: ml_collections.ConfigDict, data_shape, num_classes: int
   """The teacher's EMA parameters and model, checked against the student's data (one clear error for a
   missing or damaged teacher workdir, or one of another data shape or label set)."""
   d = config.distill
+  return _load_run(d.teacher_workdir, int(d.teacher_step) or None, data_shape, num_classes,
+                   "distill.teacher_workdir", "the teacher")
+
+
+def _load_run(workdir: str, step, data_shape, num_classes: int, flag: str,
+              who: str) -> generation.Restored:
+  """A run's EMA model, checked against this run's data; errors name ``flag`` and ``who``."""
   try:
-    teacher = restore_lib.restore(workdir=d.teacher_workdir, step=int(d.teacher_step) or None)
+    run = restore_lib.restore(workdir=workdir, step=step)
   except ValueError as e:
-    raise ValueError(f"distill.teacher_workdir: {e}") from None
-  if tuple(teacher.data_shape) != tuple(data_shape):
-    raise ValueError(f"the teacher {teacher.checkpoint_dir} makes data of shape "
-                     f"{tuple(teacher.data_shape)} but this run's data has shape {tuple(data_shape)}; "
-                     f"distill a teacher trained on the same data")
-  if teacher.num_classes != num_classes:
-    raise ValueError(f"the teacher has {teacher.num_classes} classes (0: unconditional) but the student "
-                     f"has {num_classes}; set training.conditional as the teacher was trained")
-  return teacher
+    raise ValueError(f"{flag}: {e}") from None
+  if tuple(run.data_shape) != tuple(data_shape):
+    raise ValueError(f"{who} {run.checkpoint_dir} makes data of shape "
+                     f"{tuple(run.data_shape)} but this run's data has shape {tuple(data_shape)}; "
+                     f"use a run trained on the same data")
+  if run.num_classes != num_classes:
+    raise ValueError(f"{who} has {run.num_classes} classes (0: unconditional) but this run "
+                     f"has {num_classes}; set training.conditional as it was trained")
+  return run
 
 
 def teacher_of(restored: generation.Restored) -> Teacher:
@@ -100,14 +107,8 @@ def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 def load_init(config: ml_collections.ConfigDict, data_shape, num_classes: int) -> generation.Restored:
   """The EMA weights of ``training.init_from`` (checked as a teacher is)."""
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.distill.teacher_workdir, c.distill.teacher_step = c.training.init_from, 0
-  try:
-    return load_teacher(c, data_shape, num_classes)
-  except ValueError as e:
-    raise ValueError(str(e).replace("distill.teacher_workdir", "training.init_from", 1)
-                     .replace("the teacher", "the run to start from")) from None
+  return _load_run(config.training.init_from, None, data_shape, num_classes, "training.init_from",
+                   "the run to start from")
 
 
 def round_config(config: ml_collections.ConfigDict, teacher_workdir: str, teacher_steps: int,
