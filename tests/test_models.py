@@ -233,7 +233,7 @@ def _raises(match, fn, *args, **kw):
 
 
 def test_bad_configs_raise():
-  _raises(r"unknown model 'transformer'; valid models are: classifier, dit, mlp, unet", models.create, "transformer")
+  _raises(r"unknown model 'transformer'; valid models are: classifier, dit, mlp, point_net, unet", models.create, "transformer")
   _raises(r"unknown argument\(s\) \['chanels'\] for model 'unet'; valid arguments are: ch, ",
           models.create, "unet", chanels=3)
   _raises("non-empty tuple", models.create, "unet", ch_mult=())
@@ -255,7 +255,7 @@ def test_bad_inputs_raise(tiny):
   module, params, _, x, t = tiny
   init, apply = models.functional(module)
   key = jax.random.PRNGKey(0)
-  _raises(r"expects x of shape \[batch, H, W, C\]", apply, params, x[0], t)
+  _raises(r"expects x of shape \[batch, H, W, C\]", apply, params, x[0, 0], t)  # rank 3 is 1-D data
   _raises("x has 3 channels .* initialised for 1", apply, params, jnp.zeros((4, 28, 28, 3)), t)
   _raises("must be divisible by 2; got 27x28", apply, params, jnp.zeros((4, 27, 28, 1)), t)
   _raises(r"t must be a scalar or have shape \[batch\]=\(4,\)", apply, params, x, t[:3])
@@ -268,7 +268,7 @@ def test_bad_inputs_raise(tiny):
   _raises("train must be a Python bool", apply, params, x, t, train=jnp.array(True))
   _raises("x must be a floating-point array", apply, params, x.astype(jnp.int32), t)
   _raises("params must be the dict returned by init", apply, params["params"], x, t)
-  _raises("expects x of shape", init, key, jnp.zeros((28, 28, 1)), t[:1])
+  _raises("expects x of shape", init, key, jnp.zeros((28, 1)), t[:1])
   # Fashion-MNIST sizes: 3 levels fit 28x28, 4 do not; attention must be at a reached height.
   deep = models.create("unet", ch=16, ch_mult=(1, 2, 2, 2), attn_resolutions=(14,))
   _raises("must be divisible by 8; got 28x28. Use at most 3 levels", models.functional(deep)[0], key,

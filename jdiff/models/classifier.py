@@ -23,11 +23,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jdiff.models import embeddings as E
-from jdiff.models.unet import AttnBlock, ResBlock, UNet, avgpool2, conv3x3, group_norm
+from jdiff.models.unet import (AttnBlock, ResBlock, UNet, avgpool2, check_params_match, conv3x3,
+                              group_norm, spatial_ndim)
 
 
 class NoisyClassifier(nn.Module):
-  """``(x [B,H,W,C], t [B], cond=None) -> logits [B, num_classes]`` (float32), for noisy ``x``.
+  """``(x [B,H,W,C], t [B], cond=None) -> logits [B, num_classes]`` (float32), for noisy ``x``; 1-D
+  signals ``[B,L,C]`` likewise (the U-Net's trunk in 1-D, average pooling over L).
 
   Attributes:
     num_classes: number of classes (logits), ``>= 2``.
@@ -76,33 +78,34 @@ class NoisyClassifier(nn.Module):
     if cond is not None:
       raise ValueError("NoisyClassifier takes no label input (it predicts the label); pass cond=None")
     self.check_input(x)
-    b = x.shape[0]
+    check_params_match(self, x)
+    b, nd = x.shape[0], spatial_ndim(x)
     t = E.prepare_t(t, b, "NoisyClassifier")
     dt = self.dtype
     attn = lambda: AttnBlock(self.num_heads, self.skip_rescale, self.attention_impl, dt)
     res = lambda c: ResBlock(c, self.dropout, self.skip_rescale, dt)
     emb = E.NoiseEmbedding(self.ch, 4 * self.ch, self.embedding, self.time_scale, self.fourier_scale,
                            0, dt, name="noise_embed")(t)
-    h = conv3x3(self.ch, dt, name="conv_in")(x.astype(dt))
+    h = conv3x3(self.ch, dt, name="conv_in", ndim=nd)(x.astype(dt))
     for i, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
         h = res(self.ch * mult)(h, emb, train)
         if h.shape[1] in self.attn_resolutions:
           h = attn()(h)
       if i != len(self.ch_mult) - 1:
-        h = conv3x3(h.shape[-1], dt, stride=2)(h) if self.downsample == "conv" else avgpool2(h)
+        h = conv3x3(h.shape[-1], dt, stride=2, ndim=nd)(h) if self.downsample == "conv" else avgpool2(h)
     h = res(h.shape[-1])(h, emb, train)
     h = attn()(h)
     h = res(h.shape[-1])(h, emb, train)
     h = nn.silu(group_norm(h.shape[-1], dt, name="norm_out")(h))
-    h = jnp.mean(h, axis=(1, 2))
+    h = jnp.mean(h, axis=tuple(range(1, 1 + nd)))  # global average pooling over the spatial axes
     logits = nn.Dense(self.num_classes, dtype=dt, kernel_init=E.zeros_init, name="logits")(h)
     return logits.astype(jnp.float32)
 
   @staticmethod
   def data_channels(variables) -> int:
     """Input channel count the parameters were initialised for."""
-    return int(variables["params"]["conv_in"]["kernel"].shape[2])
+    return int(variables["params"]["conv_in"]["kernel"].shape[-2])
 
 
 __all__ = ["NoisyClassifier"]

@@ -157,7 +157,9 @@ def prepare_labels(cond, batch: int, num_classes: int, model: str):
   return jnp.asarray(cond, jnp.int32)
 
 
-def check_x(x, rank: int, layout: str, model: str) -> None:
-  if not hasattr(x, "shape") or x.ndim != rank:
+def check_x(x, rank, layout: str, model: str) -> None:
+  """``x`` is a float array whose rank is ``rank`` (an int, or a tuple of the accepted ranks)."""
+  ranks = (rank,) if isinstance(rank, int) else tuple(rank)
+  if not hasattr(x, "shape") or x.ndim not in ranks:
     raise ValueError(f"{model} expects x of shape {layout}, got shape {tuple(np.shape(x))}")
   _checks.check_float(x, "x")

@@ -1,4 +1,5 @@
-"""The DDPM / DDPM++ U-Net (Ho et al. 2020, App. B; Song et al. 2021, App. H "DDPM++"), channels-last.
+"""The DDPM / DDPM++ U-Net (Ho et al. 2020, App. B; Song et al. 2021, App. H "DDPM++"), channels-last,
+for images ``[B, H, W, C]`` and 1-D signals ``[B, L, C]``.
 
 Layout (Ho et al. 2020 code ``diffusion_utils/models/unet.py``, rewritten for Flax Linen)::
 
@@ -13,6 +14,14 @@ Layout (Ho et al. 2020 code ``diffusion_utils/models/unet.py``, rewritten for Fl
     upsample (nearest x2 + conv3x3) unless level 0
   out = conv3x3(SiLU(GroupNorm(h)))                                # zero-initialised
 
+Dimensions: the same module runs on ``d = x.ndim - 2`` spatial axes, fixed by the input it is
+initialised with. Every convolution has kernel ``(3,) * d`` (3x3 on images, 3 taps on signals),
+down/upsampling acts on all spatial axes, the embedding is broadcast over them and attention runs over
+all positions (``H * W`` or ``L``): a 1-D-convolution U-Net like the temporal U-Net of Janner et al.
+2022 (Diffuser). On ``[B, L, 1, C]`` inputs only the middle column of each 3x3 kernel meets data, so a
+one-level 2-D U-Net there computes the 1-D U-Net with those columns as kernels (``tests/test_unet1d.py``).
+2-D parameter names and shapes are those of the image-only module that came before (checkpoints restore).
+
 ResBlock (Ho et al. 2020, App. B; a wide-ResNet block, Zagoruyko & Komodakis 2016)::
 
   h = conv3x3(SiLU(GN(x))); h += Dense(SiLU(emb)); h = conv3x3_zero(Dropout(SiLU(GN(h))))
@@ -23,16 +32,19 @@ at most ``C / 2`` (see ``num_groups``: one channel per group would cancel the em
 ``skip_rescale=True`` divides every residual sum (ResBlock and attention) by ``sqrt(2)`` (Song et al.
 2021, App. H, DDPM++).
 
-Spatial sizes: each of the ``len(ch_mult) - 1`` downsamplings halves H and W exactly, so H and W must be
-divisible by ``2 ** (len(ch_mult) - 1)``: 32x32 works with up to 6 levels, 28x28 (Fashion-MNIST) with
-at most 3 (28 -> 14 -> 7); a bad size raises a ``ValueError`` naming the largest level count that fits.
-``attn_resolutions`` are feature-map heights (DDPM CIFAR-10: ``(16,)``; for 28x28 inputs use ``(14,)``);
-a value that no level reaches is an error rather than silently no attention.
+Spatial sizes: each of the ``len(ch_mult) - 1`` downsamplings halves H and W (or L) exactly, so they
+must be divisible by ``2 ** (len(ch_mult) - 1)``: 32x32 works with up to 6 levels, 28x28 (Fashion-MNIST)
+with at most 3 (28 -> 14 -> 7), length 40 (MNIST-1D) with at most 4 (40 -> 20 -> 10 -> 5); a bad size
+raises a ``ValueError`` naming the largest level count that fits. ``attn_resolutions`` are feature-map
+heights for images (DDPM CIFAR-10: ``(16,)``; for 28x28 inputs use ``(14,)``) and feature-map lengths
+for signals (e.g. ``(10,)`` for length 40 with 3 levels); a value that no level reaches is an error
+rather than silently no attention.
 
-Performance notes (XLA CPU): everything is NHWC, the native layout; 1x1 convolutions are ``Dense`` on the
-channel axis (a single matmul); q, k and v come from one fused ``Dense(3C)``; nearest upsampling and
-average pooling are a broadcast/reshape. Attention is a plain einsum (``attention_impl="einsum"``) or
-``jax.nn.dot_product_attention`` (``"xla"``); see ``attention`` for which is faster here.
+Performance notes (XLA CPU): everything is channels-last (NHWC / NLC), the native layout; 1x1
+convolutions are ``Dense`` on the channel axis (a single matmul); q, k and v come from one fused
+``Dense(3C)``; nearest upsampling and average pooling are a broadcast/reshape. Attention is a plain
+einsum (``attention_impl="einsum"``) or ``jax.nn.dot_product_attention`` (``"xla"``); see
+``attention`` for which is faster here.
 """
 from __future__ import annotations
 
@@ -67,9 +79,17 @@ def group_norm(c: int, dtype, name: Optional[str] = None) -> nn.GroupNorm:
   return nn.GroupNorm(num_groups=num_groups(c), epsilon=1e-6, dtype=dtype, name=name)
 
 
-def conv3x3(c: int, dtype, stride: int = 1, zero: bool = False, name: Optional[str] = None) -> nn.Conv:
-  return nn.Conv(c, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), dtype=dtype,
+def conv3x3(c: int, dtype, stride: int = 1, zero: bool = False, name: Optional[str] = None,
+            ndim: int = 2) -> nn.Conv:
+  """A convolution with 3 taps per spatial axis (3x3 for ``ndim=2``, 3 for ``ndim=1``), 'same' padding
+  of 1, ``stride`` on every spatial axis; ``zero``: zero-initialised kernel."""
+  return nn.Conv(c, (3,) * ndim, strides=(stride,) * ndim, padding=((1, 1),) * ndim, dtype=dtype,
                  kernel_init=E.zeros_init if zero else E.default_init, name=name)
+
+
+def spatial_ndim(x) -> int:
+  """Number of spatial axes of a channels-last batch: 2 for ``[B, H, W, C]``, 1 for ``[B, L, C]``."""
+  return x.ndim - 2
 
 
 def attention(q, k, v, impl: str = "einsum"):
@@ -99,12 +119,14 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
-    h = conv3x3(self.out_ch, self.dtype, name="conv0")(nn.silu(group_norm(x.shape[-1], self.dtype)(x)))
-    h = h + nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=E.default_init,
-                     name="emb_proj")(nn.silu(emb))[:, None, None, :]
+    nd = spatial_ndim(x)
+    h = conv3x3(self.out_ch, self.dtype, name="conv0", ndim=nd)(
+        nn.silu(group_norm(x.shape[-1], self.dtype)(x)))
+    e = nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=E.default_init, name="emb_proj")(nn.silu(emb))
+    h = h + e.reshape((e.shape[0],) + (1,) * nd + (self.out_ch,))  # broadcast over the spatial axes
     h = nn.silu(group_norm(self.out_ch, self.dtype)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = conv3x3(self.out_ch, self.dtype, zero=True, name="conv1")(h)
+    h = conv3x3(self.out_ch, self.dtype, zero=True, name="conv1", ndim=nd)(h)
     if x.shape[-1] != self.out_ch:  # "nin_shortcut": a 1x1 conv is a Dense on the channel axis
       x = nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=E.default_init, name="skip")(x)
     out = x + h
@@ -112,7 +134,7 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-  """Self-attention over all H*W positions, residual (Ho et al. 2020, App. B; Wang et al. 2018)."""
+  """Self-attention over all positions (H*W, or L), residual (Ho et al. 2020, App. B; Wang et al. 2018)."""
   num_heads: int = 1
   skip_rescale: bool = False
   impl: str = "einsum"
@@ -120,28 +142,49 @@ class AttnBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    b, hh, ww, c = x.shape
+    b, c = x.shape[0], x.shape[-1]
     h = group_norm(c, self.dtype)(x)
     qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=E.default_init, name="qkv")(h)
-    qkv = qkv.reshape(b, hh * ww, 3, self.num_heads, c // self.num_heads)
-    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl).reshape(b, hh, ww, c)
+    qkv = qkv.reshape(b, -1, 3, self.num_heads, c // self.num_heads)  # [batch, positions, 3, heads, d]
+    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl).reshape(x.shape)
     out = nn.Dense(c, dtype=self.dtype, kernel_init=E.zeros_init, name="proj_out")(out)
     out = x + out
     return out * (1.0 / math.sqrt(2.0)) if self.skip_rescale else out
 
 
+def _split(x, factor: int) -> tuple:
+  """``[b, s1, .., sd, c]`` -> the shape ``(b, s1, factor, .., sd, factor, c)`` interleaving factors."""
+  return (x.shape[0],) + sum(((s, factor) for s in x.shape[1:-1]), ()) + (x.shape[-1],)
+
+
+def check_params_match(module: nn.Module, x) -> None:
+  """Inside ``apply``: ``module``'s ``conv_in`` was initialised for ``x``'s number of spatial axes."""
+  kernel = module.variables.get("params", {}).get("conv_in", {}).get("kernel")
+  if kernel is not None and kernel.ndim != x.ndim:
+    layout = {4: "[batch, H, W, C]", 3: "[batch, L, C]"}.get(kernel.ndim, f"rank {kernel.ndim}")
+    raise ValueError(f"{type(module).__name__}: these parameters were initialised for "
+                     f"{kernel.ndim - 2}-D inputs, so it expects x of shape {layout}; got shape "
+                     f"{tuple(x.shape)} ({x.ndim - 2}-D). Initialise separate parameters on "
+                     f"{x.ndim - 2}-D data")
+
+
 def upsample_nearest(x):
-  b, h, w, c = x.shape
-  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+  """Nearest-neighbour x2 upsampling of every spatial axis (a broadcast and a reshape)."""
+  b, *spatial, c = x.shape
+  up = jnp.broadcast_to(x.reshape(_split(x, 1)), _split(x, 2))
+  return up.reshape((b,) + tuple(2 * s for s in spatial) + (c,))
 
 
 def avgpool2(x):
-  b, h, w, c = x.shape
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+  """2x average pooling of every spatial axis (2x2 on images, 2 on signals); sizes must be even."""
+  b, *spatial, c = x.shape
+  pooled = x.reshape((b,) + sum(((s // 2, 2) for s in spatial), ()) + (c,))
+  return pooled.mean(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
 
 
 class UNet(nn.Module):
-  """DDPM / DDPM++ U-Net denoiser ``(x [B,H,W,C], t [B], cond [B] | None) -> [B,H,W,C_out]``.
+  """DDPM / DDPM++ U-Net denoiser ``(x [B,H,W,C], t [B], cond [B] | None) -> [B,H,W,C_out]``; 1-D
+  signals ``[B,L,C] -> [B,L,C_out]`` likewise (parameters are for the dimension they were initialised on).
 
   Defaults are the DDPM CIFAR-10 model (Ho et al. 2020, App. B; 35.7M parameters): ``ch=128``,
   ``ch_mult=(1, 2, 2, 2)``, 2 res blocks per level, attention at 16x16, dropout 0.1, sinusoidal
@@ -152,7 +195,8 @@ class UNet(nn.Module):
     ch: base channel count; level ``i`` has ``ch * ch_mult[i]`` channels; embedding width ``4 ch``.
     ch_mult: channel multiplier per resolution level (``len(ch_mult) - 1`` downsamplings).
     num_res_blocks: ResBlocks per level on the way down (``+1`` on the way up).
-    attn_resolutions: feature-map heights with self-attention after each ResBlock.
+    attn_resolutions: feature-map heights (images) or lengths (signals) with self-attention after each
+      ResBlock.
     dropout: dropout rate inside ResBlocks (active only with ``train=True``).
     embedding: ``"sinusoidal"`` (of ``time_scale * t``) or ``"fourier"`` (of ``t``, ``fourier_scale``).
     time_scale: multiplies ``t`` before the sinusoidal embedding (1000: DDPM's step index).
@@ -161,7 +205,7 @@ class UNet(nn.Module):
     out_channels: output channels before doubling; ``None``: the input's channels.
     learned_variance: doubles the output channels (mean output, then variance interpolation).
     skip_rescale: divide residual sums by ``sqrt(2)`` (DDPM++).
-    downsample: ``"conv"`` (3x3, stride 2; DDPM) or ``"avgpool"`` (2x2 average pool).
+    downsample: ``"conv"`` (3x3, stride 2; DDPM) or ``"avgpool"`` (2x2 average pool); 3 and 2 in 1-D.
     num_heads: attention heads (DDPM: 1); must divide every level's channel count.
     attention_impl: ``"einsum"`` or ``"xla"`` (``jax.nn.dot_product_attention``).
     dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32, output is float32.
@@ -193,7 +237,7 @@ class UNet(nn.Module):
       _checks.positive_int(m, "each ch_mult entry")
     _checks.positive_int(self.num_res_blocks, "num_res_blocks")
     if not isinstance(self.attn_resolutions, (tuple, list)):
-      raise ValueError(f"attn_resolutions must be a tuple of feature-map heights, got "
+      raise ValueError(f"attn_resolutions must be a tuple of feature-map heights (lengths in 1-D), got "
                        f"{self.attn_resolutions!r}")
     for r in self.attn_resolutions:
       _checks.positive_int(r, "each attn_resolutions entry")
@@ -210,28 +254,33 @@ class UNet(nn.Module):
     super().__post_init__()
 
   def check_input(self, x) -> None:
-    """Static checks of ``x`` (rank, float dtype, spatial sizes vs. levels and attention)."""
-    E.check_x(x, 4, "[batch, H, W, C] (channels-last)", "UNet")
-    _, h, w, _ = x.shape
+    """Static checks of ``x`` (rank 4 or 3, float dtype, spatial sizes vs. levels and attention)."""
+    E.check_x(x, (4, 3), "[batch, H, W, C] (images) or [batch, L, C] (1-D signals), channels-last",
+              "UNet")
+    spatial = x.shape[1:-1]
+    image = len(spatial) == 2
+    axes, size = ("H and W", "x".join(map(str, spatial))) if image else ("L", f"length {spatial[0]}")
     levels = len(self.ch_mult)
     f = 2 ** (levels - 1)
-    if h % f or w % f:
+    if any(s % f for s in spatial):
       fit = 1
-      while h % (2 ** fit) == 0 and w % (2 ** fit) == 0:
+      while all(s % (2 ** fit) == 0 for s in spatial):
         fit += 1
-      raise ValueError(f"UNet with {levels} levels (len(ch_mult)) halves H and W {levels - 1} times, so "
-                       f"they must be divisible by {f}; got {h}x{w}. Use at most {fit} levels for this "
-                       f"size, or pad the input")
-    reached = [h // 2 ** i for i in range(levels)]
+      raise ValueError(f"UNet with {levels} levels (len(ch_mult)) halves {axes} {levels - 1} times, so "
+                       f"{'they' if image else 'it'} must be divisible by {f}; got {size}. Use at most "
+                       f"{fit} levels for this size, or pad the input")
+    reached = [spatial[0] // 2 ** i for i in range(levels)]
     missing = sorted(set(self.attn_resolutions) - set(reached))
     if missing:
-      raise ValueError(f"attn_resolutions {missing} are never reached for {h}x{w} inputs (feature-map "
-                       f"heights are {reached}); choose attn_resolutions among those")
+      raise ValueError(f"attn_resolutions {missing} are never reached for {size} inputs (feature-map "
+                       f"{'heights' if image else 'lengths'} are {reached}); choose attn_resolutions "
+                       f"among those")
 
   @nn.compact
   def __call__(self, x, t, cond=None, train: bool = False):
     self.check_input(x)
-    b = x.shape[0]
+    check_params_match(self, x)
+    b, nd = x.shape[0], spatial_ndim(x)
     t = E.prepare_t(t, b, "UNet")
     labels = E.prepare_labels(cond, b, self.num_classes, "UNet")
     dt = self.dtype
@@ -242,7 +291,7 @@ class UNet(nn.Module):
     emb = E.NoiseEmbedding(self.ch, 4 * self.ch, self.embedding, self.time_scale, self.fourier_scale,
                            self.num_classes, dt, name="noise_embed")(t, labels)
 
-    h = conv3x3(self.ch, dt, name="conv_in")(x.astype(dt))
+    h = conv3x3(self.ch, dt, name="conv_in", ndim=nd)(x.astype(dt))
     skips = [h]
     for i, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
@@ -252,7 +301,7 @@ class UNet(nn.Module):
         skips.append(h)
       if i != len(self.ch_mult) - 1:
         if self.downsample == "conv":
-          h = conv3x3(h.shape[-1], dt, stride=2)(h)
+          h = conv3x3(h.shape[-1], dt, stride=2, ndim=nd)(h)
         else:
           h = avgpool2(h)
         skips.append(h)
@@ -267,14 +316,14 @@ class UNet(nn.Module):
         if h.shape[1] in self.attn_resolutions:
           h = attn()(h)
       if i != 0:
-        h = conv3x3(h.shape[-1], dt)(upsample_nearest(h))
+        h = conv3x3(h.shape[-1], dt, ndim=nd)(upsample_nearest(h))
     assert not skips
 
     h = nn.silu(group_norm(h.shape[-1], dt, name="norm_out")(h))
-    h = conv3x3(out_ch, dt, zero=True, name="conv_out")(h)
+    h = conv3x3(out_ch, dt, zero=True, name="conv_out", ndim=nd)(h)
     return h.astype(jnp.float32)
 
   @staticmethod
   def data_channels(variables) -> int:
     """Input channel count the parameters were initialised for."""
-    return int(variables["params"]["conv_in"]["kernel"].shape[2])
+    return int(variables["params"]["conv_in"]["kernel"].shape[-2])
