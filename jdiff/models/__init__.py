@@ -1,6 +1,6 @@
-"""Flax denoisers for jdiff: a DDPM/DDPM++ U-Net, a Diffusion Transformer (DiT, Peebles & Xie 2023)
-and a residual MLP, behind one functional interface; plus ``NoisyClassifier`` (the U-Net's downsampling
-half with logits) for classifier guidance.
+"""Flax denoisers for jdiff: a DDPM/DDPM++ U-Net, a Diffusion Transformer (DiT, Peebles & Xie 2023),
+a residual MLP and a permutation-equivariant point-set denoiser (``PointNet``), behind one functional
+interface; plus ``NoisyClassifier`` (the U-Net's downsampling half with logits) for classifier guidance.
 
 Why Flax **Linen** (not NNX): a Linen module is a description, not a container of state.
 ``module.init(key, ...)`` returns the parameters as a plain pytree and ``module.apply(params, ...)`` is a
@@ -19,10 +19,10 @@ Interface used by the rest of jdiff::
   out = apply(params, x, t, cond)                 # deterministic (dropout off)
   out = apply(params, x, t, cond, rng=k, train=True)   # dropout on
 
-``x``: ``[B, H, W, C]`` (U-Net, DiT) or ``[B, D]`` (MLP); ``t``: float ``[B]`` or a scalar (continuous
-time in [0, 1], or EDM's ``c_noise``); ``cond``: int labels ``[B]`` (``num_classes`` = NULL label) or
-``None`` (NULL for all). Models never import jdiff's core (schedules, samplers; only the shared input
-checks of ``jdiff._checks``): training glues them.
+``x``: ``[B, H, W, C]`` (U-Net, DiT), ``[B, D]`` (MLP) or ``[B, N, 3]`` (PointNet); ``t``: float ``[B]``
+or a scalar (continuous time in [0, 1], or EDM's ``c_noise``); ``cond``: int labels ``[B]``
+(``num_classes`` = NULL label) or ``None`` (NULL for all). Models never import jdiff's core (schedules,
+samplers; only the shared input checks of ``jdiff._checks``): training glues them.
 """
 from __future__ import annotations
 
@@ -40,9 +40,10 @@ from jdiff.models.embeddings import (EMBEDDINGS, NoiseEmbedding, fourier_embeddi
 from jdiff.models.classifier import NoisyClassifier
 from jdiff.models.dit import DiT
 from jdiff.models.mlp import MLP
+from jdiff.models.point_net import PointNet
 from jdiff.models.unet import UNet, num_groups
 
-MODELS = {"unet": UNet, "dit": DiT, "mlp": MLP, "classifier": NoisyClassifier}
+MODELS = {"unet": UNet, "dit": DiT, "mlp": MLP, "point_net": PointNet, "classifier": NoisyClassifier}
 
 
 def model_kwargs(cls) -> Tuple[str, ...]:
@@ -87,9 +88,9 @@ def functional(module: nn.Module) -> Tuple[Callable, Callable]:
   ``train=True`` and then needs ``rng`` (when the model has ``dropout > 0``). ``train`` must be a
   Python bool: under ``jax.jit`` mark it static (``static_argnames="train"``).
   """
-  if not isinstance(module, (UNet, DiT, MLP, NoisyClassifier)):
-    raise ValueError(f"functional() expects a jdiff model (UNet, DiT, MLP or NoisyClassifier, e.g. from "
-                     f"jdiff.models.create), got {type(module).__name__}")
+  if not isinstance(module, (UNet, DiT, MLP, PointNet, NoisyClassifier)):
+    raise ValueError(f"functional() expects a jdiff model (UNet, DiT, MLP, PointNet or NoisyClassifier, "
+                     f"e.g. from jdiff.models.create), got {type(module).__name__}")
 
   def _init(key, x, t, cond):
     return module.init({"params": key}, x, t, cond, train=False)
@@ -133,5 +134,6 @@ def functional(module: nn.Module) -> Tuple[Callable, Callable]:
   return init, apply
 
 
-__all__ = ["DiT", "EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "NoisyClassifier", "UNet", "count_params",
-           "create", "fourier_embedding", "functional", "model_kwargs", "num_groups", "sinusoidal_embedding"]
+__all__ = ["DiT", "EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "NoisyClassifier", "PointNet", "UNet",
+           "count_params", "create", "fourier_embedding", "functional", "model_kwargs", "num_groups",
+           "sinusoidal_embedding"]
