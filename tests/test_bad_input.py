@@ -521,9 +521,10 @@ def test_feature_cache_holding_a_pickle_is_replaced_not_loaded(paths, monkeypatc
   os.makedirs(d)
   shutil.copy(paths["evil_npz"], features.cache_path(d))
   trained = []
-  monkeypatch.setattr(features, "train_feature_net", lambda verbose: trained.append(1) or "net")
+  monkeypatch.setattr(features, "train_feature_net",
+                      lambda dataset, verbose: trained.append(dataset) or "net")
   monkeypatch.setattr(features, "save_feature_net", lambda net, path: None)
-  assert features.load_feature_net(d, verbose=False) == "net" and trained
+  assert features.load_feature_net(d, verbose=False) == "net" and trained == ["fashion_mnist"]
   assert not os.path.exists(paths["marker"])
 
 
