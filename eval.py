@@ -6,11 +6,16 @@ bits/dim, written as a JSON report.
 
 Samples ``--num`` images from the EMA parameters of the newest checkpoint (``--checkpoint=<workdir>/
 checkpoints/<step>`` or ``--step`` for another one, ``--raw`` for the raw parameters) exactly as
-``sample.py`` does (same seed -> same samples), clips them to [-1, 1] and scores them in the
-Fashion-MNIST feature space (``jdiff.eval``): FD, KID ± std over subsets, precision, recall and, for
-class-conditional models, the accuracy of the feature classifier on the requested labels. Every number
-is printed next to its floor: the same metric for N real test images against the N real training
-images the samples are compared with (what a perfect model would score at this N).
+``sample.py`` does (same seed -> same samples) and scores them by their dataset:
+
+- Fashion-MNIST (clipped to [-1, 1]) and MNIST-1D: in the feature space of the dataset's classifier
+  (``jdiff.eval``): FD, KID ± std over subsets, precision, recall and, for class-conditional models,
+  the accuracy of the feature classifier on the requested labels;
+- point clouds: 1-NNA, COV and MMD by Chamfer distance against held-out shapes, per class
+  (``jdiff.eval.point_report``).
+
+Every number is printed next to its floor: the same metric for N real held-out examples against the
+real examples the samples are compared with (what a perfect model would score at this N).
 
 ``--bpd``: bits/dim of the first ``--bpd_num`` test images by the probability-flow ODE (Hutchinson
 trace, uniform dequantization) and by the continuous VLB (discretized decoder). ``--num=0 --bpd``
@@ -109,11 +114,12 @@ def _main(argv):
               "seed": FLAGS.seed}
   report = model_eval.evaluate_checkpoint(restored, settings, bpd_num=FLAGS.bpd_num if FLAGS.bpd else 0,
                                           bpd_options=bpd_opts, progress=FLAGS.progress)
-  if report["metrics"] is not None:
+  if report["metrics"] is not None and "per_class" not in report["metrics"]:
     f = report["metrics"]["floor"]
-    print(f"floor (N={f['num_samples']} real test vs real train images): FD {f['fd']:.4g}, "
+    noisy = "" if f.get("noisy") is None else f", noisy {f['noisy']:.3f}"
+    print(f"floor (N={f['num_samples']} real test vs real train examples): FD {f['fd']:.4g}, "
           f"KID {f['kid']:.4g}±{f['kid_std']:.2g}, precision {f['precision']:.3f}, recall "
-          f"{f['recall']:.3f}, noisy {f['noisy']:.3f}, classifier accuracy {f['accuracy']:.3f}")
+          f"{f['recall']:.3f}{noisy}, classifier accuracy {f['accuracy']:.3f}")
   report["command"] = _command(settings, restored.checkpoint_dir, out)
   report["versions"] = {"jax": jax.__version__, "jdiff": jdiff.__version__}
   report["num_devices"] = jax.local_device_count()

@@ -5,9 +5,10 @@
 
 Loads the EMA parameters of the newest checkpoint (``--raw``: the raw ones; ``--checkpoint=<workdir>/
 checkpoints/<step>``: another step), runs the sampler pmapped over all local devices and writes
-``FILE.png`` (a grid, for image data), ``FILE.npz`` (``samples``, ``indices``, ``labels``, ``ts``; with
-``--save_noise`` also ``x_init``) and ``FILE.json`` (every setting, including the command that reproduces
-the run). Sample ``i`` (global index ``start_index + k``) is the same whatever ``--batch_size``, the
+``FILE.png`` (a grid of the images; for point sets a grid of 3-D scatter views, for 1-D signals a grid
+of plots; none for vectors), ``FILE.ply`` (point sets: every sample in one PLY, sample ``i`` in grid cell
+``i``), ``FILE.npz`` (``samples``, ``indices``, ``labels``, ``ts``; with ``--save_noise`` also ``x_init``)
+and ``FILE.json`` (every setting, including the command that reproduces the run). Sample ``i`` (global index ``start_index + k``) is the same whatever ``--batch_size``, the
 number of devices or how a run is split with ``--start_index``.
 
 Class-conditional models: ``--labels=3`` or ``--labels=0,1,2`` (sample i gets labels[i % len]; default
@@ -39,6 +40,7 @@ from jdiff.generation import files as gfiles
 from jdiff.generation import flags as gflags
 from jdiff.generation import restore
 from jdiff.utils import cli, files
+from jdiff.utils import images as image_utils
 gflags.define(num_default=64)
 flags.DEFINE_string("classifier", None, "Classifier guidance: the workdir (or <workdir>/checkpoints/"
                     "<step>) of a noise-conditional classifier trained by train.py with task "
@@ -48,6 +50,7 @@ flags.DEFINE_multi_string("hparam", [], "A sampler hyperparameter as name=value 
 flags.DEFINE_string("ddpm_variance", None, "ddpm sampler variance: small, large or learned.")
 flags.DEFINE_integer("start_index", 0, "Global index of the first sample (to split a run).")
 flags.DEFINE_string("out", None, "Output path FILE(.png): writes FILE.png, FILE.npz and FILE.json "
+                    "(and FILE.ply for point sets) "
                     "(default <workdir>/samples/<sampler>_<steps>_seed<seed>).")
 flags.DEFINE_string("input", None, "Image (PNG) or array (.npy/.npz) to edit.")
 flags.DEFINE_string("mask", None, "Inpainting mask for --input: white/1 = keep, black/0 = generate.")
@@ -68,7 +71,7 @@ def _base_path(out, workdir, s):
   if out is None:
     out = os.path.join(workdir, "samples", f"{s.sampler}_{s.steps}_seed{s.seed}")
   root, ext = os.path.splitext(out)
-  return root if ext.lower() in (".png", ".npz", ".json") else out
+  return root if ext.lower() in (".png", ".npz", ".json", ".ply") else out
 
 
 def _command(ckpt_dir, s, base, classifier_dir=None):
@@ -140,9 +143,12 @@ def _main(argv):
                        f"or pass --allow_nonfinite to write them anyway")
     print(f"warning: {what}; writing them anyway (--allow_nonfinite): a checkerboard tile in the PNG, "
           f"their values in the .npz, their indices under 'nonfinite' in the .json", file=sys.stderr)
-  images = len(restored.data_shape) == 3 and restored.data_shape[-1] in (1, 3)
-  if not images:
-    print("note: the data are not images; writing no PNG grid")
+  kind = restored.data_kind
+  if kind == "image" and restored.data_shape[-1] not in (1, 3):
+    kind = "image_channels"  # no PNG for images of other channel counts
+  if not image_utils.has_preview(kind):
+    print(f"note: the data are {'vectors' if kind == 'vector' else 'not 1- or 3-channel images'}; "
+          f"writing no PNG")
   th = result.throughput()
   info = {
       "command": _command(restored.checkpoint_dir, s, base,
@@ -163,11 +169,11 @@ def _main(argv):
       "timing": th,
       "nonfinite": {"count": int(bad.size), "indices": [int(i) for i in bad]},
   }
-  paths = gfiles.write_outputs(base, result, info, save_png=images)
+  paths = gfiles.write_outputs(base, result, info, kind=kind)
   print(f"sampled {s.num} in {th['sample_seconds']:.2f} s: {th['images_per_s']:.1f} samples/s, "
         f"{th['seconds_per_nfe'] * 1e3:.2f} ms per NFE ({result.nfe_per_batch} NFE per batch of "
         f"{plan.batch_size}); compile {th['compile_seconds']:.1f} s (not included)")
-  print("wrote " + ", ".join(paths[k] for k in ("png", "npz", "json") if k in paths))
+  print("wrote " + ", ".join(paths[k] for k in ("png", "ply", "npz", "json") if k in paths))
 
 
 def main(argv):

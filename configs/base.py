@@ -18,6 +18,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   d.data_dir = ""              # TFDS data_dir ("" = TFDS default)
   d.download = False           # let TFDS download and prepare (needs internet and TensorFlow)
   d.image_size = 0             # resize TFDS images to this size (0 = native)
+  d.kind = ""                  # the data kind the config is for (image | vector | points | signal); "" = any
 
   c.model = m = ml_collections.ConfigDict()
   m.name = "unet"

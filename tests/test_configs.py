@@ -16,11 +16,12 @@ NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
 def test_config_validates_and_builds(name):
   c = importlib.import_module(f"configs.{name}").get_config()
   config_lib.validate(c)
-  shapes = {"mixture2d": (2,), "cifar10": (32, 32, 3), "imagenet64": (64, 64, 3)}
+  shapes = {"mixture2d": (2,), "cifar10": (32, 32, 3), "imagenet64": (64, 64, 3), "mnist1d": (40, 1),
+            "point_clouds": (512, 3)}
   shape = next((v for k, v in shapes.items() if k in c.data.name), (28, 28, 1))
   if c.data.get("image_size", 0):
     shape = (c.data.image_size, c.data.image_size, shape[-1])
-  num_classes = 1000 if "imagenet" in c.data.name else 10
+  num_classes = {"imagenet64": 1000, "point_clouds": 6}.get(c.data.name, 10)
   labelled = c.training.get("conditional", False) or config_lib.task_of(c) == "classifier"
   model = builder.build_model(c, shape, num_classes if labelled else 0)
   params = jax.eval_shape(model.init_params)

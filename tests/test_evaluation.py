@@ -96,8 +96,8 @@ def test_periodic_eval_config_errors(tmp_path):
   from configs import toy2d
   c = toy2d.get_config()
   c.eval.every = 10
-  with pytest.raises(ValueError, match=r"Fashion-MNIST images \(28x28x1\).*'mixture2d'.*"
-                     r"--config.eval.every=0"):
+  with pytest.raises(ValueError, match=r"fashion_mnist \(28x28x1 images\), mnist1d.*but this model "
+                                       r"makes 'mixture2d'.*--config.eval.every=0"):
     loop.train(c, str(tmp_path / "toy"))
   assert not os.path.exists(tmp_path / "toy")  # refused before anything was written
   if _have_fmnist():

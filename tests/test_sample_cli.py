@@ -155,7 +155,7 @@ def test_inpainting_and_sdedit_from_files(unet_wd, tmp_path):
 def test_vector_data_unconditional_ode(mlp_wd, tmp_path, capsys):
   assert _main([f"--workdir={mlp_wd}", "--num=5", "--sampler=ode", "--steps=2",
                 f"--out={tmp_path / 'v'}"]) == 0
-  assert "not images" in capsys.readouterr().out
+  assert "the data are vectors; writing no PNG" in capsys.readouterr().out
   assert sorted(os.listdir(tmp_path)) == ["v.json", "v.npz"]
   with np.load(tmp_path / "v.npz", allow_pickle=False) as z:
     assert z["samples"].shape == (5, 2) and "labels" not in z.files

@@ -5,10 +5,10 @@ Imports numpy and grain (and jax for device/process counts); scikit-learn and te
 imported only when a dataset that needs them is requested.
 """
 from jdiff.data.pipeline import Pipeline, flip_mask, make_pipeline
-from jdiff.data.sources import (FASHION_MNIST_DIR, OFFLINE_DATASETS, ArraySource, Source, TfdsSource,
-                                center_crop_resize, dataset_names, get_dataset, load_idx_images,
-                                parse_idx, read_idx, tfds_source)
+from jdiff.data.sources import (FASHION_MNIST_DIR, KINDS, OFFLINE_DATASETS, ArraySource, Source,
+                                TfdsSource, center_crop_resize, dataset_names, get_dataset, kind_of,
+                                load_idx_images, parse_idx, read_idx, tfds_source)
 
 __all__ = ["Pipeline", "flip_mask", "make_pipeline", "FASHION_MNIST_DIR", "OFFLINE_DATASETS",
-           "ArraySource", "Source", "TfdsSource", "center_crop_resize", "dataset_names", "get_dataset",
+           "KINDS", "kind_of", "ArraySource", "Source", "TfdsSource", "center_crop_resize", "dataset_names", "get_dataset",
            "load_idx_images", "parse_idx", "read_idx", "tfds_source"]

@@ -34,7 +34,7 @@ Each host batch is a dict of numpy arrays shaped for ``jax.pmap`` over the local
 
 - ``image``: ``float32 [num_local_devices, per_device_batch, H, W, C]`` images scaled from ``uint8``
   to [-1, 1] (``x / 127.5 - 1``; ``float32`` images as stored), or ``[num_local_devices,
-  per_device_batch, D]`` vectors as stored;
+  per_device_batch, *shape]`` vectors, point sets or 1-D signals as stored;
 - ``label``: ``int32 [num_local_devices, per_device_batch]``;
 - ``index``: ``int32 [num_local_devices, per_device_batch]``, each example's position in the *global*
   batch (``0 .. B - 1``): training folds it into the per-example random key, so the noise an example
@@ -116,8 +116,8 @@ class Pipeline:
       raise ValueError(f"dataset {source.name!r} split {source.split!r} has {source.num_examples} "
                        f"examples, fewer than global_batch_size={b}; use a smaller batch")
     if random_flip and not source.is_image:
-      raise ValueError(f"random_flip needs an image dataset; {source.name!r} holds vectors of "
-                       f"shape {source.shape}: pass random_flip=False")
+      raise ValueError(f"random_flip needs an image dataset; {source.name!r} holds {source.kind} data "
+                       f"of shape {source.shape}: pass random_flip=False")
     if random_flip and source.extras:
       raise ValueError(f"random_flip would flip the images of {source.name!r} but not their "
                        f"{', '.join(source.extras)}: pass random_flip=False")

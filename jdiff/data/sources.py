@@ -3,7 +3,8 @@ Gaussian mixture) and TensorFlow Datasets (TFDS) read through ``array_record`` d
 
 Every source answers ``read(indices) -> (data, labels)`` for an integer index array: images come back
 as ``uint8 [n, H, W, C]`` (channels-last; grayscale gets ``C = 1``), vectors as ``float32 [n, D]``,
-labels as ``int32 [n]``. Offline sources hold numpy arrays in memory (one fancy-indexing read per
+point sets as ``float32 [n, P, 3]``, 1-D signals as ``float32 [n, L, C]``, labels as ``int32 [n]``.
+A source's ``kind`` (``image``, ``vector``, ``points``, ``signal``) says which. Offline sources hold numpy arrays in memory (one fancy-indexing read per
 batch); TFDS sources read records by index from ``tfds.data_source`` (no TensorFlow needed to read).
 
 Names (see :func:`get_dataset`):
@@ -15,6 +16,10 @@ Names (see :func:`get_dataset`):
   a fixed permutation gives 1,500 train / 297 test images.
 - ``mixture2d``: 100,000 train / 10,000 test points from :func:`jdiff.toy.default_mixture` (a fixed
   seed per split), labels = mixture components. Values are not rescaled.
+- ``point_clouds``: procedural 3-D shapes (sphere, torus, cube, ...) as 512-point sets with class
+  labels (:mod:`jdiff.data.point_clouds`).
+- ``mnist1d``: MNIST-1D (Greydanus 2020), 40-sample 1-D signals of 10 classes, generated offline by the
+  ``mnist1d`` package (:mod:`jdiff.data.mnist1d`).
 - any other name is a TFDS dataset (``mnist``, ``cifar10``, ``celeb_a``, ...), read from ``data_dir``.
 """
 from __future__ import annotations
@@ -26,7 +31,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-OFFLINE_DATASETS = ("digits", "fashion_mnist", "mixture2d")
+OFFLINE_DATASETS = ("digits", "fashion_mnist", "mixture2d", "mnist1d", "point_clouds")
+KINDS = ("image", "vector", "points", "signal")
+# Datasets whose examples are not images or vectors: their kind, by name (for a trained model's data).
+_KIND_OF_DATASET = {"point_clouds": "points", "mnist1d": "signal"}
 _OFFLINE_SPLITS = ("train", "test")
 _TFDS_EXAMPLES = "mnist, cifar10, celeb_a"
 
@@ -44,9 +52,11 @@ class Source:
     shape: per-example data shape: ``(H, W, C)`` for images, ``(D,)`` for vectors.
     num_classes: number of label values (``None`` when the dataset has no class label; labels are
       then all 0).
-    is_image: ``True`` for images ``[H, W, C]`` (``uint8`` ones are scaled to [-1, 1] by the pipeline,
-      ``float32`` ones are already in model units), ``False`` for ``float32`` vectors (passed through
-      unscaled).
+    kind: ``image`` (``[H, W, C]``; ``uint8`` ones are scaled to [-1, 1] by the pipeline, ``float32``
+      ones are already in model units), ``vector`` (``[D]``), ``points`` (a set of ``P`` points in 3-D,
+      ``[P, 3]``, order meaningless) or ``signal`` (``[L, C]``, 1-D, channels-last); all but uint8
+      images are ``float32`` passed through unscaled.
+    is_image: ``kind == "image"``.
     extras: names of further per-example ``float32`` fields (``read_extras``) that the pipeline adds
       to each batch, e.g. reflow's ``noise`` (``jdiff.reflow``); none by default.
   """
@@ -56,8 +66,12 @@ class Source:
   num_examples: int
   shape: tuple
   num_classes: Optional[int]
-  is_image: bool
+  kind: str = "image"
   extras: tuple = ()
+
+  @property
+  def is_image(self) -> bool:
+    return self.kind == "image"
 
   def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
     """``(data [n, *shape], labels int32 [n])`` for the examples at ``indices`` (any order,
@@ -78,29 +92,45 @@ class Source:
   def __repr__(self) -> str:
     return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
             f"num_examples={self.num_examples}, shape={self.shape}, "
-            f"num_classes={self.num_classes}, is_image={self.is_image})")
+            f"num_classes={self.num_classes}, kind={self.kind!r})")
 
 
 class ArraySource(Source):
   """A source held in memory as numpy arrays: ``uint8 [N, H, W, C]`` images (or ``float32`` ones
-  already in model units, e.g. generated samples) or ``float32 [N, D]`` vectors, with ``int32 [N]``
-  labels, and optional ``extras``: ``{name: float32 [N, ...]}`` further per-example fields."""
+  already in model units, e.g. generated samples), ``float32 [N, D]`` vectors, or with ``kind=``
+  ``"points"`` / ``"signal"`` ``float32 [N, P, 3]`` point sets / ``[N, L, C]`` 1-D signals; with
+  ``int32 [N]`` labels, and optional ``extras``: ``{name: float32 [N, ...]}`` further per-example
+  fields."""
 
   def __init__(self, data: np.ndarray, labels: np.ndarray, *, name: str, split: str,
-               num_classes: Optional[int], extras: Optional[dict] = None):
+               num_classes: Optional[int], extras: Optional[dict] = None,
+               kind: Optional[str] = None):
     data = np.asarray(data)
     labels = np.asarray(labels)
-    if data.ndim == 4:
+    if kind is not None and kind not in KINDS:
+      raise ValueError(f"unknown data kind {kind!r} for {name!r}; valid kinds are: {', '.join(KINDS)}")
+    if data.ndim == 4 and kind in (None, "image"):
       if data.dtype not in (np.uint8, np.float32):
         raise ValueError(f"image data for {name!r} must be uint8 or float32 [N, H, W, C], got dtype "
                          f"{data.dtype}")
-      self.is_image = True
-    elif data.ndim == 2:
+      self.kind = "image"
+    elif data.ndim == 2 and kind in (None, "vector"):
       data = data.astype(np.float32)
-      self.is_image = False
+      self.kind = "vector"
+    elif data.ndim == 3 and kind in ("points", "signal"):
+      if kind == "points" and data.shape[-1] != 3:
+        raise ValueError(f"point sets for {name!r} must have shape [N, P, 3], got {data.shape}")
+      data = data.astype(np.float32)
+      if not np.all(np.isfinite(data)):
+        raise ValueError(f"{kind} data for {name!r} contain NaN or Inf")
+      self.kind = kind
     else:
-      raise ValueError(f"data for {name!r} must be images [N, H, W, C] or vectors [N, D], got "
-                       f"shape {data.shape}")
+      want = {"image": "[N, H, W, C]", "vector": "[N, D]", "points": "[N, P, 3]",
+              "signal": "[N, L, C]"}
+      what = (f"{kind} data must have shape {want[kind]}" if kind else
+              "data must be images [N, H, W, C] or vectors [N, D] (pass kind='points' for point sets "
+              "[N, P, 3] or kind='signal' for 1-D signals [N, L, C])")
+      raise ValueError(f"{what} for {name!r}, got shape {data.shape}")
     if labels.shape != data.shape[:1]:
       raise ValueError(f"labels for {name!r} must have shape {data.shape[:1]}, got "
                        f"{labels.shape}")
@@ -179,7 +209,7 @@ class TfdsSource(Source):
     else:
       self._label_key = None
       self.num_classes = None
-    self.name, self.split, self.is_image = name, split, True
+    self.name, self.split, self.kind = name, split, "image"
     self.num_examples = len(data_source)
 
   def read(self, indices):
@@ -361,13 +391,39 @@ def _resize_array_source(src: ArraySource, image_size: Optional[int]) -> ArraySo
                      num_classes=src.num_classes)
 
 
+def _point_clouds(split: str) -> ArraySource:
+  from jdiff.data import point_clouds  # pylint: disable=g-import-not-at-top
+  x, labels = point_clouds.make_shapes(split, point_clouds.DEFAULT_SIZES[split])
+  return ArraySource(x, labels, name="point_clouds", split=split,
+                     num_classes=len(point_clouds.CLASSES), kind="points")
+
+
+def _mnist1d(split: str) -> ArraySource:
+  from jdiff.data import mnist1d  # pylint: disable=g-import-not-at-top
+  x, labels = mnist1d.load_mnist1d(split)
+  return ArraySource(x, labels, name="mnist1d", split=split, num_classes=10, kind="signal")
+
+
+def kind_of(name: str, data_shape) -> str:
+  """The data kind of a model trained on dataset ``name`` with examples of ``data_shape``: ``image``
+  for ``[H, W, C]``, ``vector`` for ``[D]``, and for ``[P, 3]`` / ``[L, C]`` the kind of the named
+  dataset (``points`` for ``point_clouds``; otherwise ``signal``)."""
+  rank = len(tuple(data_shape))
+  if rank == 3:
+    return "image"
+  if rank == 1:
+    return "vector"
+  return _KIND_OF_DATASET.get(name, "signal")
+
+
 def get_dataset(name: str, split: str = "train", data_dir=None, download: bool = False, *,
                 local_dir: Optional[str] = None, image_size: Optional[int] = None,
                 image_key: str = "image", label_key: Optional[str] = "label") -> Source:
   """A random-access source by name.
 
   Args:
-    name: ``digits``, ``fashion_mnist`` or ``mixture2d`` (offline, see the module docstring), or
+    name: ``digits``, ``fashion_mnist``, ``mixture2d``, ``mnist1d`` or ``point_clouds`` (offline, see
+      the module docstring), or
       any TFDS dataset name (``mnist``, ``cifar10``, ``celeb_a``, ...).
     split: ``train`` or ``test`` for offline datasets; any TFDS split string (``train[:90%]``, ...)
       for TFDS datasets.
@@ -399,8 +455,12 @@ def get_dataset(name: str, split: str = "train", data_dir=None, download: bool =
     if split not in _OFFLINE_SPLITS:
       raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits are: "
                        f"{', '.join(_OFFLINE_SPLITS)}")
-    src = _digits(split) if name == "digits" else _mixture2d(split)
-    return _resize_array_source(src, image_size)
+    loader = {"digits": _digits, "mixture2d": _mixture2d, "mnist1d": _mnist1d,
+              "point_clouds": _point_clouds}[name]
+    if image_size is not None and name in _KIND_OF_DATASET:
+      raise ValueError(f"image_size resizes images; dataset {name!r} holds "
+                       f"{_KIND_OF_DATASET[name]} data: leave data.image_size at 0")
+    return _resize_array_source(loader(split), image_size)
   return tfds_source(name, split, data_dir, download, image_key=image_key, label_key=label_key,
                      image_size=image_size)
 

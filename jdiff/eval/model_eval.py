@@ -1,9 +1,14 @@
 """Every metric for one checkpoint and one sampler (``eval.py``).
 
 Samples come from :func:`jdiff.generation.generate` (the ``sample.py`` path: pmapped over the
-local devices, sample ``i`` from ``fold_in(PRNGKey(seed), i)``), are clipped to [-1, 1] and scored by
-:func:`jdiff.eval.report` (FD, KID ± std, precision, recall, classifier accuracy of the requested labels
-for conditional models, each with its floor: real test images at the same N). Optionally,
+local devices, sample ``i`` from ``fold_in(PRNGKey(seed), i)``) and are scored by the report of the
+model's dataset (:data:`SCORED`), each number with its floor (real held-out data at the same N):
+
+- ``fashion_mnist`` images, clipped to [-1, 1], and ``mnist1d`` signals: :func:`jdiff.eval.report` in
+  the feature space of the dataset's classifier (FD, KID ± std, precision, recall, the classifier
+  accuracy of the requested labels for conditional models);
+- ``point_clouds``: :func:`jdiff.eval.point_report.report` (1-NNA, COV and MMD by Chamfer distance
+  against held-out shapes, per class). Optionally,
 :func:`jdiff.eval.bpd.bits_per_dim_report` gives ODE and VLB bits/dim on the first N test images of the
 model's dataset.
 """
@@ -19,7 +24,11 @@ from jdiff import generation
 from jdiff.eval import bpd as bpd_lib
 from jdiff.eval import evaluate
 from jdiff.eval import features as features_lib
+from jdiff.eval import point_report
 from jdiff.eval.evaluate import MIN_SAMPLES
+
+# The datasets whose samples have a report: name -> the data shape it scores.
+SCORED = {"fashion_mnist": features_lib.IMAGE_SHAPE, "mnist1d": (40, 1), "point_clouds": None}
 
 
 class NonFiniteSamples(ValueError):
@@ -33,14 +42,76 @@ class NonFiniteSamples(ValueError):
 
 def check_sample_metrics(restored, num: int, *, what: str = "--num",
                          fix: str = "pass --num=0 --bpd for bits/dim only") -> None:
-  """The sample metrics need a Fashion-MNIST model and at least ``MIN_SAMPLES`` samples (``what``
-  names the setting and ``fix`` the way out in the errors)."""
+  """The sample metrics need a model of a dataset in :data:`SCORED` and enough samples: at least
+  ``MIN_SAMPLES``; for point clouds 2 per class (1-NNA) and at most the held-out shapes per class
+  (``what`` names the setting and ``fix`` the way out in the errors)."""
   name = restored.config.data.name
-  if name != "fashion_mnist" or tuple(restored.data_shape) != features_lib.IMAGE_SHAPE:
-    raise ValueError(f"the sample metrics (FD, KID, precision, recall) score samples with the "
-                     f"Fashion-MNIST feature net against Fashion-MNIST images (28x28x1), but this model "
-                     f"makes {name!r} data of shape {tuple(restored.data_shape)}; {fix}")
-  evaluate.check_num_samples(num, what)
+  shape = tuple(restored.data_shape)
+  want = SCORED.get(name, ())
+  if want == () or (want is not None and shape != want) or (want is None and
+                                                              restored.data_kind != "points"):
+    raise ValueError(f"the sample metrics score samples of fashion_mnist (28x28x1 images), mnist1d "
+                     f"(40-sample signals) or point_clouds (point sets), but this model makes {name!r} "
+                     f"data of shape {shape}; {fix}")
+  if name != "point_clouds":
+    evaluate.check_num_samples(num, what)
+    return
+  from jdiff.data import point_clouds  # pylint: disable=g-import-not-at-top
+  classes = min(restored.num_classes, num) or 1
+  per_class = -(-num // classes)
+  if num // classes < 2:
+    raise ValueError(f"{what}={num} is too few samples: 1-NNA needs at least 2 shapes per class, so "
+                     f"at least {2 * classes} for {classes} class(es); use 100 or more per class")
+  if per_class > point_clouds.DEFAULT_SIZES["test"] * (1 if restored.num_classes else
+                                                       len(point_clouds.CLASSES)):
+    raise ValueError(f"{what}={num} is too many: the point_clouds test split holds "
+                     f"{point_clouds.DEFAULT_SIZES['test']} shapes per class to compare with; use at "
+                     f"most {point_clouds.DEFAULT_SIZES['test'] * classes}")
+
+
+def feature_net(restored, net=None):
+  """The feature net that scores ``restored``'s samples (``net`` if given; ``None`` for point
+  clouds, which are scored by Chamfer distances)."""
+  name = restored.config.data.name
+  if net is not None or name == "point_clouds":
+    return net
+  return features_lib.get_feature_net(name)
+
+
+def score(restored, samples, labels, *, seed: int = 0, net=None) -> dict:
+  """The report of ``restored``'s dataset for ``samples`` (checked by :func:`check_sample_metrics`)."""
+  name = restored.config.data.name
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # small N: FD is biased; the floor at the same N says how much
+    if name == "point_clouds":
+      return point_report.report(samples, labels, seed=seed)
+    if name == "fashion_mnist":
+      samples = np.clip(samples, -1.0, 1.0)
+    return evaluate.report(samples, labels, net=feature_net(restored, net), seed=seed, dataset=name)
+
+
+def format_metrics(restored, metrics: dict) -> str:
+  """The report as text (one line; for point clouds also one line per class)."""
+  if restored.config.data.name == "point_clouds":
+    return point_report.format_report(metrics)
+  return evaluate.format_report(metrics)
+
+
+def scalars(metrics: dict) -> dict:
+  """The headline numbers of a report and their floors, ``{name: value, name_floor: value}``: FD,
+  KID, precision, recall, noisy, accuracy for feature reports; the class means of 1-NNA, COV and
+  MMD-CD for point clouds."""
+  if "per_class" in metrics:
+    head, floor = metrics["mean"], metrics["floor"]["mean"]
+  else:
+    head, floor = metrics, metrics["floor"]
+  out = {}
+  for k in ("fd", "kid", "kid_std", "precision", "recall", "noisy", "accuracy", "1nna_cd", "cov_cd",
+            "mmd_cd"):
+    if head.get(k) is not None:
+      out[k] = head[k]
+      out[f"{k}_floor"] = floor[k]
+  return out
 
 
 def heldout_data(config, num: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -84,11 +155,8 @@ def evaluate_checkpoint(restored, settings, *, bpd_num: int = 0, bpd_options: Op
     bad = generation.nonfinite_rows(x)
     if bad.any():
       raise NonFiniteSamples(int(bad.sum()), x.shape[0])
-    net = features_lib.get_feature_net() if net is None else net
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # small N: FD is biased; the floor at the same N says how much
-      out["metrics"] = evaluate.report(np.clip(x, -1.0, 1.0), result.labels, net=net, seed=s.seed)
-    log(evaluate.format_report(out["metrics"]))
+    out["metrics"] = score(restored, x, result.labels, seed=s.seed, net=net)
+    log(format_metrics(restored, out["metrics"]))
   else:
     out["settings"] = dataclasses.asdict(settings)
   if bpd_num:
@@ -104,5 +172,5 @@ def evaluate_checkpoint(restored, settings, *, bpd_num: int = 0, bpd_options: Op
   return out
 
 
-__all__ = ["MIN_SAMPLES", "NonFiniteSamples", "check_sample_metrics", "evaluate_checkpoint",
-           "heldout_data"]
+__all__ = ["MIN_SAMPLES", "NonFiniteSamples", "SCORED", "check_sample_metrics", "evaluate_checkpoint",
+           "feature_net", "format_metrics", "heldout_data", "scalars", "score"]

@@ -16,6 +16,7 @@ from jdiff import consistency
 from jdiff import models
 from jdiff import parametrization
 from jdiff import schedules
+from jdiff.data import sources as data_sources
 from jdiff.experiment import checkpoint as ckpt_lib
 from jdiff.experiment import config as config_lib
 from jdiff.experiment.state import TrainState, create_state
@@ -73,6 +74,8 @@ class Model:
   def __init__(self, config: ml_collections.ConfigDict, data_shape, num_classes: int):
     c = self.config = config
     self.data_shape = tuple(int(d) for d in data_shape)
+    # image, vector, points or signal: how samples are drawn, written and scored
+    self.data_kind = data_sources.kind_of(c.data.name, self.data_shape)
     self.num_classes = int(num_classes)
     self.task = config_lib.task_of(c)  # "diffusion", or "classifier": num_classes are its logits
     model_kwargs = {k: v for k, v in c.model.items() if k != "name"}

@@ -80,6 +80,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       _checks.positive_int(c[section][key], f"config.{section}.{key}")
   if c.training.get("sample_every", 0) < 0:
     raise ValueError("config.training.sample_every must be >= 0 (0 = never)")
+  if c.data.get("kind", ""):
+    _checks.choice("data kind", c.data.kind, ("image", "vector", "points", "signal"))
   _checks.choice("task", task_of(c), TASKS)
   if task_of(c) == "classifier":
     if c.model.name != "classifier":

@@ -1,6 +1,6 @@
 """Files in and out of sampling: editing inputs (PNG images or ``.npy``/``.npz`` arrays, never
 unpickled) and the outputs of ``sample.py`` (a PNG grid, the samples as ``.npz``, the settings as
-``.json``), written atomically.
+``.json``, point sets as ``.ply``), written atomically.
 """
 from __future__ import annotations
 
@@ -119,11 +119,31 @@ def _squeeze_shape(shape):
   return shape[1:] if len(shape) > 1 and shape[0] == 1 else shape
 
 
-def write_outputs(base: str, result, info: dict, save_png: bool = True) -> dict:
-  """Write ``base.png`` (a grid, for images), ``base.npz`` (samples, indices, labels, x_init with
-  save_noise; loadable with ``allow_pickle=False``) and ``base.json`` (``info``), all three renamed into
-  place only when all are complete (``jdiff.utils.files.write_all``), so an error never leaves a
-  half-written output. Returns the paths written."""
+def ply_bytes(points, spacing: float = 3.0) -> bytes:
+  """An ASCII PLY point cloud (Turk 1994) of point sets ``[N, P, 3]``: vertex ``x, y, z`` and the
+  ``sample`` index each point belongs to. Sample ``i`` is translated to cell ``i`` of a square grid in
+  the x-y plane (``spacing`` apart), so a viewer shows the sets side by side; the ``.npz`` holds the
+  untranslated points."""
+  x = np.asarray(points, np.float32)
+  n, p, _ = x.shape
+  ncols = int(np.ceil(np.sqrt(n)))
+  rows, cols = np.divmod(np.arange(n), ncols)
+  offset = np.stack([cols * spacing, -rows * spacing, np.zeros(n)], -1).astype(np.float32)
+  v = (x + offset[:, None, :]).reshape(-1, 3)
+  sample = np.repeat(np.arange(n), p)
+  header = (f"ply\nformat ascii 1.0\ncomment jdiff samples: sample i at grid cell i, spacing "
+            f"{spacing:g}\nelement vertex {n * p}\nproperty float x\nproperty float y\n"
+            f"property float z\nproperty int sample\nend_header\n")
+  body = "\n".join(f"{a:.6g} {b:.6g} {c:.6g} {i}" for (a, b, c), i in zip(v.tolist(), sample.tolist()))
+  return (header + body + "\n").encode()
+
+
+def write_outputs(base: str, result, info: dict, kind: str = "image") -> dict:
+  """Write ``base.npz`` (samples, indices, labels, x_init with save_noise; loadable with
+  ``allow_pickle=False``), ``base.json`` (``info``) and the data's pictures: ``base.png`` (a grid of
+  images, of point-set views or of signal plots; none for vectors) and for point sets ``base.ply``.
+  All are renamed into place only when all are complete (``jdiff.utils.files.write_all``), so an error
+  never leaves a half-written output. Returns the paths written."""
   paths = {"npz": base + ".npz", "json": base + ".json"}
   arrays = {"samples": result.samples.astype(np.float32), "indices": result.indices.astype(np.int64),
             "ts": result.ts.astype(np.float32)}
@@ -132,10 +152,12 @@ def write_outputs(base: str, result, info: dict, save_png: bool = True) -> dict:
   if result.x_init is not None:
     arrays["x_init"] = result.x_init.astype(np.float32)
   blobs = {paths["npz"]: files.npz_bytes(arrays)}
-  if save_png:
+  if image_utils.has_preview(kind):
     paths["png"] = base + ".png"
-    scale = 2 if max(result.samples.shape[1:3]) < 64 else 1
-    blobs[paths["png"]] = image_utils.grid_png(result.samples, scale=scale)
+    blobs[paths["png"]] = image_utils.preview_png(result.samples, kind)
+  if kind == "points":
+    paths["ply"] = base + ".ply"
+    blobs[paths["ply"]] = ply_bytes(result.samples)
   info = dict(info, outputs={k: os.path.abspath(v) for k, v in paths.items()})
   blobs[paths["json"]] = (json.dumps(info, indent=1) + "\n").encode()
   files.write_all(blobs)

@@ -65,6 +65,11 @@ class Restored:
     return self.model.data_shape
 
   @property
+  def data_kind(self) -> str:
+    """``image``, ``vector``, ``points`` or ``signal`` (``jdiff.data.kind_of``)."""
+    return self.model.data_kind
+
+  @property
   def num_classes(self) -> int:
     return self.model.num_classes
 

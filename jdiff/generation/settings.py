@@ -118,7 +118,7 @@ def resolve(s: Settings, restored: Restored, *, classifier: Optional[Restored] =
   c = restored.config.get("sampling", {})
   clip = s.clip_x0
   if clip is None:
-    clip = bool(c.get("clip_x0", True)) and len(restored.data_shape) == 3
+    clip = bool(c.get("clip_x0", True)) and restored.data_kind == "image"
   sampler = s.sampler or c.get("sampler", "dpmpp_2m")
   steps, grid = s.steps, s.grid or c.get("grid", "uniform_logsnr")
   g = grid_file(grid)

@@ -34,6 +34,7 @@ from jdiff.experiment import checkpoint as ckpt_lib
 from jdiff.experiment import config as config_check
 from jdiff.experiment.builder import build_model
 from jdiff.experiment.state import TrainState, make_optimizer
+from jdiff.eval import model_eval
 from jdiff.training import distill as distill_lib
 from jdiff.training import reflow as reflow_lib
 from jdiff.training import sharded
@@ -68,6 +69,9 @@ def check_workdir(workdir: str, create: bool = True) -> str:
   return workdir
 
 
+_KIND_SHAPES = {"image": "[H, W, C]", "vector": "[D]", "points": "[P, 3]", "signal": "[L, C]"}
+
+
 class Experiment:
   """Everything built from a config: data, model, schedule, optimizer, step functions."""
 
@@ -84,6 +88,12 @@ class Experiment:
     self.source = jdata.get_dataset(c.data.name, c.data.split, data_dir=c.data.data_dir or None,
                                     download=c.data.download,
                                     **({"image_size": c.data.image_size} if c.data.image_size else {}))
+    want = c.data.get("kind", "")
+    if want and self.source.kind != want:
+      raise ValueError(f"this config is for {want} data ({_KIND_SHAPES[want]}), but dataset "
+                       f"{c.data.name!r} holds {self.source.kind} data of shape {self.source.shape}: "
+                       f"pass a dataset of {want} data or a config for {self.source.kind} data (or "
+                       f"--config.data.kind='' to skip this check)")
     self.use_source(self.source)
     self.task = config_check.task_of(c)
     labelled = c.training.conditional or self.task == "classifier"
@@ -241,12 +251,15 @@ def sample_grid(exp: Experiment, params, num: int, seed: int, path: Optional[str
                 restored: Optional[generation.Restored] = None):
   """Sample ``num`` examples from ``params`` with the config's sampling settings through the one front
   door (``jdiff.generation.generate``, as ``sample.py --seed=seed`` draws them); write a PNG grid
-  (images). Pass the ``restored`` of an earlier call to reuse its compiled program."""
+  (images, point-set views or signal plots). Pass the ``restored`` of an earlier call to reuse its
+  compiled program."""
   restored = restored or generation.Restored.from_params(exp.model, params)
   restored = dataclasses.replace(restored, params=params)
   result = generation.generate(restored, generation.Settings(num=num, seed=seed), progress=False)
-  if path is not None and len(exp.data_shape) == 3:
-    image_utils.save_grid(result.samples, path, ncols=int(np.ceil(np.sqrt(num))), scale=2)
+  kind = exp.model.data_kind
+  if path is not None and image_utils.has_preview(kind):
+    files.write_bytes(path, image_utils.preview_png(result.samples, kind,
+                                                    ncols=int(np.ceil(np.sqrt(num)))))
   return result.samples
 
 
@@ -498,8 +511,12 @@ def _next_steps(workdir: str, step: int, exp: Experiment, last_grid) -> str:
     timing = "" if last_grid is None else f"; ~{last_grid[1]:.2g} s per image on the last grid"
     lines.append(f"draw samples: python sample.py --workdir={workdir} --num=64   (the config's "
                  f"{c.sampling.sampler} sampler, {c.sampling.steps} steps{timing})")
-    if len(exp.data_shape) == 3:
-      lines.append(f"score them:   python eval.py --workdir={workdir} --num=1000")
+    try:
+      model_eval.check_sample_metrics(generation.Restored.from_params(exp.model, None), 600)
+      lines.append(f"score them:   python eval.py --workdir={workdir} --num="
+                   f"{600 if exp.model.data_kind == 'points' else 1000}")
+    except ValueError:
+      pass  # no report for this dataset
   return "\n".join(lines)
 
 

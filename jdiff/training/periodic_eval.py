@@ -18,7 +18,6 @@ from typing import Callable, Optional
 import jax
 
 from jdiff import _checks
-from jdiff import eval as jeval
 from jdiff import generation
 from jdiff.eval import model_eval
 
@@ -61,7 +60,7 @@ class PeriodicEval:
     """Sample, score and return the scalars to log (``eval/...``)."""
     t0 = time.perf_counter()
     if self.net is None:
-      self.net = jeval.get_feature_net()
+      self.net = model_eval.feature_net(self.restored)
     restored = dataclasses.replace(self.restored, params=params, step=step)
     s = self.settings
     try:
@@ -72,13 +71,10 @@ class PeriodicEval:
     m = r["metrics"]
     out = {"eval/num_samples": s.num, "eval/nfe": r["nfe"],
            "eval/sample_seconds": r["timing"]["sample_seconds"]}
-    for k in ("fd", "kid", "kid_std", "precision", "recall", "noisy", "accuracy"):
-      if m.get(k) is not None:
-        out[f"eval/{k}"] = m[k]
-        out[f"eval/{k}_floor"] = m["floor"][k]
+    out.update({f"eval/{k}": v for k, v in model_eval.scalars(m).items()})
     out["eval/seconds"] = time.perf_counter() - t0
     self.log(f"step {step}: eval ({s.sampler}, {s.steps} steps, NFE {r['nfe']}, EMA): "
-             f"{jeval.format_report(m)}")
+             f"{model_eval.format_metrics(restored, m)}")
     return out
 
 

@@ -1,4 +1,6 @@
-"""Image grids as PNG, written atomically (a crash never leaves a half-written file)."""
+"""Image grids as PNG, written atomically (a crash never leaves a half-written file), and the tiles
+that draw data other than images in such a grid: point sets (:func:`point_views`) and 1-D signals
+(:func:`signal_plots`); :func:`preview_png` picks by data kind."""
 from __future__ import annotations
 
 import io
@@ -55,3 +57,79 @@ def grid_png(images, ncols: int | None = None, scale: int = 1) -> bytes:
 def save_grid(images, path: str, ncols: int | None = None, scale: int = 1) -> None:
   """Write a PNG grid of ``[N, H, W, C]`` images in [-1, 1] (C = 1 or 3) to ``path`` atomically."""
   files.write_bytes(path, grid_png(images, ncols, scale))
+
+
+# A fixed oblique camera for point sets: azimuth 35 degrees about z, then elevation 25 degrees.
+_AZIMUTH, _ELEVATION = math.radians(35.0), math.radians(25.0)
+
+
+def _camera() -> np.ndarray:
+  ca, sa, ce, se = math.cos(_AZIMUTH), math.sin(_AZIMUTH), math.cos(_ELEVATION), math.sin(_ELEVATION)
+  rz = np.array([[ca, -sa, 0.0], [sa, ca, 0.0], [0.0, 0.0, 1.0]])
+  rx = np.array([[1.0, 0.0, 0.0], [0.0, ce, -se], [0.0, se, ce]])
+  return (rx @ rz).astype(np.float32)
+
+
+def point_views(points, size: int = 64, extent: float = 1.25) -> np.ndarray:
+  """Scatter views of point sets ``[N, P, 3]`` as gray images ``[N, size, size, 1]`` in [-1, 1] for
+  :func:`grid_png`: an orthographic view from a fixed oblique camera, the box ``[-extent, extent]^3``
+  filling the tile (one scale for all samples, so sizes compare), nearer points darker. A set holding
+  NaN or Inf gives a NaN tile (drawn as a checkerboard)."""
+  x = np.asarray(points, np.float32)
+  if x.ndim != 3 or x.shape[-1] != 3:
+    raise ValueError(f"point sets must have shape [N, P, 3], got {x.shape}")
+  n, p, _ = x.shape
+  out = np.ones((n, size, size, 1), np.float32)
+  v = np.einsum("ij,npj->npi", _camera(), np.where(np.isfinite(x), x, 0.0))
+  col = np.clip(np.round((v[..., 0] / extent + 1.0) * 0.5 * (size - 1)), 0, size - 1).astype(int)
+  row = np.clip(np.round((1.0 - v[..., 2] / extent) * 0.5 * (size - 1)), 0, size - 1).astype(int)
+  depth = np.clip(v[..., 1] / extent, -1.0, 1.0)  # camera looks along +y: smaller y is nearer
+  shade = 0.35 * depth - 0.45  # in [-0.8, -0.1]
+  for i in range(n):
+    order = np.argsort(-depth[i])  # far to near: nearer points are drawn last
+    out[i, row[i, order], col[i, order], 0] = shade[i, order]
+  out[~np.isfinite(x).all(axis=(1, 2))] = np.nan
+  return out
+
+
+def signal_plots(signals, height: int = 32, xscale: int = 2) -> np.ndarray:
+  """Line plots of 1-D signals ``[N, L, C]`` as gray images ``[N, height, L * xscale, 1]`` in [-1, 1]
+  for :func:`grid_png`: one value range for all samples (the finite min and max over the batch), each
+  channel a dark polyline (channels in lighter grays). A signal holding NaN or Inf gives a NaN tile."""
+  x = np.asarray(signals, np.float32)
+  if x.ndim != 3:
+    raise ValueError(f"signals must have shape [N, L, C], got {x.shape}")
+  n, length, chans = x.shape
+  finite = x[np.isfinite(x)]
+  lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
+  hi = hi if hi > lo else lo + 1.0
+  width = length * xscale
+  out = np.ones((n, height, width, 1), np.float32)
+  xs = np.arange(width) / xscale  # the signal position under each pixel column
+  for i in range(n):
+    for c in range(chans):
+      y = np.interp(xs, np.arange(length), np.where(np.isfinite(x[i, :, c]), x[i, :, c], lo))
+      r = np.round((hi - y) / (hi - lo) * (height - 1)).astype(int)
+      gray = -1.0 + 1.2 * c / max(chans, 2)
+      for j in range(width):  # a vertical run joins each column's value to the next one's
+        a, b = sorted((r[j], r[min(j + 1, width - 1)]))
+        out[i, a:b + 1, j, 0] = gray
+  out[~np.isfinite(x).all(axis=(1, 2))] = np.nan
+  return out
+
+
+def preview_png(samples, kind: str, ncols: int | None = None) -> bytes:
+  """The PNG grid that shows samples of a data ``kind``: images as they are, point sets as
+  :func:`point_views`, 1-D signals as :func:`signal_plots` (vectors have no picture: an error)."""
+  if kind == "image":
+    x = np.asarray(samples)
+    return grid_png(x, ncols, scale=2 if max(x.shape[1:3]) < 64 else 1)
+  if kind == "points":
+    return grid_png(point_views(samples), ncols, scale=2)
+  if kind == "signal":
+    return grid_png(signal_plots(samples), ncols, scale=2)
+  raise ValueError(f"no picture for {kind!r} data; only images, point sets and 1-D signals are drawn")
+
+
+def has_preview(kind: str) -> bool:
+  return kind in ("image", "points", "signal")

@@ -1,0 +1,79 @@
+"""Point clouds and 1-D signals through the ordinary train.py / sample.py / eval.py: a data kind, a
+model and a config each, no special case in the loop."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import _gaussian
+
+_cli = _gaussian.cli
+QUIET = ["--config.training.sample_every=0", "--config.training.log_every=1",
+         "--config.training.ckpt_every=2"]
+POINTS = ["--config=configs/point_clouds.py", "--config.model.features=16", "--config.model.hidden=32",
+          "--config.model.num_blocks=1", "--config.data.batch_size=8", *QUIET]
+
+
+def _losses(wd):
+  return [json.loads(l)["loss"] for l in open(os.path.join(wd, "metrics.jsonl"))]
+
+
+def _one_error_line(r):
+  lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def points_run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("points") / "run")
+  r = _cli("train.py", POINTS + [f"--workdir={wd}", "--config.training.num_steps=4"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  return wd
+
+
+def test_point_cloud_run_resumes_exactly(points_run, tmp_path):
+  """A run of 2 + 2 steps (resumed from its checkpoint) gives the losses of the straight 4-step run:
+  the point sets go through the same pipeline (sharded over the devices, position in the checkpoint)."""
+  split = str(tmp_path / "split")
+  for n in (2, 4):
+    r = _cli("train.py", POINTS + [f"--workdir={split}", f"--config.training.num_steps={n}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+  assert _losses(split) == _losses(points_run) and len(_losses(split)) == 4
+
+
+def test_point_cloud_sample_and_eval(points_run, tmp_path):
+  out = str(tmp_path / "s.png")
+  r = _cli("sample.py", [f"--workdir={points_run}", "--num=6", "--steps=2", f"--out={out}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  base = out[:-4]
+  for ext in (".png", ".ply", ".npz", ".json"):
+    assert os.path.exists(base + ext), ext
+  with np.load(base + ".npz") as z:
+    assert z["samples"].shape == (6, 512, 3) and list(z["labels"]) == [0, 1, 2, 3, 4, 5]
+  header = open(base + ".ply").read(400)
+  assert "element vertex 3072" in header
+  rep = str(tmp_path / "rep.json")
+  r = _cli("eval.py", [f"--workdir={points_run}", "--num=12", "--steps=2", f"--out={rep}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  m = json.load(open(rep))["metrics"]
+  assert set(m["per_class"]) == {"sphere", "torus", "cube", "cylinder", "cone", "disc"}
+  assert m["per_class"]["torus"]["num_samples"] == 2 and 0 <= m["mean"]["1nna_cd"] <= 1
+  assert 0 <= m["floor"]["mean"]["1nna_cd"] <= 1
+  # too few shapes per class for 1-NNA, and more than the held-out shapes: one error each
+  line = _one_error_line(_cli("eval.py", [f"--workdir={points_run}", "--num=6"]))
+  assert "1-NNA needs at least 2 shapes per class, so at least 12 for 6 class(es)" in line
+  line = _one_error_line(_cli("eval.py", [f"--workdir={points_run}", "--num=1206"]))
+  assert "is too many: the point_clouds test split holds 200 shapes per class" in line
+
+
+def test_config_for_one_kind_refuses_another(tmp_path):
+  line = _one_error_line(_cli("train.py", POINTS + [f"--workdir={tmp_path / 'a'}",
+                                                    "--config.data.name=mixture2d"]))
+  assert "this config is for points data ([P, 3]), but dataset 'mixture2d' holds vector data" in line
+  line = _one_error_line(_cli("train.py", ["--config=configs/mnist1d.py", f"--workdir={tmp_path / 'b'}",
+                                           "--config.data.name=fashion_mnist"]))
+  assert "this config is for signal data ([L, C]), but dataset 'fashion_mnist' holds image data" in line
+  assert not os.path.exists(tmp_path / "a" / "checkpoints") and not os.path.exists(tmp_path / "b" /
+                                                                                    "checkpoints")
