@@ -5,7 +5,9 @@ matching and sampled by UniPC.
 The process is the one of the images (the flow ``x_t = (1 - t) x0 + t eps`` with velocity prediction
 and logit-normal times, Lipman et al. 2023; Esser et al. 2024) applied to every coordinate of every
 point, as in Luo & Hu 2021 (there with DDPM): the denoiser is the only part that knows the data are
-a set. Class-conditional with label dropout, so ``sample.py --labels=1`` draws tori and ``--guidance``
+a set. Its inputs include Gaussian-kernel local moments of the noisy cloud at three widths
+(``local_scales``); at 4000 steps they lowered the mean 1-NNA over classes from 0.83 to 0.78 (README,
+*Beyond images*), for ~20% more time per step. Logit-normal and uniform times gave the same 1-NNA. Class-conditional with label dropout, so ``sample.py --labels=1`` draws tori and ``--guidance``
 works. Coordinates are not clipped while sampling (``clip_x0`` applies to images only).
 
 ``python train.py --config=configs/point_clouds.py --workdir=runs/point_clouds``; ``sample.py`` writes
@@ -25,6 +27,9 @@ def get_config():
   c.model.features = 128
   c.model.hidden = 256
   c.model.num_blocks = 4
+  c.model.num_latents = 0
+  c.model.num_heads = 4
+  c.model.local_scales = (0.08, 0.16, 0.32)  # kernel local moments as inputs: measured better than none
   c.model.embedding = "sinusoidal"
   c.model.learned_variance = False
   c.model.dropout = 0.0

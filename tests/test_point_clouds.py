@@ -231,6 +231,41 @@ def test_point_net_is_permutation_equivariant_and_uses_the_whole_set(point_net):
   assert diff.max(axis=-1).min() > 1e-5
 
 
+@pytest.mark.parametrize("options", [{"num_latents": 4, "num_heads": 2}, {"local_scales": (0.3, 0.6)}])
+def test_point_net_options_stay_permutation_equivariant(options):
+  module = models.create("point_net", **TINY, **options)
+  init, apply = models.functional(module)
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 17, 3)) * 0.5, jnp.float32)
+  t, labels = jnp.array([0.1, 0.5, 0.9]), jnp.array([2, 0, 1], jnp.int32)
+  rand = _random_params(init(jax.random.PRNGKey(0), x, t), seed=2)
+  out = np.asarray(apply(rand, x, t, labels))
+  perm = np.random.default_rng(5).permutation(x.shape[1])
+  np.testing.assert_allclose(np.asarray(apply(rand, x[:, perm], t, labels)), out[:, perm],
+                             atol=1e-5 * np.abs(out).max())
+  plain = models.create("point_net", **TINY)
+  assert not np.allclose(out, np.asarray(models.functional(plain)[1](
+      {"params": {k: v for k, v in rand["params"].items() if k in plain.init(
+          jax.random.PRNGKey(0), x, t)["params"]}}, x, t, labels)), atol=1e-6)  # the option is used
+
+
+def test_local_moments_closed_form():
+  from jdiff.models.point_net import local_moments
+  # Two points at distance 2 with kernel width 1: each weighs the other exp(-2) against its own 1.
+  x = jnp.array([[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]]])
+  m = np.asarray(local_moments(x, 1.0))
+  w = np.exp(-2.0) / (1.0 + np.exp(-2.0))
+  np.testing.assert_allclose(m[0, 0, :3], [2.0 * w, 0, 0], rtol=1e-6)   # mean offset / scale
+  np.testing.assert_allclose(m[0, 1, :3], [-2.0 * w, 0, 0], rtol=1e-6)
+  # covariance of a two-point distribution: w (1 - w) 4 along x, nothing else (xx, xy, xz, yy, yz, zz)
+  np.testing.assert_allclose(m[0, 0, 3:], [4 * w * (1 - w), 0, 0, 0, 0, 0], rtol=1e-5, atol=1e-7)
+  # Points on a plane: no covariance along its normal (z), whatever the kernel width.
+  rng = np.random.default_rng(0)
+  flat = jnp.asarray(np.concatenate([rng.standard_normal((1, 50, 2)), np.zeros((1, 50, 1))], -1),
+                     jnp.float32)
+  m = np.asarray(local_moments(flat, 0.5))
+  np.testing.assert_allclose(m[..., [2, 5, 7, 8]], 0.0, atol=1e-6)  # z offset; xz, yz, zz
+
+
 def test_point_net_rejects_bad_input(point_net):
   module, params, _, x, t = point_net
   _, apply = models.functional(module)

@@ -5,10 +5,11 @@ level and class by FiLM (Perez et al. 2018), as in DiT's adaLN (Peebles & Xie 20
 ::
 
   emb = MLP(embed(t)) [+ Embed(label)]                   # embeddings.NoiseEmbedding, width `features`
-  h = Dense(x)                                           # [B, N, features], per point
+  h = Dense(x) [+ Dense(local_moments(x, r) for r in local_scales)]   # [B, N, features], per point
   num_blocks x
     shift, scale = Dense_zero(SiLU(emb))                 # FiLM from the noise level and class
     y = LN(h) * (1 + scale) + shift                      # LayerNorm without affine, per point
+    [y = y + ISAB(y)]                                    # with num_latents > 0 (Set Transformer)
     g = Dense(concat[mean_n y, max_n y])                 # [B, hidden]: the shape's global context
     y = SiLU(Dense(y) + g)                               # [B, N, hidden]: each point plus the context
     h = h + Dense_zero(Dropout(y))                       # zero-init residual output
@@ -36,13 +37,37 @@ almost all of it the per-point Dense layers (~60 ms a block; ``features=64`` tak
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jdiff import _checks
 from jdiff.models import embeddings as E
+from jdiff.models.unet import attention
+
+
+def local_moments(x, scale: float):
+  """Gaussian-kernel local moments of a point set ``x [B, N, D]`` at kernel width ``scale``: for each
+  point ``i``, with weights ``w_ij = exp(-|x_i - x_j|^2 / (2 scale^2))`` over all points ``j`` (itself
+  included), the offset of the weighted mean from the point, ``m_i - x_i``, and the upper triangle of the
+  weighted covariance, divided by ``scale`` and ``scale^2`` -> ``[B, N, D + D (D + 1) / 2]``.
+
+  On a noisy surface these are the classic local estimates (the mean-shift step toward the surface and
+  the covariance whose smallest eigenvector is the normal; Hoppe et al. 1992), at a cost of one
+  ``N x N`` kernel matrix per scale (no learned weights, no gradient: they are inputs). Sums over all
+  points make them equivariant to permutations."""
+  d2 = jnp.sum(jnp.square(x[:, :, None, :] - x[:, None, :, :]), axis=-1)
+  w = jnp.exp(-d2 / (2.0 * scale * scale))
+  w = w / jnp.sum(w, axis=-1, keepdims=True)
+  mean = jnp.einsum("bij,bjd->bid", w, x)
+  second = jnp.einsum("bij,bjd,bje->bide", w, x, x)
+  cov = second - mean[..., :, None] * mean[..., None, :]
+  rows, cols = np.triu_indices(x.shape[-1])
+  feats = jnp.concatenate([(mean - x) / scale, cov[..., rows, cols] / (scale * scale)], axis=-1)
+  return jax.lax.stop_gradient(feats)
 
 
 class PointNet(nn.Module):
@@ -58,6 +83,11 @@ class PointNet(nn.Module):
     embedding, time_scale, fourier_scale, num_classes, learned_variance, dropout, dtype: as for
       ``UNet``.
     out_dim: outputs per point before doubling; ``None``: the input dimension ``D``.
+    num_latents: ``> 0`` adds induced set attention with that many learned latents to every block
+      (``_latent_context``); measured ~2.2x the step time at the defaults, so off by default.
+    num_heads: attention heads of the latents (must divide ``features``).
+    local_scales: kernel widths of :func:`local_moments`, fed as extra per-point inputs (``()``: none;
+      ``configs/point_clouds.py`` uses three, for ~20% more step time).
   """
   features: int = 128
   hidden: int = 256
@@ -70,6 +100,9 @@ class PointNet(nn.Module):
   out_dim: Optional[int] = None
   learned_variance: bool = False
   dropout: float = 0.0
+  num_latents: int = 0
+  num_heads: int = 4
+  local_scales: Sequence[float] = ()
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -81,6 +114,14 @@ class PointNet(nn.Module):
       raise ValueError(f"emb_dim must be >= 4, got {self.emb_dim}")
     if self.out_dim is not None:
       _checks.positive_int(self.out_dim, "out_dim")
+    if not isinstance(self.local_scales, (tuple, list)) or not all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in self.local_scales):
+      raise ValueError(f"local_scales must be a tuple of positive kernel widths, got "
+                       f"{self.local_scales!r}")
+    _checks.int_at_least(self.num_latents, "num_latents", 0)
+    _checks.positive_int(self.num_heads, "num_heads")
+    if self.num_latents and self.features % self.num_heads:
+      raise ValueError(f"num_heads={self.num_heads} must divide features={self.features}")
     E.check_common_config(self)
     super().__post_init__()
 
@@ -104,9 +145,14 @@ class PointNet(nn.Module):
     emb = E.NoiseEmbedding(self.emb_dim, f, self.embedding, self.time_scale, self.fourier_scale,
                            self.num_classes, dt, name="noise_embed")(t, labels)
     h = dense(f, "in_x")(x.astype(dt))
+    if self.local_scales:
+      local = [local_moments(x.astype(jnp.float32), r) for r in self.local_scales]
+      h = h + dense(f, "in_local")(jnp.concatenate(local, axis=-1).astype(dt))
     for i in range(self.num_blocks):
       shift, scale = jnp.split(dense(2 * f, f"block{i}_film", zero=True)(nn.silu(emb)), 2, axis=-1)
       y = norm(f"block{i}_norm")(h) * (1 + scale[:, None, :]) + shift[:, None, :]
+      if self.num_latents:
+        y = y + self._latent_context(y, i, dense)
       pooled = jnp.concatenate([jnp.mean(y, axis=1), jnp.max(y, axis=1)], axis=-1)
       g = dense(self.hidden, f"block{i}_global")(pooled)
       y = nn.silu(dense(self.hidden, f"block{i}_dense0")(y) + g[:, None, :])
@@ -114,6 +160,22 @@ class PointNet(nn.Module):
       h = h + dense(f, f"block{i}_dense1", zero=True)(y)
     h = nn.silu(nn.LayerNorm(dtype=dt, name="norm_out")(h))
     return dense(out_dim, "out", zero=True)(h).astype(jnp.float32)
+
+  def _latent_context(self, y, i: int, dense):
+    """Induced set attention (Lee et al. 2019, "Set Transformer", ISAB): ``num_latents`` learned
+    queries read all points, then every point reads the latents; ``O(N m)`` instead of ``O(N^2)``, and
+    permutation-equivariant (the points enter only as keys/values of a softmax over them, then as
+    queries one by one). Returns the zero-initialised update ``[B, N, features]``."""
+    b, n, f = y.shape
+    m, heads = self.num_latents, self.num_heads
+    split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, f // heads)
+    latents = self.param(f"block{i}_latents", nn.initializers.normal(1.0), (m, f), jnp.float32)
+    kv = dense(2 * f, f"block{i}_kv")(y)
+    q = jnp.broadcast_to(dense(f, f"block{i}_q")(latents.astype(self.dtype))[None], (b, m, f))
+    z = attention(split(q), split(kv[..., :f]), split(kv[..., f:])).reshape(b, m, f)
+    kv2 = dense(2 * f, f"block{i}_kv2")(z)
+    out = attention(split(dense(f, f"block{i}_q2")(y)), split(kv2[..., :f]), split(kv2[..., f:]))
+    return dense(f, f"block{i}_ctx_out", zero=True)(out.reshape(b, n, f))
 
   @staticmethod
   def data_channels(variables) -> int:
