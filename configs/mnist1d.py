@@ -27,10 +27,10 @@ def get_config():
   c.diffusion.time_sampling = "logit_normal"
   c.training.conditional = True
   c.training.cond_drop_prob = 0.1
-  c.training.num_steps = 4000
+  c.training.num_steps = 7500     # 11.5 minutes here; accuracy 0.903 / 0.915 / 0.921 at 5000 / 7500 / 10000
   c.training.ema_decay = 0.999
-  c.training.ckpt_every = 1000
-  c.training.sample_every = 1000
+  c.training.ckpt_every = 2500
+  c.training.sample_every = 2500
   c.optim.lr = 2e-3
   c.optim.warmup_steps = 200
   c.sampling.sampler = "unipc"
