@@ -29,6 +29,7 @@ def get_config():
   c.model.num_blocks = 4
   c.model.num_latents = 0
   c.model.num_heads = 4
+  c.model.latent_dim = 0
   c.model.local_scales = (0.08, 0.16, 0.32)  # kernel local moments as inputs: measured better than none
   c.model.embedding = "sinusoidal"
   c.model.learned_variance = False

@@ -231,7 +231,8 @@ def test_point_net_is_permutation_equivariant_and_uses_the_whole_set(point_net):
   assert diff.max(axis=-1).min() > 1e-5
 
 
-@pytest.mark.parametrize("options", [{"num_latents": 4, "num_heads": 2}, {"local_scales": (0.3, 0.6)}])
+@pytest.mark.parametrize("options", [{"num_latents": 4, "num_heads": 2}, {"local_scales": (0.3, 0.6)},
+                                     {"num_latents": 3, "latent_dim": 8, "num_heads": 2}])
 def test_point_net_options_stay_permutation_equivariant(options):
   module = models.create("point_net", **TINY, **options)
   init, apply = models.functional(module)
@@ -277,6 +278,10 @@ def test_point_net_rejects_bad_input(point_net):
     apply(params, jnp.zeros((3, 0, 3)), t)
   with pytest.raises(ValueError, match="hidden must be an integer >= 1"):
     models.create("point_net", hidden=0)
+  with pytest.raises(ValueError, match=r"num_heads=3 must divide the attention width 8 \(latent_dim"):
+    models.create("point_net", num_latents=2, latent_dim=8, num_heads=3)
+  with pytest.raises(ValueError, match="local_scales must be a tuple of positive kernel widths"):
+    models.create("point_net", local_scales=(0.1, -1.0))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -85,7 +85,9 @@ class PointNet(nn.Module):
     out_dim: outputs per point before doubling; ``None``: the input dimension ``D``.
     num_latents: ``> 0`` adds induced set attention with that many learned latents to every block
       (``_latent_context``); measured ~2.2x the step time at the defaults, so off by default.
-    num_heads: attention heads of the latents (must divide ``features``).
+    num_heads: attention heads of the latents (must divide the attention width).
+    latent_dim: the attention width (``0``: ``features``); a narrow one keeps the per-point
+      projections cheap.
     local_scales: kernel widths of :func:`local_moments`, fed as extra per-point inputs (``()``: none;
       ``configs/point_clouds.py`` uses three, for ~20% more step time).
   """
@@ -102,6 +104,7 @@ class PointNet(nn.Module):
   dropout: float = 0.0
   num_latents: int = 0
   num_heads: int = 4
+  latent_dim: int = 0
   local_scales: Sequence[float] = ()
   dtype: Any = jnp.float32
 
@@ -120,8 +123,11 @@ class PointNet(nn.Module):
                        f"{self.local_scales!r}")
     _checks.int_at_least(self.num_latents, "num_latents", 0)
     _checks.positive_int(self.num_heads, "num_heads")
-    if self.num_latents and self.features % self.num_heads:
-      raise ValueError(f"num_heads={self.num_heads} must divide features={self.features}")
+    _checks.int_at_least(self.latent_dim, "latent_dim", 0)
+    width = self.latent_dim or self.features
+    if self.num_latents and width % self.num_heads:
+      raise ValueError(f"num_heads={self.num_heads} must divide the attention width {width} "
+                       f"(latent_dim, or features when 0)")
     E.check_common_config(self)
     super().__post_init__()
 
@@ -167,15 +173,15 @@ class PointNet(nn.Module):
     permutation-equivariant (the points enter only as keys/values of a softmax over them, then as
     queries one by one). Returns the zero-initialised update ``[B, N, features]``."""
     b, n, f = y.shape
-    m, heads = self.num_latents, self.num_heads
-    split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, f // heads)
-    latents = self.param(f"block{i}_latents", nn.initializers.normal(1.0), (m, f), jnp.float32)
-    kv = dense(2 * f, f"block{i}_kv")(y)
-    q = jnp.broadcast_to(dense(f, f"block{i}_q")(latents.astype(self.dtype))[None], (b, m, f))
-    z = attention(split(q), split(kv[..., :f]), split(kv[..., f:])).reshape(b, m, f)
-    kv2 = dense(2 * f, f"block{i}_kv2")(z)
-    out = attention(split(dense(f, f"block{i}_q2")(y)), split(kv2[..., :f]), split(kv2[..., f:]))
-    return dense(f, f"block{i}_ctx_out", zero=True)(out.reshape(b, n, f))
+    m, heads, d = self.num_latents, self.num_heads, self.latent_dim or y.shape[-1]
+    split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, d // heads)
+    latents = self.param(f"block{i}_latents", nn.initializers.normal(1.0), (m, d), jnp.float32)
+    kv = dense(2 * d, f"block{i}_kv")(y)
+    q = jnp.broadcast_to(dense(d, f"block{i}_q")(latents.astype(self.dtype))[None], (b, m, d))
+    z = attention(split(q), split(kv[..., :d]), split(kv[..., d:])).reshape(b, m, d)
+    kv2 = dense(2 * d, f"block{i}_kv2")(z)
+    out = attention(split(dense(d, f"block{i}_q2")(y)), split(kv2[..., :d]), split(kv2[..., d:]))
+    return dense(f, f"block{i}_ctx_out", zero=True)(out.reshape(b, n, d))
 
   @staticmethod
   def data_channels(variables) -> int:
