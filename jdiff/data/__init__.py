@@ -2,13 +2,19 @@
 on grain.
 
 Imports numpy and grain (and jax for device/process counts); scikit-learn and tensorflow_datasets are
-imported only when a dataset that needs them is requested.
+imported only when a dataset that needs them is requested. Text corpora, the character tokenizer and
+the document split are in :mod:`jdiff.data.text`.
 """
+from jdiff.data import text
 from jdiff.data.pipeline import Pipeline, flip_mask, make_pipeline
-from jdiff.data.sources import (FASHION_MNIST_DIR, KINDS, OFFLINE_DATASETS, ArraySource, Source,
-                                TfdsSource, center_crop_resize, dataset_names, get_dataset, kind_of,
-                                load_idx_images, parse_idx, read_idx, tfds_source)
+from jdiff.data.sources import (FASHION_MNIST_DIR, KINDS, OFFLINE_DATASETS, TEXT_PREFIX, ArraySource,
+                                Source, TextSource, TfdsSource, TfdsTextSource, center_crop_resize,
+                                dataset_names, get_dataset, kind_of, load_idx_images, parse_idx,
+                                read_idx, text_source, tfds_source)
+from jdiff.data.text import FORTUNES_DIR, CharTokenizer, read_fortunes, read_text_file
 
-__all__ = ["Pipeline", "flip_mask", "make_pipeline", "FASHION_MNIST_DIR", "OFFLINE_DATASETS",
-           "KINDS", "kind_of", "ArraySource", "Source", "TfdsSource", "center_crop_resize", "dataset_names", "get_dataset",
-           "load_idx_images", "parse_idx", "read_idx", "tfds_source"]
+__all__ = ["Pipeline", "flip_mask", "make_pipeline", "FASHION_MNIST_DIR", "FORTUNES_DIR",
+           "OFFLINE_DATASETS", "KINDS", "TEXT_PREFIX", "kind_of", "ArraySource", "CharTokenizer",
+           "Source", "TextSource", "TfdsSource", "TfdsTextSource", "center_crop_resize",
+           "dataset_names", "get_dataset", "load_idx_images", "parse_idx", "read_fortunes", "read_idx",
+           "read_text_file", "text", "text_source", "tfds_source"]

@@ -34,7 +34,8 @@ Each host batch is a dict of numpy arrays shaped for ``jax.pmap`` over the local
 
 - ``image``: ``float32 [num_local_devices, per_device_batch, H, W, C]`` images scaled from ``uint8``
   to [-1, 1] (``x / 127.5 - 1``; ``float32`` images as stored), or ``[num_local_devices,
-  per_device_batch, *shape]`` vectors, point sets or 1-D signals as stored;
+  per_device_batch, *shape]`` vectors, point sets or 1-D signals as stored, or for a ``tokens`` source
+  ``int32 [num_local_devices, per_device_batch, L]`` token ids as stored (no cast, no scaling);
 - ``label``: ``int32 [num_local_devices, per_device_batch]``;
 - ``index``: ``int32 [num_local_devices, per_device_batch]``, each example's position in the *global*
   batch (``0 .. B - 1``): training folds it into the per-example random key, so the noise an example
@@ -117,7 +118,8 @@ class Pipeline:
                        f"examples, fewer than global_batch_size={b}; use a smaller batch")
     if random_flip and not source.is_image:
       raise ValueError(f"random_flip needs an image dataset; {source.name!r} holds {source.kind} data "
-                       f"of shape {source.shape}: pass random_flip=False")
+                       f"of shape {source.shape}: pass random_flip=False "
+                       f"(--config.data.random_flip=False)")
     if random_flip and source.extras:
       raise ValueError(f"random_flip would flip the images of {source.name!r} but not their "
                        f"{', '.join(source.extras)}: pass random_flip=False")
@@ -183,7 +185,10 @@ class Pipeline:
     positions = np.arange(lo, lo + self.local_batch_size)
     indices = self.global_indices(step)[positions]
     data, labels = self.source.read(indices)
-    x = data.astype(np.float32)
+    if self.source.kind == "tokens":
+      x = np.asarray(data, np.int32)
+    else:
+      x = data.astype(np.float32)
     if self.source.is_image and data.dtype == np.uint8:
       x = x / np.float32(127.5) - np.float32(1.0)
       if self.random_flip:
@@ -240,8 +245,10 @@ class Pipeline:
 
 def make_pipeline(name: str, global_batch_size: int, seed: int = 0, *, split: str = "train",
                   data_dir=None, download: bool = False, local_dir: Optional[str] = None,
-                  image_size: Optional[int] = None, **kwargs: Any) -> Pipeline:
+                  image_size: Optional[int] = None, seq_length: Optional[int] = None,
+                  **kwargs: Any) -> Pipeline:
   """``Pipeline(get_dataset(name, split, data_dir, download, ...), global_batch_size, seed,
   **kwargs)``; see :func:`jdiff.data.get_dataset` and :class:`Pipeline`."""
-  source = get_dataset(name, split, data_dir, download, local_dir=local_dir, image_size=image_size)
+  source = get_dataset(name, split, data_dir, download, local_dir=local_dir, image_size=image_size,
+                       seq_length=seq_length)
   return Pipeline(source, global_batch_size, seed, **kwargs)

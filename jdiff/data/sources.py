@@ -1,11 +1,14 @@
 """Random-access data sources: offline arrays (Fashion-MNIST IDX files, scikit-learn digits, a 2-D
-Gaussian mixture) and TensorFlow Datasets (TFDS) read through ``array_record`` data sources.
+Gaussian mixture, text corpora) and TensorFlow Datasets (TFDS) read through ``array_record`` data
+sources.
 
 Every source answers ``read(indices) -> (data, labels)`` for an integer index array: images come back
 as ``uint8 [n, H, W, C]`` (channels-last; grayscale gets ``C = 1``), vectors as ``float32 [n, D]``,
-point sets as ``float32 [n, P, 3]``, 1-D signals as ``float32 [n, L, C]``, labels as ``int32 [n]``.
-A source's ``kind`` (``image``, ``vector``, ``points``, ``signal``) says which. Offline sources hold numpy arrays in memory (one fancy-indexing read per
-batch); TFDS sources read records by index from ``tfds.data_source`` (no TensorFlow needed to read).
+point sets as ``float32 [n, P, 3]``, 1-D signals as ``float32 [n, L, C]``, text as ``int32 [n, L]``
+character token ids (``source.vocab[k]`` is the character of token ``k``), labels as ``int32 [n]``.
+A source's ``kind`` (``image``, ``vector``, ``points``, ``signal``, ``tokens``) says which. Offline
+sources hold numpy arrays in memory (one fancy-indexing read per batch); TFDS sources read records by
+index from ``tfds.data_source`` (no TensorFlow needed to read).
 
 Names (see :func:`get_dataset`):
 
@@ -20,7 +23,15 @@ Names (see :func:`get_dataset`):
   labels (:mod:`jdiff.data.point_clouds`).
 - ``mnist1d``: MNIST-1D (Greydanus 2020), 40-sample 1-D signals of 10 classes, generated offline by the
   ``mnist1d`` package (:mod:`jdiff.data.mnist1d`).
-- any other name is a TFDS dataset (``mnist``, ``cifar10``, ``celeb_a``, ...), read from ``data_dir``.
+- ``fortunes``: the Debian package ``fortunes`` (``/usr/share/games/fortunes``), each fortune a
+  document; ``text:<path>``: a user's text file, each paragraph (separated by blank lines) a document.
+  Character tokens (:mod:`jdiff.data.text`): 5% of the distinct documents are ``test`` (a fixed
+  permutation), the rest ``train``; each split's documents are joined by a blank line, encoded with
+  the vocabulary of the training split and cut into chunks of ``seq_length`` tokens (default 128).
+- any other name is a TFDS dataset (``mnist``, ``cifar10``, ``celeb_a``, ...), read from ``data_dir``;
+  one with a ``text`` feature and no image (``lm1b``, ...) gives tokens of the fixed printable-ASCII
+  vocabulary, one record per example cropped or padded with spaces to ``seq_length``
+  (:class:`TfdsTextSource`).
 """
 from __future__ import annotations
 
@@ -30,13 +41,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from jdiff.data import text as text_lib
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-OFFLINE_DATASETS = ("digits", "fashion_mnist", "mixture2d", "mnist1d", "point_clouds")
-KINDS = ("image", "vector", "points", "signal")
+OFFLINE_DATASETS = ("digits", "fashion_mnist", "mixture2d", "mnist1d", "point_clouds", "fortunes")
+KINDS = ("image", "vector", "points", "signal", "tokens")
+TEXT_PREFIX = "text:"  # dataset name "text:<path>": a user's text file
 # Datasets whose examples are not images or vectors: their kind, by name (for a trained model's data).
-_KIND_OF_DATASET = {"point_clouds": "points", "mnist1d": "signal"}
+_KIND_OF_DATASET = {"point_clouds": "points", "mnist1d": "signal", "fortunes": "tokens"}
 _OFFLINE_SPLITS = ("train", "test")
-_TFDS_EXAMPLES = "mnist, cifar10, celeb_a"
+_TFDS_EXAMPLES = "mnist, cifar10, celeb_a, lm1b"
 
 # IDX type codes (LeCun et al. 1998, MNIST file format): code -> big-endian numpy dtype.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -54,8 +68,11 @@ class Source:
       then all 0).
     kind: ``image`` (``[H, W, C]``; ``uint8`` ones are scaled to [-1, 1] by the pipeline, ``float32``
       ones are already in model units), ``vector`` (``[D]``), ``points`` (a set of ``P`` points in 3-D,
-      ``[P, 3]``, order meaningless) or ``signal`` (``[L, C]``, 1-D, channels-last); all but uint8
-      images are ``float32`` passed through unscaled.
+      ``[P, 3]``, order meaningless), ``signal`` (``[L, C]``, 1-D, channels-last) or ``tokens``
+      (``int32 [L]`` ids into ``vocab``); all but uint8 images and tokens are ``float32`` passed
+      through unscaled; tokens pass through as ``int32``.
+    vocab: for ``tokens``, the vocabulary as a string: token ``k`` is the character ``vocab[k]``;
+      ``None`` for other kinds.
     is_image: ``kind == "image"``.
     extras: names of further per-example ``float32`` fields (``read_extras``) that the pipeline adds
       to each batch, e.g. reflow's ``noise`` (``jdiff.reflow``); none by default.
@@ -67,6 +84,7 @@ class Source:
   shape: tuple
   num_classes: Optional[int]
   kind: str = "image"
+  vocab: Optional[str] = None
   extras: tuple = ()
 
   @property
@@ -98,13 +116,14 @@ class Source:
 class ArraySource(Source):
   """A source held in memory as numpy arrays: ``uint8 [N, H, W, C]`` images (or ``float32`` ones
   already in model units, e.g. generated samples), ``float32 [N, D]`` vectors, or with ``kind=``
-  ``"points"`` / ``"signal"`` ``float32 [N, P, 3]`` point sets / ``[N, L, C]`` 1-D signals; with
-  ``int32 [N]`` labels, and optional ``extras``: ``{name: float32 [N, ...]}`` further per-example
-  fields."""
+  ``"points"`` / ``"signal"`` ``float32 [N, P, 3]`` point sets / ``[N, L, C]`` 1-D signals, or with
+  ``kind="tokens"`` integer ``[N, L]`` token ids >= 0 (stored ``int32``; below ``len(vocab)`` when
+  ``vocab`` is given); with ``int32 [N]`` labels, and optional ``extras``: ``{name: float32 [N, ...]}``
+  further per-example fields."""
 
   def __init__(self, data: np.ndarray, labels: np.ndarray, *, name: str, split: str,
                num_classes: Optional[int], extras: Optional[dict] = None,
-               kind: Optional[str] = None):
+               kind: Optional[str] = None, vocab: Optional[str] = None):
     data = np.asarray(data)
     labels = np.asarray(labels)
     if kind is not None and kind not in KINDS:
@@ -124,13 +143,20 @@ class ArraySource(Source):
       if not np.all(np.isfinite(data)):
         raise ValueError(f"{kind} data for {name!r} contain NaN or Inf")
       self.kind = kind
+    elif data.ndim == 2 and kind == "tokens":
+      data = _token_data(data, name, vocab)
+      self.kind = kind
     else:
       want = {"image": "[N, H, W, C]", "vector": "[N, D]", "points": "[N, P, 3]",
-              "signal": "[N, L, C]"}
+              "signal": "[N, L, C]", "tokens": "int [N, L]"}
       what = (f"{kind} data must have shape {want[kind]}" if kind else
               "data must be images [N, H, W, C] or vectors [N, D] (pass kind='points' for point sets "
               "[N, P, 3] or kind='signal' for 1-D signals [N, L, C])")
       raise ValueError(f"{what} for {name!r}, got shape {data.shape}")
+    if vocab is not None and self.kind != "tokens":
+      raise ValueError(f"vocab is for token data; {name!r} holds {self.kind} data: pass "
+                       f"kind='tokens' or no vocab")
+    self.vocab = vocab
     if labels.shape != data.shape[:1]:
       raise ValueError(f"labels for {name!r} must have shape {data.shape[:1]}, got "
                        f"{labels.shape}")
@@ -166,6 +192,62 @@ class ArraySource(Source):
 
   def extra_shape(self, name: str) -> tuple:
     return tuple(int(s) for s in self._extras[name].shape[1:])
+
+
+def _token_data(data: np.ndarray, name: str, vocab: Optional[str]) -> np.ndarray:
+  """Token ids ``[N, L]`` checked (integers, >= 0, below ``len(vocab)``) and stored ``int32``."""
+  if vocab is not None and (not isinstance(vocab, str) or not vocab):
+    raise ValueError(f"vocab for {name!r} must be a non-empty string (token k is the character "
+                     f"vocab[k]), got {vocab!r}")
+  if not np.issubdtype(data.dtype, np.integer):
+    raise ValueError(f"token data for {name!r} must be integer ids [N, L], got dtype {data.dtype}; "
+                     f"encode text with jdiff.data.text.CharTokenizer (or cast ids with .astype)")
+  if data.size and data.min() < 0:
+    raise ValueError(f"token data for {name!r} must be ids >= 0, got a minimum of {data.min()}")
+  if vocab is not None and data.size and data.max() >= len(vocab):
+    raise ValueError(f"token data for {name!r} must be ids below len(vocab)={len(vocab)}, got a "
+                     f"maximum of {data.max()}; pass the vocabulary the tokens were encoded with")
+  if data.size and data.max() > np.iinfo(np.int32).max:
+    raise ValueError(f"token data for {name!r} must fit in int32, got a maximum of {data.max()}")
+  return data.astype(np.int32)
+
+
+class TextSource(ArraySource):
+  """A character-level text split held in memory (:func:`text_source`): ``int32 [N, L]`` chunks of
+  kind ``tokens``, labels all 0, ``num_classes=None``.
+
+  Attributes (besides :class:`ArraySource`'s):
+    vocab: the tokenizer's characters (token ``k`` is ``vocab[k]``).
+    tokenizer: the :class:`jdiff.data.text.CharTokenizer`, fitted on the training split.
+    documents: this split's documents (normalized, joined by a blank line into the stream).
+    num_chars: characters in this split's stream (the chunks hold ``N * L`` of them, the rest of
+      the last chunk is dropped).
+    dropped_chars: characters of this split outside the training vocabulary, dropped (0 for train).
+  """
+
+  def __init__(self, encoded: "text_lib.EncodedSplit", *, name: str):
+    super().__init__(encoded.chunks, np.zeros(encoded.chunks.shape[0], np.int32), name=name,
+                     split=encoded.split, num_classes=None, kind="tokens",
+                     vocab=encoded.tokenizer.chars)
+    self.tokenizer = encoded.tokenizer
+    self.documents = encoded.documents
+    self.num_chars = encoded.num_chars
+    self.dropped_chars = encoded.dropped_chars
+
+
+def text_source(documents, split: str = "train", length: int = text_lib.DEFAULT_LENGTH,
+                name: str = "text", *,
+                tokenizer: Optional["text_lib.CharTokenizer"] = None) -> TextSource:
+  """The ``split`` (``train`` or ``test``) of a corpus of ``documents`` (strings) as a
+  :class:`TextSource` of ``int32 [N, length]`` chunks (:func:`jdiff.data.text.encode_split`: 5% of
+  the distinct documents are test, by a fixed permutation; each split's documents are joined by a
+  blank line into one stream, encoded with a tokenizer fitted on the training split (or
+  ``tokenizer``) and cut into non-overlapping chunks, the last partial one dropped).
+
+  The training split's ``data`` are the chunks an n-gram baseline
+  (:class:`jdiff.eval.text_metrics.NGramModel`) is fitted on.
+  """
+  return TextSource(text_lib.encode_split(documents, split, length, tokenizer=tokenizer), name=name)
 
 
 class TfdsSource(Source):
@@ -228,6 +310,57 @@ class TfdsSource(Source):
       if self._label_key is not None:
         labels[j] = int(rec[self._label_key])
     return images, labels
+
+
+class TfdsTextSource(Source):
+  """A TFDS text split read by index through a ``tfds.data_source``: record ``i``'s ``text_key``
+  feature (bytes or str) is normalized (:func:`jdiff.data.text.normalize_text`), encoded with the
+  fixed vocabulary :data:`jdiff.data.text.PRINTABLE` (printable ASCII and ``"\\n"``: no pass over
+  the data is needed), cropped to its first ``seq_length`` characters and padded with spaces.
+
+  Kind ``tokens``, ``int32 [seq_length]`` examples, labels all 0, ``num_classes=None``.
+  """
+
+  def __init__(self, data_source, features, *, name: str, split: str, text_key: str = "text",
+               seq_length: int = text_lib.DEFAULT_LENGTH):
+    if text_key not in features:
+      raise ValueError(f"TFDS dataset {name!r} has no feature {text_key!r}; its features are "
+                       f"{', '.join(sorted(features))}: pass text_key=")
+    if isinstance(seq_length, bool) or not isinstance(seq_length, (int, np.integer)) or seq_length < 1:
+      raise ValueError(f"seq_length must be an integer >= 1, got {seq_length!r}")
+    self._ds = data_source
+    self._text_key = text_key
+    self.tokenizer = text_lib.CharTokenizer(text_lib.PRINTABLE)
+    self._pad = int(self.tokenizer.encode(" ")[0])
+    self.vocab = self.tokenizer.chars
+    self.shape = (int(seq_length),)
+    self.name, self.split, self.kind, self.num_classes = name, split, "tokens", None
+    self.num_examples = len(data_source)
+
+  def encode_record(self, value) -> np.ndarray:
+    """``int32 [seq_length]``: one record's text, normalized, cropped and padded with spaces."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+      value = value.item()
+    if isinstance(value, (bytes, bytearray, np.bytes_)):
+      value = bytes(value).decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+      raise ValueError(f"TFDS feature {self.name}/{self._text_key} must hold text (bytes or str), "
+                       f"got {type(value).__name__}; pass text_key= of a text feature")
+    length = self.shape[0]
+    # Normalizing can shorten text (dropped characters) or lengthen it (tabs): crop generously first.
+    ids = self.tokenizer.encode(text_lib.normalize_text(value[:8 * length + 64]))[:length]
+    out = np.full((length,), self._pad, np.int32)
+    out[:ids.shape[0]] = ids
+    return out
+
+  def read(self, indices):
+    idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+    getitems = getattr(self._ds, "__getitems__", None)
+    records = getitems(idx) if getitems is not None else [self._ds[i] for i in idx]
+    tokens = np.empty((len(idx),) + self.shape, np.int32)
+    for j, rec in enumerate(records):
+      tokens[j] = self.encode_record(rec[self._text_key])
+    return tokens, np.zeros((len(idx),), np.int32)
 
 
 def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -340,7 +473,8 @@ def _import_tfds():
 
 def _unknown_name(name: str) -> ValueError:
   return ValueError(f"unknown dataset {name!r}; valid names are {', '.join(OFFLINE_DATASETS)} "
-                    f"(offline) or a TFDS dataset name such as {_TFDS_EXAMPLES}")
+                    f"(offline), text:<path> (a text file) or a TFDS dataset name such as "
+                    f"{_TFDS_EXAMPLES}")
 
 
 def _prepare_hint(name: str, data_dir) -> str:
@@ -352,9 +486,13 @@ def _prepare_hint(name: str, data_dir) -> str:
 
 def tfds_source(name: str, split: str = "train", data_dir=None, download: bool = False, *,
                 image_key: str = "image", label_key: Optional[str] = "label",
-                image_size: Optional[int] = None) -> TfdsSource:
+                image_size: Optional[int] = None, text_key: str = "text",
+                seq_length: Optional[int] = None) -> Source:
   """A TFDS split through ``tfds.builder(name, data_dir=..., file_format='array_record')`` and
   ``builder.as_data_source(split)`` — what ``tfds.data_source`` does, with clear errors.
+
+  A dataset with an ``image_key`` feature gives a :class:`TfdsSource`; one with a ``text_key``
+  feature and no image gives a :class:`TfdsTextSource` of ``seq_length`` tokens (default 128).
 
   Reading needs ``tensorflow-datasets``, ``array-record`` and ``importlib_resources`` but not
   TensorFlow. Preparing an image dataset (``download=True`` or the ``tfds build`` command) needs
@@ -379,7 +517,18 @@ def tfds_source(name: str, split: str = "train", data_dir=None, download: bool =
   except (ValueError, KeyError) as e:
     raise ValueError(f"split {split!r} of TFDS dataset {name!r} cannot be read ({e}); its splits "
                      f"are {', '.join(sorted(builder.info.splits))}") from e
-  return TfdsSource(ds, builder.info.features, name=name, split=split, image_key=image_key,
+  features = builder.info.features
+  if image_key not in features and text_key in features:
+    if image_size is not None:
+      raise ValueError(f"image_size resizes images; TFDS dataset {name!r} holds text: leave "
+                       f"data.image_size at 0")
+    return TfdsTextSource(ds, features, name=name, split=split, text_key=text_key,
+                          seq_length=text_lib.DEFAULT_LENGTH if seq_length is None else seq_length)
+  if seq_length is not None:
+    raise ValueError(f"seq_length sets the length of text examples; TFDS dataset {name!r} has no "
+                     f"text feature {text_key!r} without an image (pass text_key=): leave "
+                     f"data.seq_length at 0")
+  return TfdsSource(ds, features, name=name, split=split, image_key=image_key,
                     label_key=label_key, image_size=image_size)
 
 
@@ -405,9 +554,12 @@ def _mnist1d(split: str) -> ArraySource:
 
 
 def kind_of(name: str, data_shape) -> str:
-  """The data kind of a model trained on dataset ``name`` with examples of ``data_shape``: ``image``
-  for ``[H, W, C]``, ``vector`` for ``[D]``, and for ``[P, 3]`` / ``[L, C]`` the kind of the named
-  dataset (``points`` for ``point_clouds``; otherwise ``signal``)."""
+  """The data kind of a model trained on dataset ``name`` with examples of ``data_shape``: ``tokens``
+  for ``fortunes`` and ``text:<path>``; else ``image`` for ``[H, W, C]``, ``vector`` for ``[D]``, and
+  for ``[P, 3]`` / ``[L, C]`` the kind of the named dataset (``points`` for ``point_clouds``;
+  otherwise ``signal``). (A TFDS text dataset's kind is not known from its name: pass the kind.)"""
+  if isinstance(name, str) and (name == "fortunes" or name.startswith(TEXT_PREFIX)):
+    return "tokens"
   rank = len(tuple(data_shape))
   if rank == 3:
     return "image"
@@ -418,15 +570,16 @@ def kind_of(name: str, data_shape) -> str:
 
 def get_dataset(name: str, split: str = "train", data_dir=None, download: bool = False, *,
                 local_dir: Optional[str] = None, image_size: Optional[int] = None,
-                image_key: str = "image", label_key: Optional[str] = "label") -> Source:
+                image_key: str = "image", label_key: Optional[str] = "label",
+                seq_length: Optional[int] = None, text_key: str = "text") -> Source:
   """A random-access source by name.
 
   Args:
-    name: ``digits``, ``fashion_mnist``, ``mixture2d``, ``mnist1d`` or ``point_clouds`` (offline, see
-      the module docstring), or
-      any TFDS dataset name (``mnist``, ``cifar10``, ``celeb_a``, ...).
-    split: ``train`` or ``test`` for offline datasets; any TFDS split string (``train[:90%]``, ...)
-      for TFDS datasets.
+    name: ``digits``, ``fashion_mnist``, ``mixture2d``, ``mnist1d``, ``point_clouds`` or ``fortunes``
+      (offline, see the module docstring), ``text:<path>`` (a UTF-8 text file whose paragraphs are
+      the documents), or any TFDS dataset name (``mnist``, ``cifar10``, ``celeb_a``, ``lm1b``, ...).
+    split: ``train`` or ``test`` for offline datasets and text files; any TFDS split string
+      (``train[:90%]``, ...) for TFDS datasets.
     data_dir: TFDS data directory (default ``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``).
     download: for TFDS datasets only: download and prepare the dataset in ``array_record`` format
       when it is missing. This needs internet and, for image datasets, TensorFlow
@@ -440,15 +593,32 @@ def get_dataset(name: str, split: str = "train", data_dir=None, download: bool =
       (needed for TFDS datasets with variable image sizes; handy for ``celeb_a``).
     image_key, label_key: TFDS feature names of the image and the class label (``label_key=None``
       or a missing feature gives all-zero labels and ``num_classes=None``).
+    seq_length: tokens per example of a text dataset (``fortunes``, ``text:<path>``, a TFDS dataset
+      with a text feature); default 128. An error for other datasets.
+    text_key: the TFDS feature of the text (a dataset with it and no ``image_key`` is text).
 
   Returns:
     a :class:`Source`.
   """
   if not isinstance(name, str) or not name:
     raise _unknown_name(name)
+  from jdiff import _checks  # pylint: disable=g-import-not-at-top
   if image_size is not None:
-    from jdiff import _checks  # pylint: disable=g-import-not-at-top
     image_size = _checks.positive_int(image_size, "image_size")
+  if seq_length is not None:
+    seq_length = _checks.positive_int(seq_length, "seq_length")
+  if name == "fortunes" or name.startswith(TEXT_PREFIX):
+    if image_size is not None:
+      raise ValueError(f"image_size resizes images; dataset {name!r} holds text tokens: leave "
+                       f"data.image_size at 0")
+    if split not in text_lib.SPLITS:
+      raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits are: "
+                       f"{', '.join(text_lib.SPLITS)}")
+    return _text_dataset(name, split, text_lib.DEFAULT_LENGTH if seq_length is None else seq_length)
+  if seq_length is not None and name in OFFLINE_DATASETS:
+    raise ValueError(f"seq_length sets the length of text examples; dataset {name!r} holds "
+                     f"{_KIND_OF_DATASET.get(name, 'image or vector')} data: leave data.seq_length "
+                     f"at 0")
   if name in OFFLINE_DATASETS:
     if name == "fashion_mnist":
       return _fashion_mnist(split, data_dir, download, local_dir, image_size)
@@ -462,7 +632,18 @@ def get_dataset(name: str, split: str = "train", data_dir=None, download: bool =
                        f"{_KIND_OF_DATASET[name]} data: leave data.image_size at 0")
     return _resize_array_source(loader(split), image_size)
   return tfds_source(name, split, data_dir, download, image_key=image_key, label_key=label_key,
-                     image_size=image_size)
+                     image_size=image_size, text_key=text_key, seq_length=seq_length)
+
+
+def _text_dataset(name: str, split: str, seq_length: int) -> TextSource:
+  if name == "fortunes":
+    documents = text_lib.read_fortunes(text_lib.FORTUNES_DIR)
+  else:
+    path = name[len(TEXT_PREFIX):]
+    if not path:
+      raise ValueError("dataset 'text:' names no file; pass 'text:/path/to/file.txt'")
+    documents = text_lib.read_text_file(os.path.expanduser(path))
+  return text_source(documents, split, seq_length, name)
 
 
 def _fashion_mnist(split, data_dir, download, local_dir, image_size) -> Source:
@@ -480,7 +661,7 @@ def _fashion_mnist(split, data_dir, download, local_dir, image_size) -> Source:
 
 
 def dataset_names() -> Sequence[str]:
-  """The offline dataset names (any TFDS name is accepted as well)."""
+  """The offline dataset names (``text:<path>`` and any TFDS name are accepted as well)."""
   return OFFLINE_DATASETS
 
 
