@@ -233,7 +233,7 @@ def _raises(match, fn, *args, **kw):
 
 
 def test_bad_configs_raise():
-  _raises(r"unknown model 'transformer'; valid models are: classifier, dit, mlp, point_net, unet", models.create, "transformer")
+  _raises(r"unknown model 'transformer'; valid models are: classifier, dit, mlp, point_net, token_transformer, unet", models.create, "transformer")
   _raises(r"unknown argument\(s\) \['chanels'\] for model 'unet'; valid arguments are: ch, ",
           models.create, "unet", chanels=3)
   _raises("non-empty tuple", models.create, "unet", ch_mult=())

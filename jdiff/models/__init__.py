@@ -1,5 +1,6 @@
 """Flax denoisers for jdiff: a DDPM/DDPM++ U-Net, a Diffusion Transformer (DiT, Peebles & Xie 2023),
-a residual MLP and a permutation-equivariant point-set denoiser (``PointNet``), behind one functional
+a residual MLP, a permutation-equivariant point-set denoiser (``PointNet``) and a bidirectional
+transformer over token sequences for discrete diffusion (``TokenTransformer``), behind one functional
 interface; plus ``NoisyClassifier`` (the U-Net's downsampling half with logits) for classifier guidance.
 
 Why Flax **Linen** (not NNX): a Linen module is a description, not a container of state.
@@ -14,12 +15,14 @@ Interface used by the rest of jdiff::
 
   model = jdiff.models.create("unet", ch=128, ch_mult=(1, 2, 2, 2), num_classes=10)
   model = jdiff.models.create("dit", size="B", patch_size=2, num_classes=10)   # DiT-B/2
+  model = jdiff.models.create("token_transformer", vocab_size=28, num_outputs=27)  # 27 chars + mask
   init, apply = jdiff.models.functional(model)
   params = init(key, x, t)                        # {"params": ...}, also valid for model.apply
   out = apply(params, x, t, cond)                 # deterministic (dropout off)
   out = apply(params, x, t, cond, rng=k, train=True)   # dropout on
 
-``x``: ``[B, H, W, C]`` (U-Net, DiT), ``[B, D]`` (MLP) or ``[B, N, 3]`` (PointNet); ``t``: float ``[B]``
+``x``: ``[B, H, W, C]`` (U-Net, DiT), ``[B, D]`` (MLP), ``[B, N, 3]`` (PointNet) or int token ids
+``[B, L]`` (TokenTransformer, whose output is logits ``[B, L, num_outputs]``); ``t``: float ``[B]``
 or a scalar (continuous time in [0, 1], or EDM's ``c_noise``); ``cond``: int labels ``[B]``
 (``num_classes`` = NULL label) or ``None`` (NULL for all). Models never import jdiff's core (schedules,
 samplers; only the shared input checks of ``jdiff._checks``): training glues them.
@@ -41,9 +44,11 @@ from jdiff.models.classifier import NoisyClassifier
 from jdiff.models.dit import DiT
 from jdiff.models.mlp import MLP
 from jdiff.models.point_net import PointNet
+from jdiff.models.token_transformer import TokenTransformer
 from jdiff.models.unet import UNet, num_groups
 
-MODELS = {"unet": UNet, "dit": DiT, "mlp": MLP, "point_net": PointNet, "classifier": NoisyClassifier}
+MODELS = {"unet": UNet, "dit": DiT, "mlp": MLP, "point_net": PointNet, "classifier": NoisyClassifier,
+          "token_transformer": TokenTransformer}
 
 
 def model_kwargs(cls) -> Tuple[str, ...]:
@@ -52,7 +57,8 @@ def model_kwargs(cls) -> Tuple[str, ...]:
 
 
 def create(name: str, **kwargs) -> nn.Module:
-  """Build a denoiser by name (``"unet"``, ``"dit"`` or ``"mlp"``) from keyword configuration."""
+  """Build a denoiser by name (a key of ``MODELS``: ``"unet"``, ``"dit"``, ``"mlp"``, ...) from keyword
+  configuration."""
   cls = MODELS[_checks.choice("model", name, MODELS)]
   valid = model_kwargs(cls)
   unknown = sorted(set(kwargs) - set(valid))
@@ -80,6 +86,20 @@ def _check_call(module, x, t, cond) -> None:
   prepare_labels(cond, x.shape[0], module.num_classes, model)
 
 
+def _check_params_fit(module, params, x) -> None:
+  """The parameters were initialised for this input: its channels, or (token models, whose ids have no
+  channel axis) the module's vocabulary."""
+  expected = type(module).data_channels(params)
+  if expected is None:  # token ids: the token table must have the module's vocab_size rows
+    vocab = type(module).input_vocab(params)
+    if vocab != module.vocab_size:
+      raise ValueError(f"the parameters were initialised for vocab_size={vocab} but the model has "
+                       f"vocab_size={module.vocab_size}; use the model they were made with or re-initialise")
+  elif x.shape[-1] != expected:
+    raise ValueError(f"x has {x.shape[-1]} channels (last axis) but the parameters were initialised "
+                     f"for {expected}; pass x of shape [..., {expected}] or re-initialise")
+
+
 def functional(module: nn.Module) -> Tuple[Callable, Callable]:
   """``(init, apply)`` pure functions for a denoiser module.
 
@@ -88,9 +108,9 @@ def functional(module: nn.Module) -> Tuple[Callable, Callable]:
   ``train=True`` and then needs ``rng`` (when the model has ``dropout > 0``). ``train`` must be a
   Python bool: under ``jax.jit`` mark it static (``static_argnames="train"``).
   """
-  if not isinstance(module, (UNet, DiT, MLP, PointNet, NoisyClassifier)):
-    raise ValueError(f"functional() expects a jdiff model (UNet, DiT, MLP, PointNet or NoisyClassifier, "
-                     f"e.g. from jdiff.models.create), got {type(module).__name__}")
+  if not isinstance(module, (UNet, DiT, MLP, PointNet, NoisyClassifier, TokenTransformer)):
+    raise ValueError(f"functional() expects a jdiff model (UNet, DiT, MLP, PointNet, NoisyClassifier or "
+                     f"TokenTransformer, e.g. from jdiff.models.create), got {type(module).__name__}")
 
   def _init(key, x, t, cond):
     return module.init({"params": key}, x, t, cond, train=False)
@@ -119,10 +139,7 @@ def functional(module: nn.Module) -> Tuple[Callable, Callable]:
     if not isinstance(params, Mapping) or "params" not in params:
       raise ValueError("params must be the dict returned by init (with a 'params' entry)")
     _check_call(module, x, t, cond)
-    expected = type(module).data_channels(params)
-    if x.shape[-1] != expected:
-      raise ValueError(f"x has {x.shape[-1]} channels (last axis) but the parameters were initialised "
-                       f"for {expected}; pass x of shape [..., {expected}] or re-initialise")
+    _check_params_fit(module, params, x)
     rngs = {}
     if train and module.dropout > 0:
       if rng is None:
@@ -134,6 +151,6 @@ def functional(module: nn.Module) -> Tuple[Callable, Callable]:
   return init, apply
 
 
-__all__ = ["DiT", "EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "NoisyClassifier", "PointNet", "UNet",
-           "count_params", "create", "fourier_embedding", "functional", "model_kwargs", "num_groups",
-           "sinusoidal_embedding"]
+__all__ = ["DiT", "EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "NoisyClassifier", "PointNet",
+           "TokenTransformer", "UNet", "count_params", "create", "fourier_embedding", "functional",
+           "model_kwargs", "num_groups", "sinusoidal_embedding"]
