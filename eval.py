@@ -12,13 +12,17 @@ checkpoints/<step>`` or ``--step`` for another one, ``--raw`` for the raw parame
   (``jdiff.eval``): FD, KID ± std over subsets, precision, recall and, for class-conditional models,
   the accuracy of the feature classifier on the requested labels;
 - point clouds: 1-NNA, COV and MMD by Chamfer distance against held-out shapes, per class
-  (``jdiff.eval.point_report``).
+  (``jdiff.eval.point_report``);
+- text (token models): the fraction of generated words in the training vocabulary, character n-gram
+  divergences from held-out text and bits per character under a training n-gram model
+  (``jdiff.eval.text_report``).
 
 Every number is printed next to its floor: the same metric for N real held-out examples against the
 real examples the samples are compared with (what a perfect model would score at this N).
 
 ``--bpd``: bits/dim of the first ``--bpd_num`` test images by the probability-flow ODE (Hutchinson
-trace, uniform dequantization) and by the continuous VLB (discretized decoder). ``--num=0 --bpd``
+trace, uniform dequantization) and by the continuous VLB (discretized decoder); for a token model the
+held-out bits per character of its bound (``--bpd_vlb_repeats`` draws per chunk). ``--num=0 --bpd``
 computes only those (any dataset). The report goes to ``--out`` (default
 ``<workdir>/eval/<sampler>_<steps>_n<num>_seed<seed>_step<step>.json``).
 """
@@ -114,7 +118,7 @@ def _main(argv):
               "seed": FLAGS.seed}
   report = model_eval.evaluate_checkpoint(restored, settings, bpd_num=FLAGS.bpd_num if FLAGS.bpd else 0,
                                           bpd_options=bpd_opts, progress=FLAGS.progress)
-  if report["metrics"] is not None and "per_class" not in report["metrics"]:
+  if report["metrics"] is not None and "fd" in report["metrics"]:
     f = report["metrics"]["floor"]
     noisy = "" if f.get("noisy") is None else f", noisy {f['noisy']:.3f}"
     print(f"floor (N={f['num_samples']} real test vs real train examples): FD {f['fd']:.4g}, "

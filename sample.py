@@ -8,7 +8,9 @@ checkpoints/<step>``: another step), runs the sampler pmapped over all local dev
 ``FILE.png`` (a grid of the images; for point sets a grid of 3-D scatter views, for 1-D signals a grid
 of plots; none for vectors), ``FILE.ply`` (point sets: every sample in one PLY, sample ``i`` in grid cell
 ``i``), ``FILE.npz`` (``samples``, ``indices``, ``labels``, ``ts``; with ``--save_noise`` also ``x_init``)
-and ``FILE.json`` (every setting, including the command that reproduces the run). Sample ``i`` (global index ``start_index + k``) is the same whatever ``--batch_size``, the
+and ``FILE.json`` (every setting, including the command that reproduces the run); for token (text) models
+``FILE.txt`` (the texts, also under ``texts`` in the JSON) instead of a picture, and ``--prefix=TEXT``
+makes every sample start with TEXT. Sample ``i`` (global index ``start_index + k``) is the same whatever ``--batch_size``, the
 number of devices or how a run is split with ``--start_index``.
 
 Class-conditional models: ``--labels=3`` or ``--labels=0,1,2`` (sample i gets labels[i % len]; default
@@ -58,6 +60,8 @@ flags.DEFINE_float("strength", None, "Editing: noise level t the input is noised
                    "(default 0.5 for SDEdit, 1 for inpainting).")
 flags.DEFINE_integer("resample", 1, "RePaint: times each jump is resampled (1 = plain inpainting).")
 flags.DEFINE_integer("jump_length", 1, "RePaint: levels jumped back before resampling.")
+flags.DEFINE_string("prefix", None, "Token (text) models: every sample starts with this text (its "
+                    "tokens are clamped while the rest is generated).")
 flags.DEFINE_bool("save_noise", False, "Also save each sample's starting point x_init in FILE.npz.")
 flags.DEFINE_bool("allow_nonfinite", False, "Write samples that contain NaN or Inf (a diverged model or "
                   "sampler). By default such a run fails (exit status 2, nothing written) with a "
@@ -71,7 +75,7 @@ def _base_path(out, workdir, s):
   if out is None:
     out = os.path.join(workdir, "samples", f"{s.sampler}_{s.steps}_seed{s.seed}")
   root, ext = os.path.splitext(out)
-  return root if ext.lower() in (".png", ".npz", ".json", ".ply") else out
+  return root if ext.lower() in (".png", ".npz", ".json", ".ply", ".txt") else out
 
 
 def _command(ckpt_dir, s, base, classifier_dir=None):
@@ -88,6 +92,8 @@ def _command(ckpt_dir, s, base, classifier_dir=None):
              f"--jump_length={s.jump_length}"]
   if s.save_noise:
     args.append("--save_noise")
+  if FLAGS.prefix is not None:
+    args.append(f"--prefix={FLAGS.prefix}")
   return gflags.command("sample.py", ckpt_dir, args + [f"--out={base}.png"])
 
 
@@ -110,6 +116,8 @@ def _main(argv):
   if FLAGS.classifier_scale is not None and not FLAGS.classifier:
     raise ValueError("--classifier_scale needs --classifier=WORKDIR (a classifier trained by train.py "
                      "with task 'classifier'); drop --classifier_scale")
+  if FLAGS.prefix is not None and (FLAGS.input or FLAGS.mask):
+    raise ValueError("--prefix fills text; --input/--mask edit images: pass one or the other")
   for path, what in ((FLAGS.input, "--input"), (FLAGS.mask, "--mask")):
     if path and not os.path.isfile(path):
       raise ValueError(f"{what} file {path} does not exist")
@@ -121,8 +129,16 @@ def _main(argv):
       classifier = restore.restore_path(FLAGS.classifier, task="classifier")
     except ValueError as e:
       raise type(e)(f"--classifier: {e}") from None
-  x_known = gfiles.load_input(FLAGS.input, restored.data_shape) if FLAGS.input else None
-  mask = gfiles.load_mask(FLAGS.mask, x_known.shape) if FLAGS.mask else None
+  tokens = restored.data_kind == "tokens"
+  if (FLAGS.prefix is not None) != tokens and (FLAGS.prefix is not None or FLAGS.input):
+    raise ValueError("--prefix is for token (text) models; this model makes "
+                     f"{restored.data_kind} data: drop --prefix" if not tokens else
+                     "this is a token (text) model: --input/--mask edit images; pass --prefix=TEXT")
+  if FLAGS.prefix is not None:
+    x_known, mask = gfiles.prefix_tokens(restored.vocab, restored.data_shape[0], FLAGS.prefix)
+  else:
+    x_known = gfiles.load_input(FLAGS.input, restored.data_shape) if FLAGS.input else None
+    mask = gfiles.load_mask(FLAGS.mask, x_known.shape) if FLAGS.mask else None
   plan = generation.plan(restored, settings, x_known, mask, classifier=classifier)
   s = plan.settings
   base = gflags.writable_output(_base_path(FLAGS.out, restored.workdir, s))
@@ -146,7 +162,7 @@ def _main(argv):
   kind = restored.data_kind
   if kind == "image" and restored.data_shape[-1] not in (1, 3):
     kind = "image_channels"  # no PNG for images of other channel counts
-  if not image_utils.has_preview(kind):
+  if not image_utils.has_preview(kind) and kind != "tokens":
     print(f"note: the data are {'vectors' if kind == 'vector' else 'not 1- or 3-channel images'}; "
           f"writing no PNG")
   th = result.throughput()
@@ -160,7 +176,8 @@ def _main(argv):
       "params": restored.which, "mode": result.mode, "settings": s.to_json(),
       "hparams": result.hparams, "ts": [float(t) for t in result.ts],
       "model": {k: restored.meta.get(k) for k in ("model", "data_shape", "num_classes",
-                                                    "parametrization", "schedule")},
+                                                    "parametrization", "schedule", "process")},
+      "prefix": FLAGS.prefix,
       "num_devices": result.num_devices, "per_device_batch": result.batch_size // result.num_devices,
       "num_batches": result.num_batches, "nfe_per_batch": result.nfe_per_batch,
       "input": _file_info(FLAGS.input), "mask": _file_info(FLAGS.mask),
@@ -169,11 +186,14 @@ def _main(argv):
       "timing": th,
       "nonfinite": {"count": int(bad.size), "indices": [int(i) for i in bad]},
   }
-  paths = gfiles.write_outputs(base, result, info, kind=kind)
+  paths = gfiles.write_outputs(base, result, info, kind=kind, vocab=restored.vocab or "")
+  if tokens:
+    for i, text in zip(result.indices[:3], gfiles.decode_tokens(restored.vocab, result.samples[:3])):
+      print(f"--- sample {i} ---\n{text}")
   print(f"sampled {s.num} in {th['sample_seconds']:.2f} s: {th['images_per_s']:.1f} samples/s, "
         f"{th['seconds_per_nfe'] * 1e3:.2f} ms per NFE ({result.nfe_per_batch} NFE per batch of "
         f"{plan.batch_size}); compile {th['compile_seconds']:.1f} s (not included)")
-  print("wrote " + ", ".join(paths[k] for k in ("png", "ply", "npz", "json") if k in paths))
+  print("wrote " + ", ".join(paths[k] for k in ("png", "ply", "txt", "npz", "json") if k in paths))
 
 
 def main(argv):

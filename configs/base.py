@@ -18,7 +18,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   d.data_dir = ""              # TFDS data_dir ("" = TFDS default)
   d.download = False           # let TFDS download and prepare (needs internet and TensorFlow)
   d.image_size = 0             # resize TFDS images to this size (0 = native)
-  d.kind = ""                  # the data kind the config is for (image | vector | points | signal); "" = any
+  d.kind = ""                  # the data kind the config is for (image | vector | points | signal | tokens); "" = any
+  d.seq_length = 0             # text datasets: tokens per example (0 = the dataset's default, 128)
 
   c.model = m = ml_collections.ConfigDict()
   m.name = "unet"
@@ -32,7 +33,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.dtype = "float32"          # compute dtype; "bfloat16" on GPU/TPU (params, loss, EMA stay float32)
 
   c.diffusion = f = ml_collections.ConfigDict()
-  f.schedule = "linear"        # jdiff.SCHEDULES
+  f.process = "gaussian"       # gaussian | absorbing | uniform (categorical, for tokens: jdiff.categorical)
+  f.schedule = "linear"        # jdiff.SCHEDULES (gaussian); jdiff.categorical.SCHEDULES (categorical)
   f.schedule_kwargs = ml_collections.ConfigDict()
   f.parametrization = "eps"    # eps | x0 | v | score | edm
   f.weighting = "simple"       # simple | snr | min_snr | edm
@@ -40,6 +42,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   f.logit_mean = 0.0           # logit_normal: logit(t) ~ N(logit_mean, logit_std^2) (Esser et al. 2024)
   f.logit_std = 1.0
   f.sigma_data = 0.5
+  f.loss = "elbo"              # categorical: elbo (continuous time, absorbing) | vlb (D3PM, discrete time)
+  f.num_steps = 1000           # categorical vlb: the number of discrete steps T
+  f.aux_weight = 0.0           # categorical vlb: weight of D3PM's auxiliary cross-entropy (lambda)
 
   c.optim = o = ml_collections.ConfigDict()
   o.optimizer = "adam"

@@ -33,7 +33,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 _HEAVY_FIRST = ("test_eval_metrics", "test_train_cli", "test_samplers", "test_dit", "test_sample_cli",
                 "test_sample_repro", "test_conditional", "test_reliability", "test_training",
                 "test_evaluation", "test_flow", "test_models", "test_bad_input", "test_sharded",
-                "test_beyond_images", "test_unet1d")
+                "test_beyond_images", "test_text_diffusion", "test_categorical", "test_unet1d",
+                "test_token_transformer")
 
 
 def pytest_xdist_auto_num_workers(config):

@@ -23,6 +23,9 @@ def test_config_validates_and_builds(name):
     shape = (c.data.image_size, c.data.image_size, shape[-1])
   num_classes = {"imagenet64": 1000, "point_clouds": 6}.get(c.data.name, 10)
   labelled = c.training.get("conditional", False) or config_lib.task_of(c) == "classifier"
-  model = builder.build_model(c, shape, num_classes if labelled else 0)
+  vocab = None
+  if config_lib.is_categorical(c):  # token models: a sequence length and a character vocabulary
+    shape, vocab = (c.data.seq_length,), "".join(chr(i) for i in range(32, 127)) + "\n"
+  model = builder.build_model(c, shape, num_classes if labelled else 0, vocab)
   params = jax.eval_shape(model.init_params)
   assert jax.tree_util.tree_leaves(params)

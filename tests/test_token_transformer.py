@@ -246,3 +246,20 @@ def test_position_embedding_1d():
   assert len({tuple(np.round(r, 5)) for r in e}) == 5
   e2 = dit_lib.sincos_pos_embed_2d(16, 3, 5)
   np.testing.assert_array_equal(e2[:, :8], np.tile(dit_lib.sincos_pos_embed_1d(8, np.arange(5)), (3, 1)))
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+  """RoPE (Su et al. 2021): rotating queries and keys keeps their norms, and the score of a query at
+  position i with a key at j depends on j - i only (the same vectors placed elsewhere score the same)."""
+  from jdiff.models import dit
+  rng = np.random.default_rng(0)
+  q, k = rng.normal(size=(2, 8)).astype(np.float32)
+  x = np.zeros((1, 12, 1, 8), np.float32)
+  qs = np.asarray(dit.rotary(jnp.asarray(np.broadcast_to(q, x.shape).copy())))[0, :, 0]
+  ks = np.asarray(dit.rotary(jnp.asarray(np.broadcast_to(k, x.shape).copy())))[0, :, 0]
+  np.testing.assert_allclose(np.linalg.norm(qs, axis=-1), np.linalg.norm(q), rtol=1e-5)
+  scores = qs @ ks.T  # [i, j]
+  for d in (-3, 0, 2, 5):
+    diag = np.diagonal(scores, offset=d)
+    np.testing.assert_allclose(diag, diag[0], rtol=1e-4, atol=1e-4)
+  assert np.ptp([np.diagonal(scores, offset=d)[0] for d in range(6)]) > 1e-2  # and it does depend on it

@@ -25,6 +25,7 @@ from jdiff.eval import bpd as bpd_lib
 from jdiff.eval import evaluate
 from jdiff.eval import features as features_lib
 from jdiff.eval import point_report
+from jdiff.eval import text_report
 from jdiff.eval.evaluate import MIN_SAMPLES
 
 # The datasets whose samples have a report: name -> the data shape it scores.
@@ -47,6 +48,11 @@ def check_sample_metrics(restored, num: int, *, what: str = "--num",
   (``what`` names the setting and ``fix`` the way out in the errors)."""
   name = restored.config.data.name
   shape = tuple(restored.data_shape)
+  if restored.data_kind == "tokens":  # any text dataset: scored against its own held-out split
+    if num < 2:
+      raise ValueError(f"{what}={num} is too few samples for the text report; use 2 or more (256 "
+                       f"gives stable statistics)")
+    return
   want = SCORED.get(name, ())
   if want == () or (want is not None and shape != want) or (want is None and
                                                               restored.data_kind != "points"):
@@ -73,7 +79,7 @@ def feature_net(restored, net=None):
   """The feature net that scores ``restored``'s samples (``net`` if given; ``None`` for point
   clouds, which are scored by Chamfer distances)."""
   name = restored.config.data.name
-  if net is not None or name == "point_clouds":
+  if net is not None or name == "point_clouds" or restored.data_kind == "tokens":
     return net
   return features_lib.get_feature_net(name)
 
@@ -85,6 +91,9 @@ def score(restored, samples, labels, *, seed: int = 0, net=None) -> dict:
     warnings.simplefilter("ignore")  # small N: FD is biased; the floor at the same N says how much
     if name == "point_clouds":
       return point_report.report(samples, labels, seed=seed)
+    if restored.data_kind == "tokens":
+      texts = generation.decode_tokens(restored.vocab, samples)
+      return text_report.sample_report(texts, samples, text_report.corpus(restored), seed=seed)
     if name == "fashion_mnist":
       samples = np.clip(samples, -1.0, 1.0)
     return evaluate.report(samples, labels, net=feature_net(restored, net), seed=seed, dataset=name)
@@ -94,6 +103,8 @@ def format_metrics(restored, metrics: dict) -> str:
   """The report as text (one line; for point clouds also one line per class)."""
   if restored.config.data.name == "point_clouds":
     return point_report.format_report(metrics)
+  if restored.data_kind == "tokens":
+    return text_report.format_report(metrics)
   return evaluate.format_report(metrics)
 
 
@@ -107,7 +118,7 @@ def scalars(metrics: dict) -> dict:
     head, floor = metrics, metrics["floor"]
   out = {}
   for k in ("fd", "kid", "kid_std", "precision", "recall", "noisy", "accuracy", "1nna_cd", "cov_cd",
-            "mmd_cd"):
+            "mmd_cd", "word_fraction", "lm_bits") + tuple(f"js_{k}gram" for k in text_report.NGRAM_ORDERS):
     if head.get(k) is not None:
       out[k] = head[k]
       out[f"{k}_floor"] = floor[k]
@@ -159,7 +170,19 @@ def evaluate_checkpoint(restored, settings, *, bpd_num: int = 0, bpd_options: Op
     log(format_metrics(restored, out["metrics"]))
   else:
     out["settings"] = dataclasses.asdict(settings)
-  if bpd_num:
+  if bpd_num and restored.data_kind == "tokens":  # held-out bits per character from the model's bound
+    test = text_report.text_split(restored.config, "test", restored.vocab)
+    if bpd_num > test.num_examples:
+      raise ValueError(f"--bpd_num={bpd_num} exceeds the {test.num_examples} held-out chunks of "
+                       f"{restored.config.data.name!r}")
+    opts = dict(bpd_options or {})
+    out["bpd"] = text_report.heldout_bits(
+        restored, test.read(np.arange(bpd_num))[0], batch_size=opts.get("batch_size", 64),
+        repeats=opts.get("vlb_repeats", 4), seed=opts.get("seed", 0))
+    log(f"held-out bits per character on {bpd_num} chunks of {restored.config.data.name} "
+        f"({out['bpd']['bound']} bound, {out['bpd']['repeats']} draws each): "
+        f"{out['bpd']['bits_per_token']:.4f} ± {out['bpd']['stderr']:.4f}")
+  elif bpd_num:
     x, y, discrete = heldout_data(restored.config, bpd_num)
     opts = dict(bpd_options or {})
     cond = y if restored.num_classes else None

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jdiff import categorical
 from jdiff import conditions as conditions_lib
 from jdiff import consistency
 from jdiff import models
@@ -69,27 +70,41 @@ def make_model_fn(apply: Callable, schedule: Schedule, parametrization_name: str
 
 class Model:
   """Network, schedule, parametrization and conditions built from a config, the data shape and the
-  number of classes (see the module docstring)."""
+  number of classes (see the module docstring). A categorical model (``diffusion.process`` absorbing or
+  uniform) is built for the token vocabulary ``vocab`` (a string, one character per token): its
+  ``process`` (``jdiff.categorical``) replaces the ``schedule`` (``None``), and its network reads token
+  ids and gives logits over the vocabulary."""
 
-  def __init__(self, config: ml_collections.ConfigDict, data_shape, num_classes: int):
+  def __init__(self, config: ml_collections.ConfigDict, data_shape, num_classes: int,
+               vocab: Optional[str] = None):
     c = self.config = config
     self.data_shape = tuple(int(d) for d in data_shape)
-    # image, vector, points or signal: how samples are drawn, written and scored
+    # image, vector, points, signal or tokens: how samples are drawn, written and scored
     self.data_kind = data_sources.kind_of(c.data.name, self.data_shape)
     self.num_classes = int(num_classes)
     self.task = config_lib.task_of(c)  # "diffusion", or "classifier": num_classes are its logits
     model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
+    self.vocab, self.process, self.schedule, self.consistency_base = vocab, None, None, None
+    if config_lib.is_categorical(c):
+      if not vocab or len(self.data_shape) != 1:
+        raise ValueError(f"diffusion.process={config_lib.process_of(c)!r} models token sequences: it "
+                         f"needs a text dataset (a vocabulary and examples of shape [length]), got "
+                         f"{'no vocabulary' if not vocab else 'examples of shape ' + str(self.data_shape)}")
+      self.process = categorical.get_process(config_lib.process_of(c), len(vocab), c.diffusion.schedule)
+      self.data_kind = "tokens"
+      model_kwargs.update(vocab_size=self.process.input_vocab, num_outputs=len(vocab))
     self.module = models.create(c.model.name, num_classes=self.num_classes, **model_kwargs)
     self.init_fn, self.apply_fn = models.functional(self.module)
-    self.schedule = schedules.get_schedule(c.diffusion.schedule, **dict(c.diffusion.schedule_kwargs))
-    self.consistency_base = consistency_base(c)
+    if self.process is None:
+      self.schedule = schedules.get_schedule(c.diffusion.schedule, **dict(c.diffusion.schedule_kwargs))
+      self.consistency_base = consistency_base(c)
     self.learned_variance = bool(c.model.get("learned_variance", False))
     # What the denoiser is conditioned on (a classifier reads no condition: it predicts the label).
     self.conditions = (conditions_lib.for_model(self.num_classes) if self.task == "diffusion"
                        else conditions_lib.Conditions())
 
   def init_params(self):
-    x = jnp.zeros((1,) + self.data_shape, jnp.float32)
+    x = jnp.zeros((1,) + self.data_shape, jnp.int32 if self.process is not None else jnp.float32)
     cond = self.conditions.for_indices(np.zeros((1,), np.int32))
     return self.init_fn(jax.random.PRNGKey(self.config.seed), x, jnp.zeros((1,), jnp.float32), cond)
 
@@ -106,6 +121,8 @@ class Model:
             "parametrization": c.diffusion.parametrization, "schedule": c.diffusion.schedule}
     if self.task != "diffusion":  # diffusion checkpoints predate the field: no "task" means diffusion
       meta["task"] = self.task
+    if self.process is not None:  # the tokenizer is saved with the model
+      meta.update(process=self.process.kind, vocab=self.vocab)
     return meta
 
   def model_fn(self):
@@ -113,6 +130,8 @@ class Model:
     ``(fn(params, x, t) -> logits, "logits")``."""
     if self.task == "classifier":
       return (lambda params, x, t: self.apply_fn(params, x, t, None)), "logits"
+    if self.process is not None:  # logits of the clean tokens p(x0 | x_t)
+      return (lambda params, x, t, cond: self.apply_fn(params, x, t, cond)), "logits"
     factory, core = make_model_fn(self.apply_fn, self.schedule, self.config.diffusion.parametrization,
                                   self.config.diffusion.sigma_data, self.consistency_base)
     return factory(None, False), core
@@ -131,6 +150,8 @@ def consistency_base(config: ml_collections.ConfigDict) -> Optional[tuple]:
           base_param)
 
 
-def build_model(config: ml_collections.ConfigDict, data_shape, num_classes: int) -> Model:
-  """The network, schedule and parametrization of ``config`` for data of ``data_shape`` (no dataset)."""
-  return Model(config, data_shape, num_classes)
+def build_model(config: ml_collections.ConfigDict, data_shape, num_classes: int,
+                vocab: Optional[str] = None) -> Model:
+  """The network, schedule and parametrization of ``config`` for data of ``data_shape`` (no dataset;
+  ``vocab``: the token vocabulary of a categorical model)."""
+  return Model(config, data_shape, num_classes, vocab)

@@ -8,6 +8,7 @@ from typing import Optional
 import ml_collections
 
 from jdiff import _checks
+from jdiff import categorical, categorical_sampling
 from jdiff import consistency, distillation, grids, losses, parametrization, sampling, schedules
 
 _REQUIRED = {"data": ("name", "batch_size"), "model": ("name",), "diffusion": ("schedule",
@@ -43,6 +44,8 @@ def check_objective(objective: str, parametrization_name: str, learned_variance:
 WEIGHTINGS = losses.WEIGHTINGS
 TIME_SAMPLINGS = losses.TIME_SAMPLINGS
 TASKS = ("diffusion", "classifier")
+# The forward process: Gaussian noise on continuous data, or a categorical process on tokens.
+PROCESSES = ("gaussian",) + categorical.KINDS
 PARALLELISMS = ("pmap", "fsdp")
 
 
@@ -50,6 +53,17 @@ def task_of(c) -> str:
   """``config.task``: ``diffusion`` (a denoiser; the default, also for configs written before the field
   existed) or ``classifier`` (a noise-conditional classifier for classifier guidance)."""
   return c.get("task", "diffusion")
+
+
+def process_of(c) -> str:
+  """``config.diffusion.process``: ``gaussian`` (continuous data; the default, also for configs written
+  before the field existed), or a categorical process on tokens, ``absorbing`` or ``uniform``
+  (``jdiff.categorical``)."""
+  return c.diffusion.get("process", "gaussian")
+
+
+def is_categorical(c) -> bool:
+  return process_of(c) != "gaussian"
 
 
 def parallelism_of(c) -> str:
@@ -81,7 +95,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.training.get("sample_every", 0) < 0:
     raise ValueError("config.training.sample_every must be >= 0 (0 = never)")
   if c.data.get("kind", ""):
-    _checks.choice("data kind", c.data.kind, ("image", "vector", "points", "signal"))
+    _checks.choice("data kind", c.data.kind, ("image", "vector", "points", "signal", "tokens"))
+  if c.data.get("seq_length", 0):
+    _checks.positive_int(c.data.seq_length, "config.data.seq_length")
   _checks.choice("task", task_of(c), TASKS)
   if task_of(c) == "classifier":
     if c.model.name != "classifier":
@@ -96,38 +112,42 @@ def validate(c: ml_collections.ConfigDict) -> None:
   elif c.model.name == "classifier":
     raise ValueError("model 'classifier' is a noise-conditional classifier, not a denoiser: set "
                      "config.task='classifier' (see configs/fashion_mnist_classifier.py)")
-  _checks.choice("parametrization", c.diffusion.parametrization, PARAMETRIZATIONS)
-  _checks.choice("weighting", c.diffusion.get("weighting", "simple"), WEIGHTINGS)
-  _checks.choice("time sampling", c.diffusion.get("time_sampling", "uniform"), TIME_SAMPLINGS)
-  if c.diffusion.parametrization in ("edm", "consistency") and c.diffusion.get("sigma_data", 0.5) <= 0:
-    raise ValueError("config.diffusion.sigma_data must be > 0 for EDM / consistency preconditioning")
-  if task_of(c) == "diffusion":
-    check_objective(c.training.get("objective", "denoising"), c.diffusion.parametrization,
-                    bool(c.model.get("learned_variance", False)))
-  # Names and ranges that are otherwise only read after training has started (the first sample grid)
-  # or after the workdir is set up: fail before anything is written.
-  schedule = schedules.get_schedule(c.diffusion.schedule,
-                                    **dict(c.diffusion.get("schedule_kwargs", None) or {}))
-  if c.diffusion.parametrization == "consistency":
-    consistency.check_schedule(schedule)
-  cc = c.get("consistency", None)
-  if cc is not None and cc.get("base_schedule", ""):
-    if c.diffusion.parametrization != "consistency":
-      raise ValueError("consistency.base_schedule describes the network of a consistency model: set "
-                       "diffusion.parametrization='consistency' or leave it empty")
-    schedules.get_schedule(cc.base_schedule, **dict(cc.get("base_schedule_kwargs", None) or {}))
-    if cc.get("base_parametrization", "") == "consistency":
-      raise ValueError("consistency.base_parametrization must be a denoiser's (eps, x0, v, score, flow "
-                       "or edm), got 'consistency'")
-    if cc.get("base_parametrization", "") != "edm":
-      parametrization.check_parametrization(cc.get("base_parametrization", "") or "eps")
-  sampling.check_sampler_schedule(sampling.get_sampler(c.sampling.sampler), schedule)
-  grid = _checks.choice("grid", c.sampling.get("grid", "uniform_logsnr"), grids.GRIDS)
-  try:  # the sampling grid itself: a schedule/grid/steps combination float32 cannot resolve fails now
-    grids.get_grid(grid, schedule, c.sampling.steps)
-  except ValueError as e:
-    raise ValueError(f"config.sampling: the {grid!r} grid of {c.sampling.steps} steps on the "
-                     f"{c.diffusion.schedule!r} schedule: {e}") from None
+  _checks.choice("process", process_of(c), PROCESSES)
+  if is_categorical(c):
+    _validate_categorical(c)
+  else:
+    _checks.choice("parametrization", c.diffusion.parametrization, PARAMETRIZATIONS)
+    _checks.choice("weighting", c.diffusion.get("weighting", "simple"), WEIGHTINGS)
+    _checks.choice("time sampling", c.diffusion.get("time_sampling", "uniform"), TIME_SAMPLINGS)
+    if c.diffusion.parametrization in ("edm", "consistency") and c.diffusion.get("sigma_data", 0.5) <= 0:
+      raise ValueError("config.diffusion.sigma_data must be > 0 for EDM / consistency preconditioning")
+    if task_of(c) == "diffusion":
+      check_objective(c.training.get("objective", "denoising"), c.diffusion.parametrization,
+                      bool(c.model.get("learned_variance", False)))
+    # Names and ranges that are otherwise only read after training has started (the first sample grid)
+    # or after the workdir is set up: fail before anything is written.
+    schedule = schedules.get_schedule(c.diffusion.schedule,
+                                      **dict(c.diffusion.get("schedule_kwargs", None) or {}))
+    if c.diffusion.parametrization == "consistency":
+      consistency.check_schedule(schedule)
+    cc = c.get("consistency", None)
+    if cc is not None and cc.get("base_schedule", ""):
+      if c.diffusion.parametrization != "consistency":
+        raise ValueError("consistency.base_schedule describes the network of a consistency model: set "
+                         "diffusion.parametrization='consistency' or leave it empty")
+      schedules.get_schedule(cc.base_schedule, **dict(cc.get("base_schedule_kwargs", None) or {}))
+      if cc.get("base_parametrization", "") == "consistency":
+        raise ValueError("consistency.base_parametrization must be a denoiser's (eps, x0, v, score, flow "
+                         "or edm), got 'consistency'")
+      if cc.get("base_parametrization", "") != "edm":
+        parametrization.check_parametrization(cc.get("base_parametrization", "") or "eps")
+    sampling.check_sampler_schedule(sampling.get_sampler(c.sampling.sampler), schedule)
+    grid = _checks.choice("grid", c.sampling.get("grid", "uniform_logsnr"), grids.GRIDS)
+    try:  # the sampling grid itself: a schedule/grid/steps combination float32 cannot resolve fails now
+      grids.get_grid(grid, schedule, c.sampling.steps)
+    except ValueError as e:
+      raise ValueError(f"config.sampling: the {grid!r} grid of {c.sampling.steps} steps on the "
+                       f"{c.diffusion.schedule!r} schedule: {e}") from None
   _in_range(c.optim.lr, "config.optim.lr", 0.0, math.inf, "> 0", lo_open=True)
   if "ema_decay" in c.training:
     _in_range(c.training.ema_decay, "config.training.ema_decay", 0.0, 1.0, "in [0, 1)",
@@ -175,6 +195,43 @@ def validate(c: ml_collections.ConfigDict) -> None:
       not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in mesh)):
     raise ValueError(f"config.training.mesh must be two integers >= 0 (data, fsdp; 0 = inferred), got "
                      f"{mesh!r}; e.g. --config.training.mesh='(1, 4)'")
+
+
+def _validate_categorical(c: ml_collections.ConfigDict) -> None:
+  """The diffusion and sampling sections of a categorical (token) model, one error each."""
+  kind = process_of(c)
+  if task_of(c) != "diffusion":
+    raise ValueError(f"diffusion.process={kind!r} trains a denoiser of tokens; a classifier of tokens "
+                     f"is not supported: set config.task='diffusion'")
+  objective = c.training.get("objective", "denoising")
+  if objective != "denoising":
+    raise ValueError(f"training.objective={objective!r} is for Gaussian diffusion; a categorical "
+                     f"process trains with its own loss (diffusion.loss = elbo or vlb): set "
+                     f"--config.training.objective=denoising")
+  if c.diffusion.parametrization != "x0":
+    raise ValueError(f"a categorical process is trained to predict the clean tokens' distribution: set "
+                     f"--config.diffusion.parametrization=x0 (got {c.diffusion.parametrization!r})")
+  if c.model.name != "token_transformer":
+    raise ValueError(f"diffusion.process={kind!r} needs a model over tokens: set "
+                     f"--config.model.name=token_transformer (got {c.model.name!r})")
+  _checks.choice("categorical schedule", c.diffusion.schedule, categorical.SCHEDULES)
+  loss = _checks.choice("categorical loss", c.diffusion.get("loss", "elbo"), categorical.LOSSES)
+  if loss == "elbo" and kind != "absorbing":
+    raise ValueError(f"diffusion.loss='elbo' (continuous time) is for the absorbing process; for "
+                     f"{kind!r} use --config.diffusion.loss=vlb (D3PM's bound in discrete time)")
+  if loss == "vlb":
+    _checks.int_at_least(c.diffusion.get("num_steps", 1000), "config.diffusion.num_steps", 1)
+    _in_range(c.diffusion.get("aux_weight", 0.0), "config.diffusion.aux_weight", 0.0, math.inf, ">= 0")
+  if c.diffusion.get("time_sampling", "uniform") not in ("uniform", "low_discrepancy"):
+    raise ValueError(f"a categorical process draws times uniform or low_discrepancy, got "
+                     f"diffusion.time_sampling={c.diffusion.time_sampling!r}")
+  sampler = _checks.choice("categorical sampler", c.sampling.sampler, categorical_sampling.SAMPLERS)
+  if sampler == "unmask" and kind != "absorbing":
+    raise ValueError(f"sampler 'unmask' reveals masked tokens: it needs the absorbing process; use "
+                     f"--config.sampling.sampler=ancestral for {kind!r}")
+  if c.data.get("random_flip", False):
+    raise ValueError("random_flip flips images; tokens cannot be flipped: set "
+                     "--config.data.random_flip=False")
 
 
 def _in_range(v, name: str, lo: float, hi: float, text: str, lo_open: bool = False,

@@ -138,14 +138,54 @@ def ply_bytes(points, spacing: float = 3.0) -> bytes:
   return (header + body + "\n").encode()
 
 
-def write_outputs(base: str, result, info: dict, kind: str = "image") -> dict:
+def decode_tokens(vocab: str, tokens) -> list:
+  """The texts of token rows ``[N, L]`` under the character vocabulary ``vocab`` (token ``k`` is the
+  character ``vocab[k]``; a model's vocabulary is saved in its checkpoint)."""
+  tokens = np.asarray(tokens)
+  if tokens.size and (tokens.min() < 0 or tokens.max() >= len(vocab)):
+    raise ValueError(f"token ids must lie in [0, {len(vocab)}) for this vocabulary, got "
+                     f"[{tokens.min()}, {tokens.max()}]")
+  table = np.asarray(list(vocab))
+  return ["".join(table[row].tolist()) for row in tokens.reshape(tokens.shape[0], -1)]
+
+
+def prefix_tokens(vocab: str, length: int, prefix: str) -> tuple:
+  """``(x_known [1, length] int32, mask [1, length] float32)`` that make every sample of a token model
+  start with the text ``prefix`` (mask 1 on its positions). A character outside the model's vocabulary
+  or a prefix longer than the model's sequence length is a ``ValueError``, never a silent change."""
+  if not isinstance(prefix, str) or not prefix:
+    raise ValueError("--prefix is empty; pass the text the samples should start with")
+  unknown = sorted(set(prefix) - set(vocab))
+  if unknown:
+    shown = ", ".join(repr(ch) for ch in unknown[:10])
+    raise ValueError(f"--prefix has {len(unknown)} character(s) outside the model's vocabulary of "
+                     f"{len(vocab)} ({shown}); the model cannot represent them: remove or replace them")
+  if len(prefix) > length:
+    raise ValueError(f"--prefix has {len(prefix)} characters but the model generates {length}; pass "
+                     f"at most {length}")
+  index = {ch: k for k, ch in enumerate(vocab)}
+  x = np.zeros((1, length), np.int32)
+  x[0, :len(prefix)] = [index[ch] for ch in prefix]
+  mask = np.zeros((1, length), np.float32)
+  mask[0, :len(prefix)] = 1.0
+  return x, mask
+
+
+def texts_file(texts, indices) -> str:
+  """Generated texts as one file: a ``=== sample i ===`` line (its global index) before each."""
+  return "".join(f"=== sample {int(i)} ===\n{t}\n" for t, i in zip(texts, indices))
+
+
+def write_outputs(base: str, result, info: dict, kind: str = "image", vocab: str = "") -> dict:
   """Write ``base.npz`` (samples, indices, labels, x_init with save_noise; loadable with
   ``allow_pickle=False``), ``base.json`` (``info``) and the data's pictures: ``base.png`` (a grid of
-  images, of point-set views or of signal plots; none for vectors) and for point sets ``base.ply``.
+  images, of point-set views or of signal plots; none for vectors), for point sets ``base.ply``, for
+  tokens ``base.txt`` (the texts decoded with ``vocab``, also listed under ``texts`` in the JSON).
   All are renamed into place only when all are complete (``jdiff.utils.files.write_all``), so an error
   never leaves a half-written output. Returns the paths written."""
   paths = {"npz": base + ".npz", "json": base + ".json"}
-  arrays = {"samples": result.samples.astype(np.float32), "indices": result.indices.astype(np.int64),
+  tokens = kind == "tokens"
+  arrays = {"samples": result.samples.astype(np.int32 if tokens else np.float32), "indices": result.indices.astype(np.int64),
             "ts": result.ts.astype(np.float32)}
   if result.labels is not None:
     arrays["labels"] = result.labels.astype(np.int32)
@@ -158,6 +198,11 @@ def write_outputs(base: str, result, info: dict, kind: str = "image") -> dict:
   if kind == "points":
     paths["ply"] = base + ".ply"
     blobs[paths["ply"]] = ply_bytes(result.samples)
+  if tokens:  # the texts: base.txt, and in the JSON
+    texts = decode_tokens(vocab, result.samples)
+    paths["txt"] = base + ".txt"
+    blobs[paths["txt"]] = texts_file(texts, result.indices).encode()
+    info = dict(info, texts=texts)
   info = dict(info, outputs={k: os.path.abspath(v) for k, v in paths.items()})
   blobs[paths["json"]] = (json.dumps(info, indent=1) + "\n").encode()
   files.write_all(blobs)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import _checks
+from jdiff import categorical_sampling
 from jdiff import editing
 from jdiff import guidance as guidance_lib
 from jdiff import sampling
@@ -40,6 +41,36 @@ def replicate(tree, devices):
     return None
   stacked = jax.tree_util.tree_map(lambda a: np.stack([np.asarray(a)] * len(devices)), tree)
   return _identity_on(tuple(devices))(stacked)
+
+
+def _token_program(r: Restored, sampler: str, mode: str, guided: bool, save_noise: bool, devices):
+  """The pmapped program of a categorical (token) model (``jdiff.categorical_sampling``), with the
+  arguments of the Gaussian one: ``x_known``/``mask`` are the known tokens and where they are
+  (``mode='inpaint'``: a prefix or any infilling pattern, clamped at every step); ``hp`` holds the
+  temperature. Classifier-free guidance combines log-probabilities, ``(1 + w) log p(x0 | x_t, c) - w log
+  p(x0 | x_t)``."""
+  process, length = r.process, r.data_shape[0]
+  log_probs = lambda p, x, t, c: jax.nn.log_softmax(r.model_fn(p, x, t, c), axis=-1)
+  cfg = guidance_lib.classifier_free(log_probs, r.conditions.null()) if guided else None
+
+  def per_device(params, clf_params, indices, seed, ts, cond, y, w, scale, hp, x_known, mask):
+    del clf_params, y, scale  # no classifier guidance for tokens
+    key = jax.random.PRNGKey(seed)
+    if guided:
+      denoise = lambda x, t: cfg(params, x, t, cond, w)
+    else:
+      denoise = lambda x, t: r.model_fn(params, x, t, cond)
+    known = known_mask = None
+    if mode == "inpaint":
+      known, known_mask = jnp.round(x_known).astype(jnp.int32), mask > 0.5
+    x_init = categorical_sampling.initial_tokens(process, key, indices, length)
+    out = categorical_sampling.sample(process, denoise, x_init, ts, key, indices, sampler=sampler,
+                                      known=known, known_mask=known_mask,
+                                      temperature=hp["temperature"])
+    return (out.x, out.nfe, x_init) if save_noise else (out.x, out.nfe)
+
+  return jax.pmap(per_device, axis_name="data", devices=devices,
+                  in_axes=(0, 0, 0, None, None, 0, 0, None, None, None, 0, 0))
 
 
 @functools.lru_cache(maxsize=8)
@@ -61,6 +92,9 @@ class Program:
     self.compile_seconds = 0.0
     self._compiled = {}
     r = restored
+    if r.process is not None:
+      self._pmapped = _token_program(r, sampler, mode, guided, save_noise, self.devices)
+      return
     schedule, lv, shape = r.schedule, r.learned_variance, r.data_shape
     if guided:
       cfg = guidance_lib.classifier_free(r.model_fn, r.conditions.null(), learned_variance=lv)

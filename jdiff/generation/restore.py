@@ -61,12 +61,22 @@ class Restored:
     return self.model.schedule
 
   @property
+  def process(self):
+    """The categorical process of a token model (``jdiff.categorical.Process``), else ``None``."""
+    return self.model.process
+
+  @property
+  def vocab(self) -> Optional[str]:
+    """A token model's vocabulary (token ``k`` is the character ``vocab[k]``), else ``None``."""
+    return self.model.vocab
+
+  @property
   def data_shape(self) -> tuple:
     return self.model.data_shape
 
   @property
   def data_kind(self) -> str:
-    """``image``, ``vector``, ``points`` or ``signal`` (``jdiff.data.kind_of``)."""
+    """``image``, ``vector``, ``points``, ``signal`` (``jdiff.data.kind_of``) or ``tokens``."""
     return self.model.data_kind
 
   @property
@@ -196,7 +206,8 @@ def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, *,
     _check_task(config, meta, step_dir, task)
     _check_meta_matches(config, meta, step_dir)
     try:
-      model = build_model(config, tuple(meta["data_shape"]), int(meta["num_classes"]))
+      model = build_model(config, tuple(meta["data_shape"]), int(meta["num_classes"]),
+                          meta.get("vocab"))
     except (TypeError, ValueError) as e:
       raise ValueError(f"checkpoint {step_dir} and its config.json do not describe a buildable model "
                        f"({str(e).splitlines()[0]})") from None

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from jdiff import _checks
+from jdiff import categorical_sampling
 from jdiff import conditions as conditions_lib
 from jdiff import editing
 from jdiff import grid_fit
@@ -69,8 +70,8 @@ def check_settings(s: Settings) -> None:
     raise ValueError(f"seed must be in [0, 2^31), got {s.seed!r}")
   if s.start_index + s.num > 2 ** 31 - 1:
     raise ValueError("start_index + num must stay below 2^31 (sample indices are int32)")
-  if s.sampler is not None:
-    _checks.choice("sampler", s.sampler, sampling.SAMPLER_NAMES)
+  if s.sampler is not None:  # Gaussian samplers, or the categorical ones for token models
+    _checks.choice("sampler", s.sampler, sampling.SAMPLER_NAMES + categorical_sampling.SAMPLERS)
   if s.grid is not None:
     g = grid_file(s.grid)
     if g is not None:
@@ -116,6 +117,13 @@ def resolve(s: Settings, restored: Restored, *, classifier: Optional[Restored] =
   check_settings(s)
   _checks.choice("mode", mode, MODES)
   c = restored.config.get("sampling", {})
+  if restored.process is not None:  # a categorical (token) model: its samplers on a uniform t grid
+    if s.grid is not None and s.grid != "uniform_t":
+      raise ValueError(f"a token model samples on the uniform t grid; drop --grid={s.grid}")
+    s = dataclasses.replace(s, sampler=s.sampler or c.get("sampler", "ancestral"),
+                            steps=s.steps or c.get("steps", 128), grid="uniform_t", clip_x0=False)
+    check_settings(s)
+    return s
   clip = s.clip_x0
   if clip is None:
     clip = bool(c.get("clip_x0", True)) and restored.data_kind == "image"
@@ -145,7 +153,21 @@ def resolve(s: Settings, restored: Restored, *, classifier: Optional[Restored] =
 
 
 def resolve_sampler(s: Settings, restored: Restored):
-  """The ``Sampler`` of resolved settings ``s``, checked against the model."""
+  """The ``Sampler`` of resolved settings ``s``, checked against the model (for a token model: the
+  name of its categorical sampler, ``jdiff.categorical_sampling.SAMPLERS``)."""
+  token_sampler = s.sampler in categorical_sampling.SAMPLERS
+  if restored.process is not None:
+    if not token_sampler:
+      raise ValueError(f"sampler {s.sampler!r} integrates Gaussian diffusion; this model is a "
+                       f"{restored.process.kind} categorical process over tokens: use one of "
+                       f"{', '.join(categorical_sampling.SAMPLERS)}")
+    if s.sampler == "unmask" and restored.process.kind != "absorbing":
+      raise ValueError(f"sampler 'unmask' reveals masked tokens: it needs the absorbing process, but "
+                       f"this model's is {restored.process.kind!r}; use --sampler=ancestral")
+    return s.sampler
+  if token_sampler:
+    raise ValueError(f"sampler {s.sampler!r} is for categorical (token) models; this model is Gaussian: "
+                     f"use one of {', '.join(sampling.SAMPLER_NAMES)}")
   opts = {}
   if s.sampler == "ddpm":
     opts["variance"] = s.ddpm_variance or "small"
@@ -196,6 +218,9 @@ def check_for_model(s: Settings, restored: Restored, x_known=None, mask=None,
                     classifier: Optional[Restored] = None) -> dict:
   """Checks of resolved settings against the model (and the classifier of classifier guidance);
   returns the resolved sampler hyperparameters (numpy scalars)."""
+  if restored.process is not None and classifier is not None:
+    raise ValueError("classifier guidance needs a Gaussian model (a gradient of log p(y | x_t)); this "
+                     "is a token model: drop --classifier")
   check_classifier(s, restored, classifier)
   kind = label_kind(restored, classifier)
   if s.labels is not None:
@@ -216,6 +241,8 @@ def check_for_model(s: Settings, restored: Restored, x_known=None, mask=None,
       raise ValueError("guidance needs a model trained with label dropout (training.cond_drop_prob > 0) "
                        "so that it knows the unconditional (null-label) case; drop --guidance")
   sampler = resolve_sampler(s, restored)
+  if restored.process is not None:
+    return _check_tokens(s, restored, x_known, mask)
   g = grid_file(s.grid)
   if g is not None:
     grid_fit.check_grid_file(g, schedule=restored.schedule, model_hash=model_hash(restored),
@@ -243,6 +270,35 @@ def check_for_model(s: Settings, restored: Restored, x_known=None, mask=None,
       editing.check_mask(np.asarray(mask)[:1], np.asarray(x_known)[:1])
   hp = sampling.resolve_hparams(sampler, s.hparams)
   return {k: np.asarray(v) for k, v in hp.items()}
+
+
+def _check_tokens(s: Settings, restored: Restored, x_known, mask) -> dict:
+  """The settings of a token model: known tokens (a prefix or any infilling pattern: ``x_known``
+  ``[M, L]`` token ids, ``mask`` ``[1 or M, L]``, 1 = known) and the one hyperparameter,
+  ``temperature`` of the clean-token distribution (default 1)."""
+  if s.strength is not None or s.resample > 1:
+    raise ValueError("strength and RePaint resampling edit Gaussian models; token models fill known "
+                     "tokens (--prefix): drop --strength / --resample")
+  if (x_known is None) != (mask is None):
+    raise ValueError("known tokens need both the tokens and their mask (1 = known)")
+  if x_known is not None:
+    length, vocab = restored.data_shape[0], len(restored.vocab)
+    xs, ms = np.shape(x_known), np.shape(mask)
+    if len(xs) != 2 or xs[1] != length:
+      raise ValueError(f"known tokens must have shape [M, {length}] (the model's sequence length), got "
+                       f"{xs}")
+    if len(ms) != 2 or ms[1] != length or ms[0] not in (1, xs[0]):
+      raise ValueError(f"the mask of known tokens must have shape [1 or {xs[0]}, {length}], got {ms}")
+    known = np.asarray(x_known)[np.broadcast_to(np.asarray(mask) > 0.5, xs)]
+    if known.size and (known.min() < 0 or known.max() >= vocab):
+      raise ValueError(f"known token ids must lie in [0, {vocab}) (the model's vocabulary)")
+  unknown = sorted(set(s.hparams) - {"temperature"})
+  if unknown:
+    raise ValueError(f"token samplers take the hyperparameter temperature only, got {unknown}")
+  temperature = float(s.hparams.get("temperature", 1.0))
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+  return {"temperature": np.asarray(temperature, np.float32)}
 
 
 def batch_layout(num: int, batch_size: Optional[int], num_devices: int) -> tuple[int, int]:
@@ -277,6 +333,8 @@ def model_hash(restored: Restored) -> str:
 def grid_times(s: Settings, restored: Restored) -> np.ndarray:
   """The time grid of resolved settings ``s`` (ending at the SDEdit strength when editing): a named
   grid, or the times of a grid file (checked against the model by ``check_for_model``)."""
+  if restored.process is not None:
+    return np.asarray(categorical_sampling.time_grid(s.steps), np.float32)
   g = grid_file(s.grid)
   if g is not None:
     if s.strength is not None or g.steps != s.steps:

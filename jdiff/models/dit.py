@@ -93,14 +93,32 @@ def _layer_norm(dtype, name=None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, name=name)
 
 
+def rotary(x, base: float = 10000.0):
+  """Rotary position embedding (Su et al. 2021, RoFormer, eq. 34) of queries or keys ``[B, N, heads,
+  head_dim]`` at positions ``0 .. N-1``: each pair of features ``(x_i, x_{i + d/2})`` is rotated by the
+  angle ``pos * base^(-2i / d)``, so that ``q . k`` depends on the positions only through their
+  difference."""
+  n, hd = x.shape[1], x.shape[-1]
+  half = hd // 2
+  freq = 1.0 / base ** (np.arange(half, dtype=np.float64) / half)
+  angle = np.arange(n, dtype=np.float64)[:, None] * freq[None, :]  # [N, half]
+  cos = jnp.asarray(np.cos(angle), x.dtype)[None, :, None, :]
+  sin = jnp.asarray(np.sin(angle), x.dtype)[None, :, None, :]
+  a, b = x[..., :half], x[..., half:2 * half]
+  return jnp.concatenate([a * cos - b * sin, a * sin + b * cos, x[..., 2 * half:]], axis=-1)
+
+
 class DiTBlock(nn.Module):
-  """One adaLN-Zero transformer block (Peebles & Xie 2023, Fig. 3, right)."""
+  """One adaLN-Zero transformer block (Peebles & Xie 2023, Fig. 3, right); ``rope``: rotary position
+  embedding of the queries and keys (``rotary``; off for DiT, whose positions are added to the
+  tokens)."""
   hidden_size: int
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
   deterministic: bool = True
   dtype: Any = jnp.float32
+  rope: bool = False
 
   @nn.compact
   def __call__(self, x, c):
@@ -112,7 +130,10 @@ class DiTBlock(nn.Module):
 
     h = modulate(_layer_norm(dt, "norm1")(x), shift1, scale1)
     qkv = dense(3 * d, "qkv")(h).reshape(b, n, 3, self.num_heads, hd)
-    h = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(b, n, d)
+    q, k = qkv[:, :, 0], qkv[:, :, 1]
+    if self.rope:
+      q, k = rotary(q), rotary(k)
+    h = jax.nn.dot_product_attention(q, k, qkv[:, :, 2]).reshape(b, n, d)
     h = dense(d, "proj")(h)
     h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
     x = x + gate1[:, None, :] * h

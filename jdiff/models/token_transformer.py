@@ -71,6 +71,11 @@ class TokenTransformer(nn.Module):
       on it).
     dropout: dropout on the attention and MLP branch outputs with ``train=True``.
     remat: rematerialise each block in the backward pass.
+    rope: rotary position embedding of the queries and keys in every block (Su et al. 2021; MDLM's
+      transformer uses it too), on top of the fixed sine-cosine embedding added to the tokens. Measured
+      here: without it a masked position (whose own token is the mask) found its neighbours only after
+      a long plateau: on fortunes a 2-block model predicted masked characters at the unigram rate (4.5
+      bits) for 700 steps; with it, it left that plateau after ~250 steps.
     dtype: computation dtype (e.g. ``"bfloat16"``); parameters stay float32, the logits are float32.
   """
   vocab_size: int = 0
@@ -87,6 +92,7 @@ class TokenTransformer(nn.Module):
   max_length: int = 1024
   dropout: float = 0.0
   remat: bool = False
+  rope: bool = True
   dtype: Any = jnp.float32
 
   # Not a field: the logits have no variance channels (read by the shared configuration checks).
@@ -160,7 +166,7 @@ class TokenTransformer(nn.Module):
     block = nn.remat(dit.DiTBlock) if self.remat else dit.DiTBlock
     for i in range(self.depth):
       h = block(hidden, self.num_heads, int(hidden * self.mlp_ratio), self.dropout, not train, dt,
-                name=f"block{i}")(h, c)
+                self.rope, name=f"block{i}")(h, c)
 
     shift, scale = jnp.split(nn.Dense(2 * hidden, dtype=dt, kernel_init=E.zeros_init,
                                       name="final_adaLN_modulation")(nn.silu(c)), 2, axis=-1)

@@ -39,7 +39,8 @@ from jdiff.training import distill as distill_lib
 from jdiff.training import reflow as reflow_lib
 from jdiff.training import sharded
 from jdiff.training.periodic_eval import PeriodicEval
-from jdiff.training.step import make_classifier_train_step, make_train_step
+from jdiff.training.step import (make_categorical_train_step, make_classifier_train_step,
+                                 make_train_step)
 from jdiff.utils import cli, files, memory
 from jdiff.utils import images as image_utils
 from jdiff.utils.progress import Progress
@@ -69,7 +70,8 @@ def check_workdir(workdir: str, create: bool = True) -> str:
   return workdir
 
 
-_KIND_SHAPES = {"image": "[H, W, C]", "vector": "[D]", "points": "[P, 3]", "signal": "[L, C]"}
+_KIND_SHAPES = {"image": "[H, W, C]", "vector": "[D]", "points": "[P, 3]", "signal": "[L, C]",
+                "tokens": "[L] int"}
 
 
 class Experiment:
@@ -85,15 +87,25 @@ class Experiment:
     self.num_local_devices = num_local_devices or jax.local_device_count()
     self.process_index = jax.process_index() if process_index is None else process_index
     self.process_count = process_count or jax.process_count()
+    extra = {"image_size": c.data.image_size} if c.data.image_size else {}
+    if c.data.get("seq_length", 0):
+      extra["seq_length"] = c.data.seq_length
     self.source = jdata.get_dataset(c.data.name, c.data.split, data_dir=c.data.data_dir or None,
-                                    download=c.data.download,
-                                    **({"image_size": c.data.image_size} if c.data.image_size else {}))
+                                    download=c.data.download, **extra)
     want = c.data.get("kind", "")
     if want and self.source.kind != want:
       raise ValueError(f"this config is for {want} data ({_KIND_SHAPES[want]}), but dataset "
                        f"{c.data.name!r} holds {self.source.kind} data of shape {self.source.shape}: "
                        f"pass a dataset of {want} data or a config for {self.source.kind} data (or "
                        f"--config.data.kind='' to skip this check)")
+    categorical = config_check.is_categorical(c)
+    if categorical != (self.source.kind == "tokens"):
+      raise ValueError(
+          f"dataset {c.data.name!r} holds text tokens: train it with a categorical process "
+          f"(configs/fortunes_mdlm.py, or --config.diffusion.process=absorbing)" if not categorical else
+          f"diffusion.process={config_check.process_of(c)!r} models tokens but dataset {c.data.name!r} "
+          f"holds {self.source.kind} data of shape {self.source.shape}; pass a text dataset "
+          f"(fortunes, text:<file>) or --config.diffusion.process=gaussian")
     self.use_source(self.source)
     self.task = config_check.task_of(c)
     labelled = c.training.conditional or self.task == "classifier"
@@ -115,7 +127,8 @@ class Experiment:
     if self.objective in config_check.REFLOW_OBJECTIVES:
       reflow.check_flow(self.teacher.schedule, f"training.objective={self.objective!r}")
       reflow_lib.settings(c, self.teacher, 1)  # the pairs' sampler: checked before anything is written
-    self.model = build_model(c, tuple(self.source.shape), self.num_classes)
+    self.model = build_model(c, tuple(self.source.shape), self.num_classes,
+                             getattr(self.source, "vocab", None))
     self.module, self.init_fn, self.apply_fn = self.model.module, self.model.init_fn, self.model.apply_fn
     self.schedule = self.model.schedule
     self.optimizer = make_optimizer(c.optim, c.training.num_steps)
@@ -158,6 +171,15 @@ class Experiment:
     apply = self.apply_fn
     if target is not None:
       apply = sharded.gather_params(apply, sharded.shardings_of(target.params))
+    if self.model.process is not None:
+      return make_categorical_train_step(
+          apply, self.model.process, self.optimizer, loss=f.get("loss", "elbo"),
+          num_steps=int(f.get("num_steps", 1000)), aux_weight=float(f.get("aux_weight", 0.0)),
+          time_sampling=f.time_sampling, ema_decay=self.config.training.ema_decay,
+          conditions=self.model.conditions, cond_drop_prob=self.config.training.cond_drop_prob,
+          global_batch_size=self.config.data.batch_size, axis_name=axis_name,
+          ema_warmup=self.config.training.get("ema_warmup", True),
+          ema_power=float(self.config.training.get("ema_power", 0.0)))
     if self.task == "classifier":
       return make_classifier_train_step(
           apply, self.schedule, self.optimizer, time_sampling=f.time_sampling,
@@ -257,7 +279,10 @@ def sample_grid(exp: Experiment, params, num: int, seed: int, path: Optional[str
   restored = dataclasses.replace(restored, params=params)
   result = generation.generate(restored, generation.Settings(num=num, seed=seed), progress=False)
   kind = exp.model.data_kind
-  if path is not None and image_utils.has_preview(kind):
+  if path is not None and kind == "tokens":  # the decoded texts, one per paragraph
+    files.write_text(os.path.splitext(path)[0] + ".txt", generation.texts_file(
+        generation.decode_tokens(exp.model.vocab, result.samples), result.indices))
+  elif path is not None and image_utils.has_preview(kind):
     files.write_bytes(path, image_utils.preview_png(result.samples, kind,
                                                     ncols=int(np.ceil(np.sqrt(num)))))
   return result.samples
@@ -480,7 +505,8 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
       # fsdp over several processes: gathering the EMA parameters is a collective, all processes join.
       ema = host(rstate.ema_params) if (grid_due or eval_due) and (is_main or fsdp) else None
       if grid_due and is_main:
-        path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+        ext = ".txt" if exp.model.data_kind == "tokens" else ".png"
+        path = os.path.join(workdir, "samples", f"step_{step:07d}{ext}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         t0, num = time.perf_counter(), min(c.sampling.num, 64)
         sample_grid(exp, ema, num, c.seed, path, restored=grid_model)
@@ -513,8 +539,8 @@ def _next_steps(workdir: str, step: int, exp: Experiment, last_grid) -> str:
                  f"{c.sampling.sampler} sampler, {c.sampling.steps} steps{timing})")
     try:
       model_eval.check_sample_metrics(generation.Restored.from_params(exp.model, None), 600)
-      lines.append(f"score them:   python eval.py --workdir={workdir} --num="
-                   f"{600 if exp.model.data_kind == 'points' else 1000}")
+      num = {"points": "600", "tokens": "256 --bpd --bpd_num=512"}.get(exp.model.data_kind, "1000")
+      lines.append(f"score them:   python eval.py --workdir={workdir} --num={num}")
     except ValueError:
       pass  # no report for this dataset
   return "\n".join(lines)

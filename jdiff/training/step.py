@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdiff import categorical
 from jdiff import conditions as conditions_lib
 from jdiff import consistency, distillation, likelihood, losses, reflow
 from jdiff.experiment import config as config_lib
@@ -154,6 +155,62 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
       new_state = new_state.replace(target=jax.tree_util.tree_map(
           lambda a, p: target_ema * a + (1.0 - target_ema) * p, state.target, new_state.params))
     return new_state, metrics
+
+  return train_step
+
+
+def make_categorical_train_step(
+    apply: Callable, process: categorical.Process, optimizer: optax.GradientTransformation, *,
+    loss: str = "elbo", num_steps: int = 1000, aux_weight: float = 0.0,
+    time_sampling: str = "low_discrepancy", ema_decay: float = 0.9999,
+    conditions: Optional[conditions_lib.Conditions] = None, cond_drop_prob: float = 0.0,
+    global_batch_size: Optional[int] = None, axis_name: Optional[str] = "data", ema_warmup: bool = True,
+    ema_power: float = 0.0) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The per-device train step of a categorical (token) diffusion model; ``batch['image']`` holds the
+  int32 tokens ``[b, L]``. The network ``apply(params, x_t, t, cond)`` gives logits of the clean tokens.
+
+  * ``loss='elbo'``: the continuous-time ELBO of the absorbing (masking) process
+    (``jdiff.categorical.masked_elbo``; Sahoo et al. 2024, Shi et al. 2024), ``time_sampling``
+    ``uniform`` or ``low_discrepancy`` over the global batch;
+  * ``loss='vlb'``: D3PM's bound in ``num_steps`` discrete steps plus ``aux_weight`` times its auxiliary
+    cross-entropy (Austin et al. 2021, Sec. 3.4: ``L_vb + lambda L_aux``).
+
+  The loss is in nats per sequence; the metrics add ``bits_per_token`` (the bound alone, without the
+  auxiliary term). Conditions, dropout keys, the update, EMA and non-finite guard are those of
+  ``make_train_step``.
+  """
+  if loss not in categorical.LOSSES:
+    raise ValueError(f"unknown categorical loss {loss!r}; valid losses are: "
+                     f"{', '.join(categorical.LOSSES)}")
+  if not 0.0 <= cond_drop_prob <= 1.0:
+    raise ValueError(f"training.cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
+  update = make_update(optimizer, ema_decay, ema_warmup, ema_power)
+  conditions = conditions if conditions is not None else conditions_lib.Conditions()
+
+  def pmean(x):
+    return jax.lax.pmean(x, axis_name) if axis_name is not None else x
+
+  def train_step(state: TrainState, batch: dict):
+    x0, index = batch["image"], batch["index"]
+    k_loss, k_drop, k_cond = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+    cond = conditions.drop(conditions.from_batch(batch), k_cond, index, cond_drop_prob)
+    rng = jax.random.fold_in(k_drop, index[0])
+    logits_fn = lambda p, x, t, c: apply(p, x, t, c, rng=rng, train=True)
+
+    def loss_fn(params):
+      if loss == "elbo":
+        bound = categorical.masked_elbo(logits_fn, params, process, x0, k_loss, cond=cond,
+                                        indices=index, time_sampling=time_sampling,
+                                        global_batch_size=global_batch_size)
+        return jnp.mean(bound), jnp.mean(bound)
+      terms = categorical.vlb_loss(logits_fn, params, process, x0, k_loss, num_steps, cond=cond,
+                                   indices=index)
+      return jnp.mean(terms.vlb + aux_weight * terms.ce), jnp.mean(terms.vlb)
+
+    (value, bound), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    value, bound, grads = pmean(value), pmean(bound), pmean(grads)
+    new_state, metrics = update(state, value, grads)
+    return new_state, {**metrics, "bits_per_token": categorical.bits_per_token(bound, x0.shape[-1])}
 
   return train_step
 
