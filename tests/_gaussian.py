@@ -1,4 +1,5 @@
 """What the few-step tests share: the exact denoiser of Gaussian data, and a CLI runner."""
+import json
 import os
 import subprocess
 import sys
@@ -19,3 +20,16 @@ def cli(script, args):
   """``python SCRIPT ARGS`` in the repository, on the CPU."""
   return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=REPO,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+
+
+def one_error_line(r):
+  """The one ``error:`` line of a CLI run that failed with exit status 2 (asserts there is exactly one)."""
+  lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+  return lines[0]
+
+
+def logged_losses(workdir):
+  """The losses a train.py run logged in ``<workdir>/metrics.jsonl``."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(l)["loss"] for l in f]

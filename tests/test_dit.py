@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _params
+
 from jdiff import models
 from jdiff.experiment import builder
 from jdiff.experiment import config as config_lib
@@ -26,26 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(hidden_size=32, depth=2, num_heads=2, patch_size=2)
 
 
-def _random_params(init, *args, seed=0):
-  """Parameters of ``init``'s shapes drawn with numpy (no init compilation): kernels ~ N(0, 1/fan_in)
-  (fan_in: all axes but the last), biases ~ N(0, 0.1^2), embeddings ~ N(0, 1)."""
-  shapes = jax.eval_shape(init, jax.random.PRNGKey(0), *args)
-  rng = np.random.default_rng(seed)
-
-  def draw(path, s):
-    name = str(path[-1].key)
-    z = rng.standard_normal(s.shape)
-    if name == "kernel":
-      z = z / np.sqrt(np.prod(s.shape[:-1]))
-    elif name == "bias":
-      z = 0.1 * z
-    return jnp.asarray(z, s.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def _rel_diff(a, b):
-  return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+_random_params, _rel_diff = _params.random_params, _params.rel_diff
 
 
 def _count(size, patch=2, num_classes=1000, channels=4, image=32, learned_variance=True):

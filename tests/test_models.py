@@ -10,40 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _params
+
 from jdiff import models
 from jdiff.models import embeddings, unet
 
 TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(14,), dropout=0.1, num_classes=3)
 
 
-def _random_params(init, *args, seed=0):
-  """Parameters with the shapes ``init`` would give, drawn with numpy (no init compilation).
-
-  Kernels ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.1^2), biases ~ N(0, 0.1^2), embeddings ~ N(0, 1).
-  """
-  shapes = jax.eval_shape(init, jax.random.PRNGKey(0), *args)
-  rng = np.random.default_rng(seed)
-
-  def draw(path, s):
-    name = str(path[-1].key)
-    z = rng.standard_normal(s.shape)
-    if name == "kernel":
-      z = z / np.sqrt(np.prod(s.shape[:-1]))
-    elif name == "scale":
-      z = 1.0 + 0.1 * z
-    elif name == "bias":
-      z = 0.1 * z
-    return jnp.asarray(z, s.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
+_random_params, _rel_diff = _params.random_params, _params.rel_diff
 
 
 def _labels(*v):
   return jnp.array(v, jnp.int32)
-
-
-def _rel_diff(a, b):
-  return float(jnp.abs(a - b).max() / jnp.abs(b).max())
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,7 @@ def _corpus(path):
   return path
 
 
-def _losses(wd):
-  return [json.loads(l)["loss"] for l in open(os.path.join(wd, "metrics.jsonl"))]
-
-
-def _one_error_line(r):
-  lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
-  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
-  return lines[0]
+_losses, _one_error_line = _gaussian.logged_losses, _gaussian.one_error_line
 
 
 @pytest.fixture(scope="module")

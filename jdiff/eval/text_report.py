@@ -17,7 +17,6 @@ of its samples next to those of real held-out text.
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
