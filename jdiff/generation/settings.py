@@ -70,8 +70,10 @@ def check_settings(s: Settings) -> None:
     raise ValueError(f"seed must be in [0, 2^31), got {s.seed!r}")
   if s.start_index + s.num > 2 ** 31 - 1:
     raise ValueError("start_index + num must stay below 2^31 (sample indices are int32)")
-  if s.sampler is not None:  # Gaussian samplers, or the categorical ones for token models
-    _checks.choice("sampler", s.sampler, sampling.SAMPLER_NAMES + categorical_sampling.SAMPLERS)
+  if s.sampler is not None and s.sampler not in categorical_sampling.SAMPLERS + sampling.SAMPLER_NAMES:
+    raise ValueError(f"unknown sampler {s.sampler!r}; valid samplers are: "
+                     f"{', '.join(sorted(sampling.SAMPLER_NAMES))} (token models: "
+                     f"{', '.join(categorical_sampling.SAMPLERS)})")
   if s.grid is not None:
     g = grid_file(s.grid)
     if g is not None:
