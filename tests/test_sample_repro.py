@@ -4,9 +4,9 @@ Sample i must be the same whatever the batch size, the device count (1 or 2 forc
 subprocess) or how a run is split with start_index: the noise bit-identical; the sample bit-identical
 for the same per-device batch layout, otherwise equal up to float32 rounding. Measured on the tiny UNet
 below (samples up to ~2.6 in magnitude; DDPM, 3 steps, classifier-free guidance): batch 1 vs batch 64
-differ by at most 1.4e-6 (XLA's CPU convolutions sum in another order at batch 1); batch 32 vs 64,
-rows shifted inside a batch, split runs and 2 devices x 1 vs 1 device x 1 are bit-identical; 2 devices
-x 32 vs 1 device x 64 are bit-identical too.
+differ by at most 1.4e-6 (XLA's CPU convolutions sum in another order at batch 1); rows shifted inside a
+batch of 64 (split runs) by at most 1.3e-6 (measured with jaxlib 0.10.2); the same
+rows of the same batch and 2 devices x 1 vs 1 device x 1 are bit-identical.
 """
 import json
 import os
@@ -57,12 +57,19 @@ def test_batch_size_one_vs_64(restored, reference):
 
 
 def test_split_runs_and_shifted_rows(restored, reference):
-  """--start_index splits: the same batch size (64), rows at other positions: bit-identical on CPU."""
+  """--start_index splits: the same batch size (64), rows at other positions. The noise is bit-identical;
+  the samples equal up to float32 rounding (jaxlib 0.10.2's CPU convolutions round the last rows of a
+  batch differently: the row that is last in one run and inside the batch in the other differs by 1.3e-6,
+  the others are bit-identical)."""
   a = _run(restored, num=30, start_index=0, batch_size=64)
   b = _run(restored, num=34, start_index=30, batch_size=64)
   np.testing.assert_array_equal(np.concatenate([a.x_init, b.x_init]), reference.x_init)
-  np.testing.assert_array_equal(np.concatenate([a.samples, b.samples]), reference.samples)
   np.testing.assert_array_equal(b.indices, np.arange(30, 64))
+  samples = np.concatenate([a.samples, b.samples])
+  diff = float(np.max(np.abs(samples - reference.samples)))
+  print(f"split runs vs one run: max |diff| {diff:.3g}")
+  assert diff <= ATOL
+  np.testing.assert_array_equal(samples[:30], reference.samples[:30])  # the same rows of the same batch
 
 
 def test_two_devices(restored, reference, tmp_path):
