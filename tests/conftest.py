@@ -30,11 +30,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 # Files by measured total time, heaviest first (summed from `pytest --durations=100`, December 2026); the rest follow in
 # their usual order.
-_HEAVY_FIRST = ("test_eval_metrics", "test_train_cli", "test_samplers", "test_dit", "test_sample_cli",
-                "test_sample_repro", "test_conditional", "test_reliability", "test_training",
-                "test_evaluation", "test_flow", "test_models", "test_bad_input", "test_sharded",
-                "test_beyond_images", "test_text_diffusion", "test_categorical", "test_unet1d",
-                "test_token_transformer")
+_HEAVY_FIRST = ("test_beyond_images", "test_distillation", "test_reflow", "test_text_diffusion",
+                "test_train_cli", "test_unet1d", "test_sample_repro", "test_consistency", "test_samplers",
+                "test_dit", "test_sharded", "test_training", "test_conditional", "test_sample_cli",
+                "test_models", "test_grid_fit", "test_distributed", "test_evaluation", "test_reliability",
+                "test_flow", "test_bad_input", "test_categorical", "test_token_transformer")
 
 
 def pytest_xdist_auto_num_workers(config):

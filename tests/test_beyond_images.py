@@ -85,6 +85,7 @@ def signals_run(tmp_path_factory):
   return wd
 
 
+@pytest.mark.slow  # ~60 s; default run: test_point_cloud_run_resumes_exactly (the same loop, another data kind)
 def test_signal_run_resumes_exactly(signals_run, tmp_path):
   split = str(tmp_path / "split")
   for n in (2, 4):

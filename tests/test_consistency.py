@@ -245,6 +245,7 @@ def test_config_errors(overrides, message):
     config_lib.validate(c)
 
 
+@pytest.mark.slow  # ~40 s; default run: test_boundary_condition_is_exact_for_any_network
 def test_the_unet_consistency_model_keeps_the_boundary_exactly():
   sys.path.insert(0, REPO)
   from configs import fashion_mnist_ict

@@ -209,10 +209,10 @@ CD_INIT = ["--config=configs/toy2d.py", "--config.training.objective=consistency
            "--config.sampling.steps=2", *QUIET]
 
 
-def test_a_consistency_student_initialised_from_its_teacher_starts_as_its_denoiser(teacher, tmp_path):
+def test_a_consistency_student_initialised_from_its_teacher_starts_as_its_denoiser(teacher):
   """training.init_from: the student takes the teacher's network and weights, read as the teacher's
   denoiser on the VE process under the boundary condition, so at step 0 f = c_skip x + (1 - c_skip)
-  D_teacher; the run trains, resumes and samples like any other."""
+  D_teacher."""
   sys.path.insert(0, REPO)
   from configs import toy2d
   from jdiff import consistency
@@ -238,6 +238,11 @@ def test_a_consistency_student_initialised_from_its_teacher_starts_as_its_denois
                                             t_run.parametrization), t_run.schedule)
   np.testing.assert_allclose(np.asarray(fn(params, x, t, None)),
                              np.asarray(c_skip * x + (1 - c_skip) * d(x, sig)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # ~60 s; default run: the test above (step 0) and the CD run's resume without init_from
+def test_a_consistency_student_initialised_from_its_teacher_resumes_exactly_and_samples(teacher, tmp_path):
+  """A resumed run with training.init_from continues from its own checkpoint, not from the teacher."""
   _resumes_exactly_and_samples_in_one_step(
       CD_INIT + [f"--config.distill.teacher_workdir={teacher}", f"--config.training.init_from={teacher}",
                  "--config.training.ckpt_every=2"], tmp_path)
@@ -260,6 +265,7 @@ def test_init_from_fine_tunes_with_the_runs_network_process_and_weights(teacher)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # ~40 s (three train.py runs); default run: test_bad_teacher_or_steps_is_one_error
 def test_init_from_a_consistency_model_or_missing_run_is_one_error(teacher, tmp_path):
   cd = str(tmp_path / "cd")
   r = _cli("train.py", CD_INIT + [f"--config.distill.teacher_workdir={teacher}", f"--workdir={cd}",

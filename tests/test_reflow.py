@@ -218,6 +218,7 @@ def test_the_reflow_student_starts_from_the_teacher(teacher):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # ~40 s; default run: the reflow run itself (the same path with another objective)
 def test_one_step_distillation_of_the_reflowed_model_samples_in_one_step(teacher, tmp_path):
   wd = str(tmp_path / "distill")
   r = _cli("train.py", _args(teacher, "reflow_distill") + [

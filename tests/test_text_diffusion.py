@@ -105,14 +105,18 @@ def test_d3pm_trains_and_samples(corpus, tmp_path):
 
 
 def test_bad_text_input(mdlm_run, corpus, tmp_path):
-  line = _one_error_line(_cli("sample.py", [f"--workdir={mdlm_run}", "--num=2", "--prefix=The cat~"]))
-  assert "outside the model's vocabulary" in line and "'~'" in line
-  line = _one_error_line(_cli("sample.py", [f"--workdir={mdlm_run}", "--num=2", "--prefix=" + "a" * 33]))
-  assert "--prefix has 33 characters but the model generates 32" in line
-  line = _one_error_line(_cli("sample.py", [f"--workdir={mdlm_run}", "--num=2", "--steps=0"]))
-  assert "steps" in line
-  line = _one_error_line(_cli("sample.py", [f"--workdir={mdlm_run}", "--num=2", "--sampler=unipc"]))
-  assert "sampler 'unipc' integrates Gaussian diffusion" in line
+  """sample.py's checks in this process (its exit status and one line; end to end as a real subprocess in
+  test_d3pm_trains_and_samples); train.py's as subprocesses."""
+  out = [f"--out={tmp_path / 'never.txt'}"]
+  for args, message in ((["--prefix=The cat~"], "outside the model's vocabulary"),
+                        (["--prefix=" + "a" * 33], "--prefix has 33 characters but the model generates 32"),
+                        (["--steps=0"], "steps must be an integer >= 1, got 0"),
+                        (["--sampler=unipc"], "sampler 'unipc' integrates Gaussian diffusion")):
+    line = _one_error_line(_gaussian.sample_in_process([f"--workdir={mdlm_run}", "--num=2", *args, *out]))
+    assert message in line, line
+  assert "'~'" in _one_error_line(_gaussian.sample_in_process(
+      [f"--workdir={mdlm_run}", "--num=2", "--prefix=The cat~", *out]))
+  assert not os.listdir(tmp_path)  # nothing written
   missing = str(tmp_path / "nope.txt")
   line = _one_error_line(_cli("train.py", _args(missing) + [f"--workdir={tmp_path / 'a'}"]))
   assert "not found" in line

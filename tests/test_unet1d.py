@@ -73,6 +73,7 @@ def test_params_of_one_dimension_refuse_the_other(one_level):
           x[:, :, None, :], t, labels)
 
 
+@pytest.mark.slow  # ~60 s; default run: the signal run of test_beyond_images (two levels, attention at 20, labels)
 def test_multi_level_1d_unet_with_attention_and_labels():
   """MNIST-1D sizes: length 40 -> 20 -> 10, attention at length 10, class labels, dropout."""
   module = models.create("unet", ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(10,),
