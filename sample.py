@@ -38,6 +38,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import jdiff
 from jdiff import generation
+from jdiff.data import text as text_data
 from jdiff.generation import files as gfiles
 from jdiff.generation import flags as gflags
 from jdiff.generation import restore
@@ -188,7 +189,7 @@ def _main(argv):
   }
   paths = gfiles.write_outputs(base, result, info, kind=kind, vocab=restored.vocab or "")
   if tokens:
-    for i, text in zip(result.indices[:3], gfiles.decode_tokens(restored.vocab, result.samples[:3])):
+    for i, text in zip(result.indices[:3], text_data.decode_rows(restored.vocab, result.samples[:3])):
       print(f"--- sample {i} ---\n{text}")
   print(f"sampled {s.num} in {th['sample_seconds']:.2f} s: {th['images_per_s']:.1f} samples/s, "
         f"{th['seconds_per_nfe'] * 1e3:.2f} ms per NFE ({result.nfe_per_batch} NFE per batch of "

@@ -27,6 +27,7 @@ import _harness  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jdiff import generation  # noqa: E402
+from jdiff.data import text as text_data  # noqa: E402
 from jdiff.eval import text_metrics, text_report  # noqa: E402
 from jdiff.generation import restore  # noqa: E402
 
@@ -78,7 +79,7 @@ def main():
                  f"{h['bits_per_token'] - best['bits_per_char']:+.4f} vs {best['order']}-gram"])
     for k in steps:
       res = generation.generate(r, generation.Settings(num=args.num, steps=k, seed=0), progress=False)
-      texts = generation.decode_tokens(r.vocab, res.samples)
+      texts = text_data.decode_rows(r.vocab, res.samples)
       stats = text_report.sample_report(texts, res.samples, corp, seed=0)
       entry["samples"].append({"steps": k, "sampler": res.settings.sampler, **stats,
                                "sample_seconds": res.sample_seconds, "texts": texts[:args.show]})

@@ -206,6 +206,23 @@ def read_text_file(path: str) -> list:
 # The tokenizer.
 
 
+def decode_rows(vocab: str, tokens) -> list:
+  """The texts of token rows ``[N, L]`` (or ``[N, ...]``, flattened per row) under the character
+  vocabulary ``vocab``: token ``k`` is the character ``vocab[k]`` (a model's vocabulary is saved in its
+  checkpoint; :meth:`CharTokenizer.decode` is the one-row case).
+
+  Raises:
+    ValueError: a token id lies outside ``[0, len(vocab))``.
+  """
+  tokens = np.asarray(tokens)
+  if tokens.size and (tokens.min() < 0 or tokens.max() >= len(vocab)):
+    raise ValueError(f"token ids must lie in [0, {len(vocab)}) for this vocabulary, got values in "
+                     f"[{tokens.min()}, {tokens.max()}]")
+  table = np.asarray(list(vocab) or [""])
+  rows = table[tokens.reshape(len(tokens), int(np.prod(tokens.shape[1:]))).astype(np.int64)]
+  return ["".join(row.tolist()) for row in rows]
+
+
 class CharTokenizer:
   """Characters <-> token ids: token ``k`` is the character ``chars[k]``.
 
@@ -286,10 +303,7 @@ class CharTokenizer:
     if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
       raise ValueError(f"decode takes a 1-D integer array of token ids, got {ids.dtype} of shape "
                        f"{ids.shape}; decode rows one by one")
-    if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-      raise ValueError(f"token ids must lie in [0, {self.vocab_size}) for this vocabulary, got values "
-                       f"in [{ids.min()}, {ids.max()}]")
-    return "".join(self._chars[ids.astype(np.int64)].tolist())
+    return decode_rows(self.chars, ids[None])[0]
 
   def to_json(self) -> dict:
     """``{"chars": chars}``: enough to rebuild the tokenizer with :meth:`from_json`."""

@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from jdiff import generation
+from jdiff.data import text as text_data
 from jdiff.eval import bpd as bpd_lib
 from jdiff.eval import evaluate
 from jdiff.eval import features as features_lib
@@ -92,7 +93,7 @@ def score(restored, samples, labels, *, seed: int = 0, net=None) -> dict:
     if name == "point_clouds":
       return point_report.report(samples, labels, seed=seed)
     if restored.data_kind == "tokens":
-      texts = generation.decode_tokens(restored.vocab, samples)
+      texts = text_data.decode_rows(restored.vocab, samples)
       return text_report.sample_report(texts, samples, text_report.corpus(restored), seed=seed)
     if name == "fashion_mnist":
       samples = np.clip(samples, -1.0, 1.0)

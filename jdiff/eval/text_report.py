@@ -24,6 +24,7 @@ import numpy as np
 
 from jdiff import categorical
 from jdiff.data import sources
+from jdiff.data import text as text_data
 from jdiff.eval import text_metrics
 
 NGRAM_ORDERS = (1, 2, 3, 4)
@@ -90,9 +91,9 @@ class Corpus:
   model of the training split (built once per dataset and sequence length, see ``corpus``)."""
 
   def __init__(self, train, test, vocab: str, lm_order: int = LM_ORDER):
-    decode = lambda tokens: ["".join(np.asarray(list(vocab))[row].tolist()) for row in tokens]
     self.train_tokens, self.test_tokens = np.asarray(train, np.int32), np.asarray(test, np.int32)
-    self.train_texts, self.test_texts = decode(self.train_tokens), decode(self.test_tokens)
+    self.train_texts, self.test_texts = (text_data.decode_rows(vocab, self.train_tokens),
+                                          text_data.decode_rows(vocab, self.test_tokens))
     self.words = text_metrics.training_words(self.train_texts)
     self.lm = text_metrics.NGramModel(lm_order, len(vocab)).fit(self.train_tokens)
 

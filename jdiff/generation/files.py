@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from jdiff import _checks
+from jdiff.data import text as text_data
 from jdiff.utils import files
 from jdiff.utils import images as image_utils
 
@@ -138,17 +139,6 @@ def ply_bytes(points, spacing: float = 3.0) -> bytes:
   return (header + body + "\n").encode()
 
 
-def decode_tokens(vocab: str, tokens) -> list:
-  """The texts of token rows ``[N, L]`` under the character vocabulary ``vocab`` (token ``k`` is the
-  character ``vocab[k]``; a model's vocabulary is saved in its checkpoint)."""
-  tokens = np.asarray(tokens)
-  if tokens.size and (tokens.min() < 0 or tokens.max() >= len(vocab)):
-    raise ValueError(f"token ids must lie in [0, {len(vocab)}) for this vocabulary, got "
-                     f"[{tokens.min()}, {tokens.max()}]")
-  table = np.asarray(list(vocab))
-  return ["".join(table[row].tolist()) for row in tokens.reshape(tokens.shape[0], -1)]
-
-
 def prefix_tokens(vocab: str, length: int, prefix: str) -> tuple:
   """``(x_known [1, length] int32, mask [1, length] float32)`` that make every sample of a token model
   start with the text ``prefix`` (mask 1 on its positions). A character outside the model's vocabulary
@@ -185,8 +175,8 @@ def write_outputs(base: str, result, info: dict, kind: str = "image", vocab: str
   never leaves a half-written output. Returns the paths written."""
   paths = {"npz": base + ".npz", "json": base + ".json"}
   tokens = kind == "tokens"
-  arrays = {"samples": result.samples.astype(np.int32 if tokens else np.float32), "indices": result.indices.astype(np.int64),
-            "ts": result.ts.astype(np.float32)}
+  arrays = {"samples": result.samples.astype(np.int32 if tokens else np.float32),
+            "indices": result.indices.astype(np.int64), "ts": result.ts.astype(np.float32)}
   if result.labels is not None:
     arrays["labels"] = result.labels.astype(np.int32)
   if result.x_init is not None:
@@ -199,7 +189,7 @@ def write_outputs(base: str, result, info: dict, kind: str = "image", vocab: str
     paths["ply"] = base + ".ply"
     blobs[paths["ply"]] = ply_bytes(result.samples)
   if tokens:  # the texts: base.txt, and in the JSON
-    texts = decode_tokens(vocab, result.samples)
+    texts = text_data.decode_rows(vocab, result.samples)
     paths["txt"] = base + ".txt"
     blobs[paths["txt"]] = texts_file(texts, result.indices).encode()
     info = dict(info, texts=texts)

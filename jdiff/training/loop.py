@@ -281,7 +281,7 @@ def sample_grid(exp: Experiment, params, num: int, seed: int, path: Optional[str
   kind = exp.model.data_kind
   if path is not None and kind == "tokens":  # the decoded texts, one per paragraph
     files.write_text(os.path.splitext(path)[0] + ".txt", generation.texts_file(
-        generation.decode_tokens(exp.model.vocab, result.samples), result.indices))
+        jdata.text.decode_rows(exp.model.vocab, result.samples), result.indices))
   elif path is not None and image_utils.has_preview(kind):
     files.write_bytes(path, image_utils.preview_png(result.samples, kind,
                                                     ncols=int(np.ceil(np.sqrt(num)))))
