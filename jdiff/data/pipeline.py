@@ -40,8 +40,9 @@ Each host batch is a dict of numpy arrays shaped for ``jax.pmap`` over the local
 - ``index``: ``int32 [num_local_devices, per_device_batch]``, each example's position in the *global*
   batch (``0 .. B - 1``): training folds it into the per-example random key, so the noise an example
   gets does not depend on the device or process count;
-- one ``float32 [num_local_devices, per_device_batch, ...]`` array per ``Source.extras`` field (e.g.
-  reflow's ``noise``).
+- one ``[num_local_devices, per_device_batch, ...]`` array per ``Source.extras`` field: ``int32`` for an
+  integer field (a captioned dataset's ``caption`` token ids, ``int32 [..., CAPTION_LENGTH]``),
+  ``float32`` otherwise (reflow's ``noise``); never scaled or flipped.
 """
 from __future__ import annotations
 
@@ -61,6 +62,19 @@ def _divisible_hint(b: int, d: int) -> str:
   lo = max(d, (b // d) * d)
   hi = (b // d + 1) * d
   return f"{lo} or {hi}" if lo != hi else f"{lo}"
+
+
+def _extra_batch(value) -> np.ndarray:
+  """An extra field's batch: integer arrays as ``int32``, others as ``float32``."""
+  value = np.asarray(value)
+  return value.astype(np.int32 if np.issubdtype(value.dtype, np.integer) else np.float32)
+
+
+def _extra_dtype(source: Source, name: str) -> np.dtype:
+  dtype = getattr(source, "extra_dtype", None)
+  if dtype is not None:
+    return np.dtype(dtype(name))
+  return _extra_batch(source.read_extras(np.zeros((1,), np.int64))[name]).dtype
 
 
 def flip_mask(seed: int, step: int, global_batch_size: int) -> np.ndarray:
@@ -175,6 +189,15 @@ class Pipeline:
     extras = {k: lead + self.source.extra_shape(k) for k in self.source.extras}
     return {"image": lead + tuple(self.source.shape), "label": lead, "index": lead, **extras}
 
+  @property
+  def dtypes(self) -> dict:
+    """Dtypes of the arrays in each host batch (``int32`` for tokens, labels, indices and integer
+    extras; ``float32`` otherwise)."""
+    data = np.int32 if self.source.kind == "tokens" else np.float32
+    extras = {k: _extra_dtype(self.source, k) for k in self.source.extras}
+    return {"image": np.dtype(data), "label": np.dtype(np.int32), "index": np.dtype(np.int32),
+            **extras}
+
   def global_indices(self, step: int) -> np.ndarray:
     """Dataset indices of the whole global batch ``step`` (all processes), ``int64 [B]``."""
     return self._order[_checks.int_at_least(step, "step", 0)]
@@ -195,7 +218,7 @@ class Pipeline:
         flips = flip_mask(self._seed, step, self.global_batch_size)[positions]
         x[flips] = x[flips, :, ::-1]
     lead = (self.num_local_devices, self.per_device_batch_size)
-    extras = {k: np.asarray(v, np.float32).reshape(lead + np.shape(v)[1:])
+    extras = {k: _extra_batch(v).reshape(lead + np.shape(v)[1:])
               for k, v in self.source.read_extras(indices).items()}
     return {"image": x.reshape(lead + x.shape[1:]),
             "label": labels.astype(np.int32).reshape(lead),

@@ -28,6 +28,12 @@ Names (see :func:`get_dataset`):
   Character tokens (:mod:`jdiff.data.text`): 5% of the distinct documents are ``test`` (a fixed
   permutation), the rest ``train``; each split's documents are joined by a blank line, encoded with
   the vocabulary of the training split and cut into chunks of ``seq_length`` tokens (default 128).
+- ``fashion_mnist_captions``, ``fashion_mnist_pairs``: Fashion-MNIST with captions for text-to-image
+  models (:mod:`jdiff.data.captions`): each image with a caption ("a photo of an ankle boot"), or two
+  items side by side on a 28x56 canvas ("a bag to the left of a sneaker"; splits ``train``, ``test``
+  and ``heldout``, the last of 10 class pairs never seen in training), built deterministically in
+  memory. The tokenised captions are the ``int32 [N, 16]`` extra field ``caption``, the tokenizer
+  ``source.tokenizer``. ``mnist_captions``, ``mnist_pairs``: the same over TFDS ``mnist``.
 - any other name is a TFDS dataset (``mnist``, ``cifar10``, ``celeb_a``, ...), read from ``data_dir``;
   one with a ``text`` feature and no image (``lm1b``, ...) gives tokens of the fixed printable-ASCII
   vocabulary, one record per example cropped or padded with spaces to ``seq_length``
@@ -35,16 +41,22 @@ Names (see :func:`get_dataset`):
 """
 from __future__ import annotations
 
+import dataclasses
+
 import gzip
 import os
 from typing import Optional, Sequence
 
 import numpy as np
 
+from jdiff.data import captions as captions_lib
 from jdiff.data import text as text_lib
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-OFFLINE_DATASETS = ("digits", "fashion_mnist", "mixture2d", "mnist1d", "point_clouds", "fortunes")
+OFFLINE_DATASETS = ("digits", "fashion_mnist", "mixture2d", "mnist1d", "point_clouds", "fortunes",
+                    "fashion_mnist_captions", "fashion_mnist_pairs")
+# Captioned datasets over TFDS ``mnist`` (need it prepared; see :func:`get_dataset`).
+TFDS_CAPTION_DATASETS = ("mnist_captions", "mnist_pairs")
 KINDS = ("image", "vector", "points", "signal", "tokens")
 TEXT_PREFIX = "text:"  # dataset name "text:<path>": a user's text file
 # Datasets whose examples are not images or vectors: their kind, by name (for a trained model's data).
@@ -74,8 +86,12 @@ class Source:
     vocab: for ``tokens``, the vocabulary as a string: token ``k`` is the character ``vocab[k]``;
       ``None`` for other kinds.
     is_image: ``kind == "image"``.
-    extras: names of further per-example ``float32`` fields (``read_extras``) that the pipeline adds
-      to each batch, e.g. reflow's ``noise`` (``jdiff.reflow``); none by default.
+    extras: names of further per-example fields (``read_extras``; ``int32`` for integer fields,
+      else ``float32``) that the pipeline adds to each batch, e.g. reflow's ``noise``
+      (``jdiff.reflow``) or a captioned dataset's ``caption`` token ids; none by default.
+    tokenizer: the tokenizer of a text source (:class:`jdiff.data.text.CharTokenizer`) or of a
+      captioned dataset's ``caption`` field (:class:`jdiff.data.captions.WordTokenizer`); ``None``
+      for other sources.
   """
 
   name: str
@@ -86,6 +102,7 @@ class Source:
   kind: str = "image"
   vocab: Optional[str] = None
   extras: tuple = ()
+  tokenizer = None
 
   @property
   def is_image(self) -> bool:
@@ -97,7 +114,7 @@ class Source:
     raise NotImplementedError
 
   def read_extras(self, indices) -> dict:
-    """``{name: float32 [n, ...]}`` for each of ``extras`` at ``indices``."""
+    """``{name: array [n, ...]}`` for each of ``extras`` at ``indices`` (``int32`` or ``float32``)."""
     return {}
 
   def __len__(self) -> int:
@@ -118,8 +135,8 @@ class ArraySource(Source):
   already in model units, e.g. generated samples), ``float32 [N, D]`` vectors, or with ``kind=``
   ``"points"`` / ``"signal"`` ``float32 [N, P, 3]`` point sets / ``[N, L, C]`` 1-D signals, or with
   ``kind="tokens"`` integer ``[N, L]`` token ids >= 0 (stored ``int32``; below ``len(vocab)`` when
-  ``vocab`` is given); with ``int32 [N]`` labels, and optional ``extras``: ``{name: float32 [N, ...]}``
-  further per-example fields."""
+  ``vocab`` is given); with ``int32 [N]`` labels, and optional ``extras``: ``{name: [N, ...]}``
+  further per-example fields, stored ``int32`` when integer (token ids, indices), else ``float32``."""
 
   def __init__(self, data: np.ndarray, labels: np.ndarray, *, name: str, split: str,
                num_classes: Optional[int], extras: Optional[dict] = None,
@@ -162,7 +179,7 @@ class ArraySource(Source):
                        f"{labels.shape}")
     self._extras = {}
     for key, value in (extras or {}).items():
-      value = np.asarray(value, np.float32)
+      value = _extra_array(value, key, name)
       if value.shape[:1] != data.shape[:1]:
         raise ValueError(f"extra field {key!r} of {name!r} must have {data.shape[0]} rows like the "
                          f"data, got shape {value.shape}")
@@ -192,6 +209,22 @@ class ArraySource(Source):
 
   def extra_shape(self, name: str) -> tuple:
     return tuple(int(s) for s in self._extras[name].shape[1:])
+
+  def extra_dtype(self, name: str) -> np.dtype:
+    """``int32`` or ``float32``: the dtype of extra field ``name``."""
+    return self._extras[name].dtype
+
+
+def _extra_array(value, key: str, name: str) -> np.ndarray:
+  """An extra field as stored: integer arrays as ``int32`` (checked to fit), others ``float32``."""
+  value = np.asarray(value)
+  if np.issubdtype(value.dtype, np.integer):
+    info = np.iinfo(np.int32)
+    if value.size and (value.min() < info.min or value.max() > info.max):
+      raise ValueError(f"extra field {key!r} of {name!r} holds integers outside int32, got values in "
+                       f"[{value.min()}, {value.max()}]; pass smaller ids or a float array")
+    return value.astype(np.int32)
+  return np.asarray(value, np.float32)
 
 
 def _token_data(data: np.ndarray, name: str, vocab: Optional[str]) -> np.ndarray:
@@ -473,8 +506,8 @@ def _import_tfds():
 
 def _unknown_name(name: str) -> ValueError:
   return ValueError(f"unknown dataset {name!r}; valid names are {', '.join(OFFLINE_DATASETS)} "
-                    f"(offline), text:<path> (a text file) or a TFDS dataset name such as "
-                    f"{_TFDS_EXAMPLES}")
+                    f"(offline), {', '.join(TFDS_CAPTION_DATASETS)} (captioned TFDS mnist), "
+                    f"text:<path> (a text file) or a TFDS dataset name such as {_TFDS_EXAMPLES}")
 
 
 def _prepare_hint(name: str, data_dir) -> str:
@@ -575,11 +608,13 @@ def get_dataset(name: str, split: str = "train", data_dir=None, download: bool =
   """A random-access source by name.
 
   Args:
-    name: ``digits``, ``fashion_mnist``, ``mixture2d``, ``mnist1d``, ``point_clouds`` or ``fortunes``
-      (offline, see the module docstring), ``text:<path>`` (a UTF-8 text file whose paragraphs are
-      the documents), or any TFDS dataset name (``mnist``, ``cifar10``, ``celeb_a``, ``lm1b``, ...).
-    split: ``train`` or ``test`` for offline datasets and text files; any TFDS split string
-      (``train[:90%]``, ...) for TFDS datasets.
+    name: ``digits``, ``fashion_mnist``, ``mixture2d``, ``mnist1d``, ``point_clouds``, ``fortunes``,
+      ``fashion_mnist_captions`` or ``fashion_mnist_pairs`` (offline, see the module docstring),
+      ``mnist_captions`` or ``mnist_pairs`` (captions over TFDS ``mnist``), ``text:<path>`` (a UTF-8
+      text file whose paragraphs are the documents), or any TFDS dataset name (``mnist``,
+      ``cifar10``, ``celeb_a``, ``lm1b``, ...).
+    split: ``train`` or ``test`` for offline datasets and text files (the ``*_pairs`` datasets also
+      have ``heldout``); any TFDS split string (``train[:90%]``, ...) for TFDS datasets.
     data_dir: TFDS data directory (default ``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``).
     download: for TFDS datasets only: download and prepare the dataset in ``array_record`` format
       when it is missing. This needs internet and, for image datasets, TensorFlow
@@ -615,6 +650,11 @@ def get_dataset(name: str, split: str = "train", data_dir=None, download: bool =
       raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits are: "
                        f"{', '.join(text_lib.SPLITS)}")
     return _text_dataset(name, split, text_lib.DEFAULT_LENGTH if seq_length is None else seq_length)
+  if name in captions_lib.DATASETS:
+    if seq_length is not None:
+      raise ValueError(f"seq_length sets the length of text examples; dataset {name!r} holds images "
+                       f"with {captions_lib.CAPTION_LENGTH}-token captions: leave data.seq_length at 0")
+    return caption_dataset(name, split, data_dir, download, local_dir=local_dir, image_size=image_size)
   if seq_length is not None and name in OFFLINE_DATASETS:
     raise ValueError(f"seq_length sets the length of text examples; dataset {name!r} holds "
                      f"{_KIND_OF_DATASET.get(name, 'image or vector')} data: leave data.seq_length "
@@ -661,7 +701,80 @@ def _fashion_mnist(split, data_dir, download, local_dir, image_size) -> Source:
 
 
 def dataset_names() -> Sequence[str]:
-  """The offline dataset names (``text:<path>`` and any TFDS name are accepted as well)."""
-  return OFFLINE_DATASETS
+  """The dataset names jdiff defines: the offline ones and the captioned datasets over TFDS ``mnist``
+  (``text:<path>`` and any TFDS name are accepted as well)."""
+  return OFFLINE_DATASETS + TFDS_CAPTION_DATASETS
+
+
+# ---------------------------------------------------------------------------------------------------
+# Captioned datasets (text-to-image).
+
+
+class CaptionSource(ArraySource):
+  """A captioned image split held in memory (:func:`caption_dataset`): ``uint8 [N, 28, 28, 1]``
+  images (pairs: ``[N, 28, 56, 1]`` canvases) of kind ``image``, ``int32`` labels (pairs:
+  ``10 * left + right``), and the extra field ``caption``: ``int32 [N, CAPTION_LENGTH]`` token ids.
+
+  Attributes (besides :class:`ArraySource`'s):
+    tokenizer: the :class:`jdiff.data.captions.WordTokenizer` of the whole grammar.
+    captions: the caption of each example, a list of ``N`` strings.
+    items: ``int32 [N, places]``: the class at each place, left to right (``[N, 1]`` for single items).
+    grammar: the :class:`jdiff.data.captions.Grammar` (class names).
+    image_split: the split of the image dataset the items were taken from.
+  """
+
+  def __init__(self, arrays: "captions_lib.CaptionedArrays", *, name: str, split: str,
+               grammar: "captions_lib.Grammar", image_split: str):
+    places = arrays.items.shape[1]
+    super().__init__(arrays.images, arrays.labels, name=name, split=split,
+                     num_classes=grammar.num_classes ** places, extras={"caption": arrays.tokens},
+                     kind="image")
+    self.tokenizer = arrays.tokenizer
+    self.captions = arrays.captions
+    self.items = arrays.items
+    self.grammar = grammar
+    self.image_split = image_split
+
+
+def caption_dataset(name: str, split: str = "train", data_dir=None, download: bool = False, *,
+                    local_dir: Optional[str] = None, seed: int = captions_lib.DATA_SEED,
+                    image_size: Optional[int] = None) -> CaptionSource:
+  """The captioned dataset ``name`` (``fashion_mnist_captions``, ``fashion_mnist_pairs``,
+  ``mnist_captions``, ``mnist_pairs``; :mod:`jdiff.data.captions`) built in memory from the ``train``
+  or ``test`` images of its image dataset (read through :func:`get_dataset` with ``data_dir``,
+  ``download`` and ``local_dir``). Deterministic for ``seed``; nothing is cached on disk.
+
+  ``image_size`` (single items only; a divisor of 28 such as 14): each image is the ``28 / image_size``
+  average pool of the item (rounded to uint8), the same downsampling as the low-resolution input of a
+  super-resolution model (``jdiff.conditions.LowRes``), so a 14x14 base model and a 14 -> 28 stage
+  form a cascade."""
+  if name not in captions_lib.DATASETS:
+    raise ValueError(f"unknown captioned dataset {name!r}; valid names are "
+                     f"{', '.join(captions_lib.DATASETS)}")
+  image_name, layout = captions_lib.DATASETS[name]
+  splits = captions_lib.PAIR_SPLITS if layout == "pairs" else captions_lib.SINGLE_SPLITS
+  if split not in splits:
+    raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits are: "
+                     f"{', '.join(splits)}")
+  image_split = captions_lib.PAIR_IMAGE_SPLIT[split] if layout == "pairs" else split
+  src = get_dataset(image_name, image_split, data_dir, download, local_dir=local_dir)
+  if isinstance(src, ArraySource):
+    images, labels = src.data, src.labels
+  else:
+    images, labels = src.read(np.arange(src.num_examples))
+  grammar = captions_lib.get_grammar(image_name)
+  build = captions_lib.pair_arrays if layout == "pairs" else captions_lib.single_arrays
+  arrays = build(images, labels, split, dataset=image_name, seed=seed)
+  if image_size is not None and image_size != arrays.images.shape[1]:
+    size = arrays.images.shape[1]
+    if layout == "pairs" or size % image_size:
+      raise ValueError(f"image_size={image_size} must divide the {size}x{size} items of {name!r} (e.g. "
+                       f"{size // 2}); the two-item canvases of *_pairs datasets are not resized: leave "
+                       f"data.image_size at 0")
+    f = size // image_size
+    n, _, _, ch = arrays.images.shape
+    pooled = arrays.images.reshape(n, image_size, f, image_size, f, ch).mean(axis=(2, 4), dtype=np.float64)
+    arrays = dataclasses.replace(arrays, images=np.round(pooled).astype(np.uint8))
+  return CaptionSource(arrays, name=name, split=split, grammar=grammar, image_split=image_split)
 
 
