@@ -2,6 +2,9 @@
 a residual MLP, a permutation-equivariant point-set denoiser (``PointNet``) and a bidirectional
 transformer over token sequences for discrete diffusion (``TokenTransformer``), behind one functional
 interface; plus ``NoisyClassifier`` (the U-Net's downsampling half with logits) for classifier guidance.
+The U-Net and DiT also take text (GLIDE, Nichol et al. 2022: a jointly trained ``TextEncoder``, or
+precomputed embeddings as in Imagen, Saharia et al. 2022) and the U-Net a low-resolution image
+(super-resolution stage of a cascade, Ho et al. 2021).
 
 Why Flax **Linen** (not NNX): a Linen module is a description, not a container of state.
 ``module.init(key, ...)`` returns the parameters as a plain pytree and ``module.apply(params, ...)`` is a
@@ -16,16 +19,31 @@ Interface used by the rest of jdiff::
   model = jdiff.models.create("unet", ch=128, ch_mult=(1, 2, 2, 2), num_classes=10)
   model = jdiff.models.create("dit", size="B", patch_size=2, num_classes=10)   # DiT-B/2
   model = jdiff.models.create("token_transformer", vocab_size=28, num_outputs=27)  # 27 chars + mask
+  model = jdiff.models.create("unet", text_vocab_size=40, text_length=16)       # GLIDE-style text
+  model = jdiff.models.create("unet", low_res_channels=3, text_embed_dim=512)   # Imagen-style SR stage
   init, apply = jdiff.models.functional(model)
-  params = init(key, x, t)                        # {"params": ...}, also valid for model.apply
+  params = init(key, x, t, cond)                  # {"params": ...}, also valid for model.apply
   out = apply(params, x, t, cond)                 # deterministic (dropout off)
   out = apply(params, x, t, cond, rng=k, train=True)   # dropout on
 
 ``x``: ``[B, H, W, C]`` (U-Net, DiT), ``[B, D]`` (MLP), ``[B, N, 3]`` (PointNet) or int token ids
 ``[B, L]`` (TokenTransformer, whose output is logits ``[B, L, num_outputs]``); ``t``: float ``[B]``
-or a scalar (continuous time in [0, 1], or EDM's ``c_noise``); ``cond``: int labels ``[B]``
-(``num_classes`` = NULL label) or ``None`` (NULL for all). Models never import jdiff's core (schedules,
-samplers; only the shared input checks of ``jdiff._checks``): training glues them.
+or a scalar (continuous time in [0, 1], or EDM's ``c_noise``); ``cond``: ``None``, bare int labels
+``[B]``, or a dict of named conditions (``embeddings.prepare_cond``; the keys a model takes follow from
+its fields, ``embeddings.cond_keys``, and any other key is an error):
+
+* ``"label"``: int32 ``[B]`` (``num_classes > 0``; ``num_classes`` = NULL label);
+* ``"caption"``: int32 ``[B, L]`` token ids, 0 = padding at the end, ``L <= text_length``
+  (``text_vocab_size > 0``; an all-zero row is the null caption);
+* ``"text_emb"`` float ``[B, L, text_embed_dim]`` with ``"text_mask"`` int/bool ``[B, L]`` (1 = real
+  token) (``text_embed_dim > 0``; an all-zero mask row is the null caption);
+* ``"low_res"`` float ``[B, h, w, low_res_channels]`` (h, w dividing H, W) with ``"low_res_t"``
+  ``[B]`` in [0, 1], its noise-augmentation level (U-Net with ``low_res_channels > 0``; required).
+
+A missing kind, or ``cond=None``, is the NULL label / null caption for every example. Initialise with a
+complete ``cond`` (a super-resolution model needs ``low_res``); text and label parameters are created
+whether or not the caption or label is given. Models never import jdiff's core (schedules, samplers;
+only the shared input checks of ``jdiff._checks``): training glues them.
 """
 from __future__ import annotations
 
@@ -38,12 +56,13 @@ import jax
 import numpy as np
 
 from jdiff import _checks
-from jdiff.models.embeddings import (EMBEDDINGS, NoiseEmbedding, fourier_embedding, prepare_labels,
-                                     prepare_t, sinusoidal_embedding)
+from jdiff.models.embeddings import (COND_KEYS, EMBEDDINGS, NoiseEmbedding, cond_keys, fourier_embedding,
+                                     prepare_cond, prepare_labels, prepare_t, sinusoidal_embedding)
 from jdiff.models.classifier import NoisyClassifier
 from jdiff.models.dit import DiT
 from jdiff.models.mlp import MLP
 from jdiff.models.point_net import PointNet
+from jdiff.models.text_encoder import TextEncoder
 from jdiff.models.token_transformer import TokenTransformer
 from jdiff.models.unet import UNet, num_groups
 
@@ -75,7 +94,8 @@ def count_params(params) -> int:
 
 
 def _check_call(module, x, t, cond) -> None:
-  """All input checks, before tracing (label values are checked only here when ``apply`` is jitted)."""
+  """All input checks, before tracing (label, caption-id and ``low_res_t`` values are checked only here
+  when ``apply`` is jitted)."""
   model = type(module).__name__
   module.check_input(x)
   prepare_t(t, x.shape[0], model)
@@ -83,7 +103,7 @@ def _check_call(module, x, t, cond) -> None:
     if cond is not None:
       raise ValueError(f"{model} takes no label input (it predicts the label); pass cond=None")
     return
-  prepare_labels(cond, x.shape[0], module.num_classes, model)
+  prepare_cond(cond, x.shape[0], module, model, spatial=x.shape[1:-1] if x.ndim >= 3 else None)
 
 
 def _check_params_fit(module, params, x) -> None:
@@ -151,6 +171,6 @@ def functional(module: nn.Module) -> Tuple[Callable, Callable]:
   return init, apply
 
 
-__all__ = ["DiT", "EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "NoisyClassifier", "PointNet",
-           "TokenTransformer", "UNet", "count_params", "create", "fourier_embedding", "functional",
-           "model_kwargs", "num_groups", "sinusoidal_embedding"]
+__all__ = ["COND_KEYS", "DiT", "EMBEDDINGS", "MLP", "MODELS", "NoiseEmbedding", "NoisyClassifier", "PointNet",
+           "TextEncoder", "TokenTransformer", "UNet", "cond_keys", "count_params", "create",
+           "fourier_embedding", "functional", "model_kwargs", "num_groups", "sinusoidal_embedding"]

@@ -33,7 +33,21 @@ Layout (Peebles & Xie 2023, Sec. 3.2 and Fig. 3)::
   in the paper's count, which includes the frozen position embedding (``hidden * tokens``, e.g. 0.29M
   for XL/2); here it is a constant, so the counts are that much lower (674.8M for XL/2).
 
-Attention is ``jax.nn.dot_product_attention`` over ``[batch, tokens, heads, head_dim]``.
+Text conditioning (fields ``text_*``; off by default, and then no parameter is added), GLIDE-style
+(Nichol et al. 2022, Sec. 2.3)::
+
+  tokens, pooled = TextEncoder(caption | text_emb)            # text_encoder.TextEncoder
+  c += Dense(pooled)                                           # read by every adaLN modulation
+  every block's self-attention: joint attention over [image tokens; Dense(text tokens)], padding masked
+
+The joint attention is GLIDE's encoder_kv (``attention.append_context``): each block projects the text
+encoder's tokens to extra keys and values concatenated to the image tokens' own. (DiT itself conditions
+only through adaLN; PixArt-alpha, Chen et al. 2023, adds cross-attention layers instead. The joint form
+adds one Dense per block and no new sublayer, and every block attends, so the tokens always reach the
+network.)
+
+Attention is ``jax.nn.dot_product_attention`` over ``[batch, tokens, heads, head_dim]``
+(``attention.attention`` with ``impl="xla"``).
 ``remat=True`` rematerialises every block in the backward pass (``nn.remat``): activation memory of
 one block instead of ``depth``, for one extra forward.
 """
@@ -42,12 +56,13 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jdiff import _checks
+from jdiff.models import attention as A
 from jdiff.models import embeddings as E
+from jdiff.models.text_encoder import text_condition
 
 # Peebles & Xie 2023, Table 1: size -> (hidden_size, depth, num_heads).
 SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
@@ -111,7 +126,9 @@ def rotary(x, base: float = 10000.0):
 class DiTBlock(nn.Module):
   """One adaLN-Zero transformer block (Peebles & Xie 2023, Fig. 3, right); ``rope``: rotary position
   embedding of the queries and keys (``rotary``; off for DiT, whose positions are added to the
-  tokens)."""
+  tokens). ``context``: ``(text tokens [B, L, D_text], mask [B, L])`` for joint attention (GLIDE's
+  encoder_kv): a Dense ``context_kv`` per block gives extra keys and values (no rotary: the text
+  encoder has its own positions); without it the block has exactly its former parameters."""
   hidden_size: int
   num_heads: int
   mlp_dim: int
@@ -121,7 +138,7 @@ class DiTBlock(nn.Module):
   rope: bool = False
 
   @nn.compact
-  def __call__(self, x, c):
+  def __call__(self, x, c, context=None):
     b, n, d = x.shape
     dt, hd = self.dtype, d // self.num_heads
     dense = lambda f, name: nn.Dense(f, dtype=dt, kernel_init=E.default_init, name=name)
@@ -130,10 +147,14 @@ class DiTBlock(nn.Module):
 
     h = modulate(_layer_norm(dt, "norm1")(x), shift1, scale1)
     qkv = dense(3 * d, "qkv")(h).reshape(b, n, 3, self.num_heads, hd)
-    q, k = qkv[:, :, 0], qkv[:, :, 1]
+    q, k, v, mask = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None
     if self.rope:
       q, k = rotary(q), rotary(k)
-    h = jax.nn.dot_product_attention(q, k, qkv[:, :, 2]).reshape(b, n, d)
+    if context is not None:
+      tokens, tmask = context
+      kv = dense(2 * d, "context_kv")(tokens).reshape(b, -1, 2, self.num_heads, hd)
+      k, v, mask = A.append_context(k, v, kv, tmask)
+    h = A.attention(q, k, v, "xla", key_mask=mask).reshape(b, n, d)
     h = dense(d, "proj")(h)
     h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
     x = x + gate1[:, None, :] * h
@@ -146,7 +167,7 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-  """Diffusion Transformer denoiser ``(x [B,H,W,C], t [B], cond [B] | None) -> [B,H,W,C_out]``
+  """Diffusion Transformer denoiser ``(x [B,H,W,C], t [B], cond) -> [B,H,W,C_out]``
   (Peebles & Xie 2023; see the module docstring).
 
   Attributes:
@@ -165,6 +186,10 @@ class DiT(nn.Module):
     learned_variance: doubles the output channels (mean output, then variance interpolation).
     dropout: dropout on the attention and MLP branch outputs with ``train=True`` (0 in the paper).
     remat: rematerialise each block in the backward pass (``nn.remat``), trading compute for memory.
+    text_vocab_size, text_length, text_embed_dim, text_width, text_layers, text_heads: text
+      conditioning, as for ``UNet``: ``cond["caption"]`` int ids ``[B, L]`` (0 = padding) with
+      ``text_vocab_size > 0`` and ``text_length`` position rows, or ``cond["text_emb"]``
+      ``[B, L, text_embed_dim]`` with ``cond["text_mask"]``; a missing caption is the null caption.
     dtype: computation dtype (e.g. ``"bfloat16"``); parameters stay float32, output is float32.
   """
   size: str = ""
@@ -182,6 +207,12 @@ class DiT(nn.Module):
   learned_variance: bool = False
   dropout: float = 0.0
   remat: bool = False
+  text_vocab_size: int = 0
+  text_length: int = 0
+  text_embed_dim: int = 0
+  text_width: int = 128
+  text_layers: int = 2
+  text_heads: int = 4
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -213,6 +244,7 @@ class DiT(nn.Module):
     if self.remat not in (True, False):
       raise ValueError(f"remat must be a bool, got {self.remat!r}")
     E.check_common_config(self)
+    E.check_text_config(self)
     super().__post_init__()
 
   @property
@@ -238,7 +270,7 @@ class DiT(nn.Module):
     self.check_input(x)
     b, hh, ww, ch = x.shape
     t = E.prepare_t(t, b, "DiT")
-    labels = E.prepare_labels(cond, b, self.num_classes, "DiT")
+    cn = E.prepare_cond(cond, b, self, "DiT")
     dt = jnp.dtype(self.dtype)
     hidden, depth, heads = self.dims
     p = self.patch_size
@@ -252,12 +284,15 @@ class DiT(nn.Module):
     h = h.reshape(b, gh * gw, hidden) + jnp.asarray(sincos_pos_embed_2d(hidden, gh, gw), dt)[None]
 
     c = E.NoiseEmbedding(self.freq_dim, hidden, self.embedding, self.time_scale, self.fourier_scale,
-                         self.num_classes, dt, name="noise_embed")(t, labels)
+                         self.num_classes, dt, name="noise_embed")(t, cn.get("label"))
+    pooled, context = text_condition(self, cn, hidden, "einsum", dt)
+    if pooled is not None:
+      c = c + pooled
 
     block = nn.remat(DiTBlock) if self.remat else DiTBlock
     for i in range(depth):
       h = block(hidden, heads, int(hidden * self.mlp_ratio), self.dropout, not train, dt,
-                name=f"block{i}")(h, c)
+                name=f"block{i}")(h, c, context)
 
     shift, scale = jnp.split(nn.Dense(2 * hidden, dtype=dt, kernel_init=E.zeros_init,
                                       name="final_adaLN_modulation")(nn.silu(c)), 2, axis=-1)

@@ -40,11 +40,34 @@ heights for images (DDPM CIFAR-10: ``(16,)``; for 28x28 inputs use ``(14,)``) an
 for signals (e.g. ``(10,)`` for length 40 with 3 levels); a value that no level reaches is an error
 rather than silently no attention.
 
+Text and super-resolution conditioning (fields ``text_*``, ``low_res_channels``; off by default, and
+then no parameter is added, so text-free checkpoints restore)::
+
+  tokens, pooled = TextEncoder(caption | text_emb)              # text_encoder.TextEncoder (GLIDE)
+  emb += Dense(pooled) [+ MLP(embed(low_res_t))]                  # every ResBlock reads emb
+  every AttnBlock (the middle one too): joint attention over [image positions; Dense(tokens)]
+  h = conv3x3(x) [+ conv3x3_nobias(resize_bilinear(low_res))]     # = one conv over concat([x, low_res])
+
+* Text (Nichol et al. 2022, "GLIDE", Sec. 2.3): the pooled text is projected and added to the noise
+  (+ label) embedding, and each attention layer projects the encoder's tokens to extra keys and values
+  concatenated to its own: joint attention (GLIDE's encoder_kv), the padded tokens masked out. Every
+  U-Net has attention in its middle block, so the token path always reaches the network even with
+  ``attn_resolutions=()``.
+* Super-resolution (Ho et al. 2021, "Cascaded diffusion models"; Saharia et al. 2022, "Imagen"): the
+  low-resolution image is upsampled to x's size and concatenated to x channel-wise. Here it enters
+  through its own 3x3 convolution (no bias) added to ``conv_in(x)``: what one convolution over the
+  concatenation computes (its kernel split in two), but ``conv_in`` keeps x's input channels, so
+  ``UNet.data_channels`` is still x's channel count. Upsampling is bilinear (``jax.image.resize``, half-pixel centres): CDM upsample
+  with bilinear or bicubic interpolation; bilinear is a convex combination of pixels, so it never
+  leaves the data range as bicubic's overshoot can, and a ``low_res`` already at x's size is used as is.
+  The noise-augmentation level ``low_res_t`` (the caller augments; CDM's conditioning augmentation) is
+  embedded like ``t`` by its own ``NoiseEmbedding`` and added to the embedding.
+
 Performance notes (XLA CPU): everything is channels-last (NHWC / NLC), the native layout; 1x1
 convolutions are ``Dense`` on the channel axis (a single matmul); q, k and v come from one fused
 ``Dense(3C)``; nearest upsampling and average pooling are a broadcast/reshape. Attention is a plain
 einsum (``attention_impl="einsum"``) or ``jax.nn.dot_product_attention`` (``"xla"``); see
-``attention`` for which is faster here.
+``attention.attention`` for which is faster here.
 """
 from __future__ import annotations
 
@@ -56,10 +79,12 @@ import jax
 import jax.numpy as jnp
 
 from jdiff import _checks
+from jdiff.models import attention as A
 from jdiff.models import embeddings as E
+from jdiff.models.attention import ATTENTION_IMPLS, attention  # noqa: F401 (re-exported: unet.attention)
+from jdiff.models.text_encoder import text_condition
 
 DOWNSAMPLES = ("conv", "avgpool")
-ATTENTION_IMPLS = ("einsum", "xla")
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:
@@ -92,24 +117,6 @@ def spatial_ndim(x) -> int:
   return x.ndim - 2
 
 
-def attention(q, k, v, impl: str = "einsum"):
-  """Softmax attention (Vaswani et al. 2017, eq. 1) over ``[batch, L, heads, d]`` tensors.
-
-  ``"einsum"``: head-major batched matmuls with a float32 softmax (the default); ``"xla"``:
-  ``jax.nn.dot_product_attention``. Measured with jit on this shared 2-core CPU (float32, batch 32,
-  16x16 tokens, 128 channels; best of 80 interleaved runs, forward / forward+backward): one head,
-  einsum 19 / 54 ms, xla 18 / 53 ms (a tie); four heads, einsum 36 / 121 ms, xla 63 / 225 ms. An einsum
-  kept in ``[batch, L, heads, d]`` order without the explicit head-major transpose ran 133 / 164 ms with
-  four heads: XLA then inserts layout copies around each dot.
-  """
-  if impl == "xla":
-    return jax.nn.dot_product_attention(q, k, v)
-  q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [batch, heads, L, d]; free for one head
-  w = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype), k)
-  w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bhkd->bhqd", w, v).transpose(0, 2, 1, 3)
-
-
 class ResBlock(nn.Module):
   """DDPM residual block with the noise embedding added after the first conv (Ho et al. 2020, App. B)."""
   out_ch: int
@@ -134,19 +141,31 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-  """Self-attention over all positions (H*W, or L), residual (Ho et al. 2020, App. B; Wang et al. 2018)."""
+  """Self-attention over all positions (H*W, or L), residual (Ho et al. 2020, App. B; Wang et al. 2018).
+
+  With ``context`` (text tokens ``[B, L, D]`` and their mask ``[B, L]``): joint attention (GLIDE's
+  encoder_kv, Nichol et al. 2022, Sec. 2.3): a Dense ``context_kv`` projects the tokens to extra keys and
+  values, concatenated to the image's own, with the padding mask on the text keys
+  (``attention.append_context``). Without it the block has exactly its former parameters.
+  """
   num_heads: int = 1
   skip_rescale: bool = False
   impl: str = "einsum"
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, context=None):
     b, c = x.shape[0], x.shape[-1]
+    heads, hd = self.num_heads, c // self.num_heads
     h = group_norm(c, self.dtype)(x)
     qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=E.default_init, name="qkv")(h)
-    qkv = qkv.reshape(b, -1, 3, self.num_heads, c // self.num_heads)  # [batch, positions, 3, heads, d]
-    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl).reshape(x.shape)
+    qkv = qkv.reshape(b, -1, 3, heads, hd)  # [batch, positions, 3, heads, d]
+    q, k, v, mask = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None
+    if context is not None:
+      tokens, tmask = context
+      kv = nn.Dense(2 * c, dtype=self.dtype, kernel_init=E.default_init, name="context_kv")(tokens)
+      k, v, mask = A.append_context(k, v, kv.reshape(b, -1, 2, heads, hd), tmask)
+    out = attention(q, k, v, self.impl, key_mask=mask).reshape(x.shape)
     out = nn.Dense(c, dtype=self.dtype, kernel_init=E.zeros_init, name="proj_out")(out)
     out = x + out
     return out * (1.0 / math.sqrt(2.0)) if self.skip_rescale else out
@@ -183,7 +202,7 @@ def avgpool2(x):
 
 
 class UNet(nn.Module):
-  """DDPM / DDPM++ U-Net denoiser ``(x [B,H,W,C], t [B], cond [B] | None) -> [B,H,W,C_out]``; 1-D
+  """DDPM / DDPM++ U-Net denoiser ``(x [B,H,W,C], t [B], cond) -> [B,H,W,C_out]``; 1-D
   signals ``[B,L,C] -> [B,L,C_out]`` likewise (parameters are for the dimension they were initialised on).
 
   Defaults are the DDPM CIFAR-10 model (Ho et al. 2020, App. B; 35.7M parameters): ``ch=128``,
@@ -208,6 +227,14 @@ class UNet(nn.Module):
     downsample: ``"conv"`` (3x3, stride 2; DDPM) or ``"avgpool"`` (2x2 average pool); 3 and 2 in 1-D.
     num_heads: attention heads (DDPM: 1); must divide every level's channel count.
     attention_impl: ``"einsum"`` or ``"xla"`` (``jax.nn.dot_product_attention``).
+    text_vocab_size: ``> 0``: takes ``cond["caption"]``, int ids ``[B, L]`` in ``[0, text_vocab_size)``
+      (0 = padding; a missing caption is the null, all-padding caption).
+    text_length: the longest caption (learned position rows); required with ``text_vocab_size``.
+    text_embed_dim: ``> 0``: takes ``cond["text_emb"]`` ``[B, L, text_embed_dim]`` and
+      ``cond["text_mask"]`` ``[B, L]`` (precomputed embeddings); exclusive with ``text_vocab_size``.
+    text_width, text_layers, text_heads: the text encoder's width, blocks and heads.
+    low_res_channels: ``> 0``: a super-resolution model; takes (and needs) ``cond["low_res"]``
+      ``[B, h, w, low_res_channels]`` (h, w dividing H, W) and ``cond["low_res_t"]`` ``[B]`` in [0, 1].
     dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32, output is float32.
   """
   ch: int = 128
@@ -225,6 +252,13 @@ class UNet(nn.Module):
   downsample: str = "conv"
   num_heads: int = 1
   attention_impl: str = "einsum"
+  text_vocab_size: int = 0
+  text_length: int = 0
+  text_embed_dim: int = 0
+  text_width: int = 128
+  text_layers: int = 2
+  text_heads: int = 4
+  low_res_channels: int = 0
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -251,6 +285,8 @@ class UNet(nn.Module):
       raise ValueError(f"num_heads={self.num_heads} must divide every level's channel count; it does not "
                        f"divide {bad}")
     E.check_common_config(self)
+    E.check_text_config(self)
+    _checks.int_at_least(self.low_res_channels, "low_res_channels", 0)
     super().__post_init__()
 
   def check_input(self, x) -> None:
@@ -282,22 +318,33 @@ class UNet(nn.Module):
     check_params_match(self, x)
     b, nd = x.shape[0], spatial_ndim(x)
     t = E.prepare_t(t, b, "UNet")
-    labels = E.prepare_labels(cond, b, self.num_classes, "UNet")
+    c = E.prepare_cond(cond, b, self, "UNet", spatial=x.shape[1:-1])
     dt = self.dtype
     out_ch = (self.out_channels or x.shape[-1]) * (2 if self.learned_variance else 1)
-    attn = lambda: AttnBlock(self.num_heads, self.skip_rescale, self.attention_impl, dt)
-    res = lambda c: ResBlock(c, self.dropout, self.skip_rescale, dt)
+    res = lambda n: ResBlock(n, self.dropout, self.skip_rescale, dt)
 
     emb = E.NoiseEmbedding(self.ch, 4 * self.ch, self.embedding, self.time_scale, self.fourier_scale,
-                           self.num_classes, dt, name="noise_embed")(t, labels)
+                           self.num_classes, dt, name="noise_embed")(t, c.get("label"))
+    pooled, context = text_condition(self, c, 4 * self.ch, self.attention_impl, dt)
+    if pooled is not None:
+      emb = emb + pooled
+    attn = lambda h: AttnBlock(self.num_heads, self.skip_rescale, self.attention_impl, dt)(h, context)
 
     h = conv3x3(self.ch, dt, name="conv_in", ndim=nd)(x.astype(dt))
+    if self.low_res_channels:
+      emb = emb + E.NoiseEmbedding(self.ch, 4 * self.ch, self.embedding, self.time_scale, self.fourier_scale,
+                                   0, dt, name="low_res_embed")(c["low_res_t"])
+      lr = c["low_res"]
+      if lr.shape[1:-1] != x.shape[1:-1]:
+        lr = jax.image.resize(lr, x.shape[:-1] + lr.shape[-1:], method="bilinear")
+      h = h + nn.Conv(self.ch, (3,) * nd, padding=((1, 1),) * nd, use_bias=False, dtype=dt,
+                      kernel_init=E.default_init, name="low_res_in")(lr.astype(dt))
     skips = [h]
     for i, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
         h = res(self.ch * mult)(h, emb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attn()(h)
+          h = attn(h)
         skips.append(h)
       if i != len(self.ch_mult) - 1:
         if self.downsample == "conv":
@@ -307,14 +354,14 @@ class UNet(nn.Module):
         skips.append(h)
 
     h = res(h.shape[-1])(h, emb, train)
-    h = attn()(h)
+    h = attn(h)
     h = res(h.shape[-1])(h, emb, train)
 
     for i, mult in reversed(list(enumerate(self.ch_mult))):
       for _ in range(self.num_res_blocks + 1):
         h = res(self.ch * mult)(jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attn()(h)
+          h = attn(h)
       if i != 0:
         h = conv3x3(h.shape[-1], dt, ndim=nd)(upsample_nearest(h))
     assert not skips
