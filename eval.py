@@ -13,6 +13,10 @@ checkpoints/<step>`` or ``--step`` for another one, ``--raw`` for the raw parame
   the accuracy of the feature classifier on the requested labels;
 - point clouds: 1-NNA, COV and MMD by Chamfer distance against held-out shapes, per class
   (``jdiff.eval.point_report``);
+- text-to-image models (captioned Fashion-MNIST, ``jdiff.eval.caption_report``): caption accuracy (the
+  Fashion-MNIST classifier per canvas place) and FD per place, per prompt set (single items; pairs:
+  training and held-out combinations), ``--num`` samples each, at ``--guidance`` / ``--threshold``;
+  ``--sr_workdir`` scores a cascade's refined samples;
 - text (token models): the fraction of generated words in the training vocabulary, character n-gram
   divergences from held-out text and bits per character under a training n-gram model
   (``jdiff.eval.text_report``).
@@ -39,7 +43,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import jdiff
 from jdiff import generation
-from jdiff.eval import evaluate, model_eval
+from jdiff.eval import caption_report, evaluate, model_eval
 from jdiff.generation import flags as gflags
 from jdiff.generation import restore
 from jdiff.utils import cli, files
@@ -99,9 +103,26 @@ def _main(argv):
   if FLAGS.num == 0:
     settings.num = 1  # checked like a run of one sample; no sample is drawn
   generation.check_settings(settings)
+  if FLAGS.sr_level is not None and not FLAGS.sr_workdir:
+    raise ValueError("--sr_level needs --sr_workdir (the super-resolution model of a cascade)")
   restored = restore.restore(FLAGS.workdir, FLAGS.checkpoint, step=FLAGS.step, use_ema=not FLAGS.raw)
   settings = generation.resolve(settings, restored)
-  if FLAGS.num:
+  text = "caption" in restored.conditions  # a text-to-image model: the caption report
+  sr = None
+  if FLAGS.sr_workdir:
+    if not text:
+      raise ValueError("--sr_workdir evaluates a text-to-image cascade; this model reads no captions")
+    try:
+      sr = restore.restore(FLAGS.sr_workdir, use_ema=not FLAGS.raw)
+      generation.cascade.check_stage(sr, restored, FLAGS.sr_level)
+    except ValueError as e:
+      raise ValueError(f"--sr_workdir: {e}") from None
+  if FLAGS.num and text:
+    if FLAGS.bpd:
+      raise ValueError("--bpd is not computed for text-to-image models; drop --bpd")
+    caption_report.check(restored, settings.num)
+    settings = generation.plan(restored, settings).settings
+  elif FLAGS.num:
     model_eval.check_sample_metrics(restored, settings.num)
     settings = generation.plan(restored, settings).settings
   else:
@@ -116,8 +137,17 @@ def _main(argv):
   bpd_opts = {"batch_size": FLAGS.bpd_batch, "trace": FLAGS.bpd_trace, "rtol": FLAGS.bpd_tol,
               "atol": FLAGS.bpd_tol, "t_min": FLAGS.bpd_t_min, "vlb_repeats": FLAGS.bpd_vlb_repeats,
               "seed": FLAGS.seed}
-  report = model_eval.evaluate_checkpoint(restored, settings, bpd_num=FLAGS.bpd_num if FLAGS.bpd else 0,
-                                          bpd_options=bpd_opts, progress=FLAGS.progress)
+  if text and FLAGS.num:
+    report = {"checkpoint": restored.checkpoint_dir, "workdir": restored.workdir, "step": restored.step,
+              "params": restored.which, "settings": settings.to_json(), "metrics": None, "bpd": None,
+              "captions": caption_report.report(restored, settings, sr=sr, sr_level=FLAGS.sr_level,
+                                                progress=FLAGS.progress),
+              "cascade": None if sr is None else {"sr_checkpoint": sr.checkpoint_dir,
+                                                  "sr_step": sr.step, "level": FLAGS.sr_level}}
+  else:
+    report = model_eval.evaluate_checkpoint(restored, settings,
+                                            bpd_num=FLAGS.bpd_num if FLAGS.bpd else 0,
+                                            bpd_options=bpd_opts, progress=FLAGS.progress)
   if report["metrics"] is not None and "fd" in report["metrics"]:
     f = report["metrics"]["floor"]
     noisy = "" if f.get("noisy") is None else f", noisy {f['noisy']:.3f}"

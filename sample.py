@@ -13,6 +13,13 @@ and ``FILE.json`` (every setting, including the command that reproduces the run)
 makes every sample start with TEXT. Sample ``i`` (global index ``start_index + k``) is the same whatever ``--batch_size``, the
 number of devices or how a run is split with ``--start_index``.
 
+Text-to-image models (``training.text_conditional``, e.g. configs/fashion_mnist_text.py):
+``--prompt="a bag to the left of a sneaker" [--prompt=...]`` or ``--prompts_file=F`` (one per line;
+sample i gets prompt i % count; default the config's ``sampling.prompts``), ``--guidance=W`` and
+``--threshold=P`` (Imagen's dynamic thresholding); the prompts are recorded in FILE.json (``captions``)
+and written under the grid. A prompt the model cannot represent (an unknown word, too many words) is
+an error, never truncated. Models on precomputed text embeddings: ``--text_emb=FILE.npz``.
+
 Class-conditional models: ``--labels=3`` or ``--labels=0,1,2`` (sample i gets labels[i % len]; default
 i % num_classes) and ``--guidance=W`` (classifier-free guidance, Ho & Salimans 2022: W=0 is the
 conditional model, larger is stronger). Classifier guidance (Dhariwal & Nichol 2021), for
@@ -35,10 +42,12 @@ if _HERE not in sys.path:
   sys.path.insert(0, _HERE)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
 
 import jdiff
 from jdiff import generation
 from jdiff.data import text as text_data
+from jdiff.generation import cascade
 from jdiff.generation import files as gfiles
 from jdiff.generation import flags as gflags
 from jdiff.generation import restore
@@ -98,6 +107,31 @@ def _command(ckpt_dir, s, base, classifier_dir=None):
   return gflags.command("sample.py", ckpt_dir, args + [f"--out={base}.png"])
 
 
+def _sr_stage(base):
+  """The super-resolution model of a cascade (``--sr_workdir``), checked against the base model."""
+  try:
+    sr = restore.restore(FLAGS.sr_workdir, use_ema=not FLAGS.raw)
+  except ValueError as e:
+    raise ValueError(f"--sr_workdir: {e}") from None
+  try:
+    cascade.check_stage(sr, base, FLAGS.sr_level)
+  except ValueError as e:
+    raise ValueError(f"--sr_workdir: {e}") from None
+  return sr
+
+
+def _refine(sr, restored, base_result):
+  """The super-resolution stage on the base samples: its result and the cascade's arrays and info."""
+  level = cascade.check_stage(sr, restored, FLAGS.sr_level)
+  print(f"super-resolution: {sr.which} parameters of step {sr.step} from {sr.checkpoint_dir}, noise "
+        f"level {level:g}", flush=True)
+  out = cascade.refine(sr, base_result, level, progress=FLAGS.progress)
+  info = {"sr_checkpoint": sr.checkpoint_dir, "sr_step": sr.step, "level": float(level),
+          "sr_settings": out.settings.to_json(), "base_shape": list(base_result.samples.shape[1:]),
+          "base_timing": base_result.throughput()}
+  return out, {"base_samples": base_result.samples.astype(np.float32), "info": info}
+
+
 def _file_info(path):
   return None if not path else {"path": os.path.abspath(path), "sha256": files.sha256(path)}
 
@@ -123,7 +157,10 @@ def _main(argv):
     if path and not os.path.isfile(path):
       raise ValueError(f"{what} file {path} does not exist")
 
+  if FLAGS.sr_level is not None and not FLAGS.sr_workdir:
+    raise ValueError("--sr_level needs --sr_workdir (the super-resolution model of a cascade)")
   restored = restore.restore(FLAGS.workdir, FLAGS.checkpoint, use_ema=not FLAGS.raw)
+  sr = _sr_stage(restored) if FLAGS.sr_workdir else None
   classifier = None
   if FLAGS.classifier:
     try:
@@ -140,7 +177,8 @@ def _main(argv):
   else:
     x_known = gfiles.load_input(FLAGS.input, restored.data_shape) if FLAGS.input else None
     mask = gfiles.load_mask(FLAGS.mask, x_known.shape) if FLAGS.mask else None
-  plan = generation.plan(restored, settings, x_known, mask, classifier=classifier)
+  plan = generation.plan(restored, settings, x_known, mask, classifier=classifier,
+                         cond=gflags.read_text_emb(FLAGS.text_emb))
   s = plan.settings
   base = gflags.writable_output(_base_path(FLAGS.out, restored.workdir, s))
   print(f"{restored.which} parameters of step {restored.step} from {restored.checkpoint_dir}; "
@@ -150,6 +188,9 @@ def _main(argv):
     print(f"classifier guidance, scale {s.classifier_scale:g}: {classifier.which} parameters of "
           f"step {classifier.step} from {classifier.checkpoint_dir}", flush=True)
   result = generation.run(plan, progress=FLAGS.progress)
+  stages = None
+  if sr is not None:
+    result, stages = _refine(sr, restored, result)
   bad = result.nonfinite
   if bad.size:
     shown = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
@@ -187,7 +228,10 @@ def _main(argv):
       "timing": th,
       "nonfinite": {"count": int(bad.size), "indices": [int(i) for i in bad]},
   }
-  paths = gfiles.write_outputs(base, result, info, kind=kind, vocab=restored.vocab or "")
+  if stages is not None:
+    info["cascade"] = stages.pop("info")
+  paths = gfiles.write_outputs(base, result, info, kind=kind, vocab=restored.vocab or "",
+                               arrays=stages)
   if tokens:
     for i, text in zip(result.indices[:3], text_data.decode_rows(restored.vocab, result.samples[:3])):
       print(f"--- sample {i} ---\n{text}")

@@ -78,7 +78,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3
   t.fallback_to_previous_checkpoint = False  # resume from an earlier checkpoint if the latest is damaged
   t.conditional = False        # class-conditional (labels from the dataset)
-  t.cond_drop_prob = 0.1       # label dropout to the null label, for classifier-free guidance
+  t.cond_drop_prob = 0.1       # condition dropout to the null (label, caption), for classifier-free guidance
+  t.text_conditional = False   # text-to-image: captions (or precomputed text embeddings) from the dataset
   # "pmap": data parallel, every device holds the whole state (the default). "fsdp": one jit step over
   # a (data, fsdp) device mesh, params/EMA/optimizer state sharded along fsdp (ZeRO-3), the batch split
   # along both axes (jdiff/training/sharded.py).
@@ -135,6 +136,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   rf.pairs_dir = ""
   rf.time_sampling = ""        # "" = the teacher's diffusion.time_sampling (Liu et al. 2023: uniform)
 
+  # Super-resolution stage of a cascade (Ho et al. 2022; jdiff.conditions.LowRes): the model refines the
+  # factor x factor average pool of its data, noised by the forward process at a level drawn in
+  # [0, max_level] in training (noise-conditioning augmentation) and fixed to `level` when sampling.
+  c.super_res = sr = ml_collections.ConfigDict()
+  sr.factor = 0                # 0: not a super-resolution model; 2: e.g. 14x14 -> 28x28
+  sr.max_level = 0.5
+  sr.level = 0.1
+
   c.sampling = s = ml_collections.ConfigDict()
   s.sampler = "dpmpp_2m"
   s.steps = 20
@@ -145,6 +154,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   s.grid = "uniform_logsnr"
   s.num = 64
   s.clip_x0 = True             # clip x0_hat to [-1, 1] at every step (image data only)
+  s.prompts = ()               # text-to-image: the prompts of the training grids and of sample.py by default
+  s.guidance = 0.0             # classifier-free guidance scale of the training grids (0: none)
 
   # Periodic evaluation of EMA samples in the Fashion-MNIST feature space (jdiff.eval.report):
   # FD, KID, precision, recall (+ classifier accuracy for conditional models) and their floors, into

@@ -66,7 +66,8 @@ def classifier_free(model_fn: ModelFn, null_cond: Any, *, learned_variance: bool
   """Wrap a conditional model into ``guided(params, x, t, cond, guidance_scale) -> out``.
 
   ``null_cond`` (e.g. the null label ``num_classes`` or a zero embedding) has the structure of ``cond``
-  and broadcasts to each leaf (per-example or batched). ``guidance_scale`` ``w`` is a traced scalar or
+  and broadcasts to each leaf (per-example or batched); or it is a function ``cond -> null cond`` (e.g.
+  ``Conditions.null_like``, which keeps the parts of a condition that are never dropped). ``guidance_scale`` ``w`` is a traced scalar or
   ``[batch]`` array: ``out = cond + w (cond - uncond)`` (Ho & Salimans 2022, eq. 6).
   """
 
@@ -81,7 +82,7 @@ def classifier_free(model_fn: ModelFn, null_cond: Any, *, learned_variance: bool
     check_scale(guidance_scale, x)
     _checks.check_t(t)
     _checks.check_batch_t(x, t)
-    null = _null_like(null_cond, cond)
+    null = null_cond(cond) if callable(null_cond) else _null_like(null_cond, cond)
     tb = broadcast_t(t, x)
     both = jax.tree_util.tree_map(lambda c, n: jnp.concatenate([jnp.asarray(c), n], 0), cond, null)
     out = model_fn(params, jnp.concatenate([x, x], 0), jnp.concatenate([tb, tb], 0), both)

@@ -50,11 +50,11 @@ def _perturb(tree, seed, scale):
       lambda l: (np.asarray(l) + scale * rng.standard_normal(np.shape(l))).astype(np.float32), tree)
 
 
-def write_workdir(workdir, config, data_shape, num_classes, step=3, scale=0.05):
+def write_workdir(workdir, config, data_shape, num_classes, step=3, scale=0.05, text=None):
   from jdiff.experiment import builder, checkpoint
   from jdiff.experiment.state import make_optimizer
   os.makedirs(workdir, exist_ok=True)
-  model = builder.build_model(config, data_shape, num_classes)
+  model = builder.build_model(config, data_shape, num_classes, text=text)
   state = model.init_state(make_optimizer(config.optim, config.training.num_steps))
   state = state.replace(step=jnp.int32(step),
                         params=_perturb(state.params, 1, scale),

@@ -139,7 +139,8 @@ CASES = [
                                                   "--hparam=eta0.5"],
          "--hparam must look like name=value (e.g. S_churn=40)"),
     Case("sample_guidance_unconditional", "sample.py", ["--workdir={mlp}", "--guidance=2"],
-         "guidance needs a class-conditional model but this one is unconditional; drop --guidance"),
+         "guidance needs a conditional model (labels or captions) but this one has no condition to "
+         "drop; drop --guidance"),
     Case("sample_checkpoint_of_another_model", "sample.py", ["--workdir={other}"],
          ("incompatible with its workdir's config.json", "use the config.json written with this "
                                                          "checkpoint")),

@@ -344,7 +344,7 @@ BAD = [
     ("labels_out_of_range_classifier", ["--workdir={unc}", "--classifier={clf}", "--labels=3,10"],
      "label 10 is out of range: the classifier has 10 classes, labels must be in [0, 9]"),
     ("guidance_unconditional", ["--workdir={unc}", "--guidance=2", "--classifier={clf}"],
-     "guidance needs a class-conditional model but this one is unconditional"),
+     "guidance needs a conditional model (labels or captions) but this one has no condition"),
     ("labels_unconditional_no_classifier", ["--workdir={unc}", "--labels=1"],
      "the model is unconditional (trained with training.conditional=False) and there is no classifier"),
     ("classifier_shape", ["--workdir={unc}", "--classifier={rgb}"],

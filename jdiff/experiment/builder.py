@@ -17,6 +17,7 @@ from jdiff import consistency
 from jdiff import models
 from jdiff import parametrization
 from jdiff import schedules
+from jdiff.data import captions
 from jdiff.data import sources as data_sources
 from jdiff.experiment import checkpoint as ckpt_lib
 from jdiff.experiment import config as config_lib
@@ -76,7 +77,7 @@ class Model:
   ids and gives logits over the vocabulary."""
 
   def __init__(self, config: ml_collections.ConfigDict, data_shape, num_classes: int,
-               vocab: Optional[str] = None):
+               vocab: Optional[str] = None, text: Optional[dict] = None):
     c = self.config = config
     self.data_shape = tuple(int(d) for d in data_shape)
     # image, vector, points, signal or tokens: how samples are drawn, written and scored
@@ -93,19 +94,39 @@ class Model:
       self.process = categorical.get_process(config_lib.process_of(c), len(vocab), c.diffusion.schedule)
       self.data_kind = "tokens"
       model_kwargs.update(vocab_size=self.process.input_vocab, num_outputs=len(vocab))
-    self.module = models.create(c.model.name, num_classes=self.num_classes, **model_kwargs)
-    self.init_fn, self.apply_fn = models.functional(self.module)
+    # Text conditioning (text-to-image): captions through the model's own encoder, or precomputed
+    # embeddings; ``text`` is what the checkpoint's meta records (``text_spec``).
+    self.text, self.tokenizer, cond_text = text, None, None
+    if text:
+      model_kwargs.update(text_length=int(text["length"]))
+      if "dim" in text:
+        model_kwargs.update(text_embed_dim=int(text["dim"]))
+        cond_text = {"length": int(text["length"]), "dim": int(text["dim"])}
+      else:
+        self.tokenizer = captions.WordTokenizer.from_json(text["tokenizer"])
+        length = int(text["length"])
+        model_kwargs.update(text_vocab_size=self.tokenizer.vocab_size)
+        encode = lambda texts: self.tokenizer.encode_batch(texts, length)
+        prompts = tuple(c.sampling.get("prompts", ()) or ())
+        cond_text = {"length": length, "vocab_size": self.tokenizer.vocab_size, "encode": encode,
+                     "defaults": encode(list(prompts)) if prompts else None,
+                     "decode": self.tokenizer.decode}
     if self.process is None:
       self.schedule = schedules.get_schedule(c.diffusion.schedule, **dict(c.diffusion.schedule_kwargs))
       self.consistency_base = consistency_base(c)
+    self.low_res = low_res_spec(c, self.data_shape, self.schedule)
+    if self.low_res:
+      model_kwargs.update(low_res_channels=self.data_shape[-1])
+    self.module = models.create(c.model.name, num_classes=self.num_classes, **model_kwargs)
+    self.init_fn, self.apply_fn = models.functional(self.module)
     self.learned_variance = bool(c.model.get("learned_variance", False))
     # What the denoiser is conditioned on (a classifier reads no condition: it predicts the label).
-    self.conditions = (conditions_lib.for_model(self.num_classes) if self.task == "diffusion"
-                       else conditions_lib.Conditions())
+    self.conditions = (conditions_lib.for_model(self.num_classes, cond_text, self.low_res)
+                       if self.task == "diffusion" else conditions_lib.Conditions())
 
   def init_params(self):
     x = jnp.zeros((1,) + self.data_shape, jnp.int32 if self.process is not None else jnp.float32)
-    cond = self.conditions.for_indices(np.zeros((1,), np.int32))
+    cond = self.conditions.placeholder(1)
     return self.init_fn(jax.random.PRNGKey(self.config.seed), x, jnp.zeros((1,), jnp.float32), cond)
 
   def init_state(self, optimizer, params=None) -> TrainState:
@@ -123,6 +144,8 @@ class Model:
       meta["task"] = self.task
     if self.process is not None:  # the tokenizer is saved with the model
       meta.update(process=self.process.kind, vocab=self.vocab)
+    if self.text:  # so is a text-to-image model's caption tokenizer (or its embedding shape)
+      meta["text"] = self.text
     return meta
 
   def model_fn(self):
@@ -150,8 +173,47 @@ def consistency_base(config: ml_collections.ConfigDict) -> Optional[tuple]:
           base_param)
 
 
+def low_res_spec(config: ml_collections.ConfigDict, data_shape, schedule) -> Optional[dict]:
+  """The ``LowRes`` condition of a super-resolution model (``config.super_res.factor`` > 0), else
+  ``None``: images ``[H, W, C]`` refined from their ``factor``-times average pool."""
+  sr = config.get("super_res", None)
+  factor = int(sr.get("factor", 0)) if sr is not None else 0
+  if not factor:
+    return None
+  if factor < 2:
+    raise ValueError(f"super_res.factor must be 0 (off) or an integer >= 2, got {factor}")
+  if schedule is None or len(data_shape) != 3 or config.model.name != "unet":
+    raise ValueError("a super-resolution model (super_res.factor > 0) is a Gaussian U-Net on images "
+                     "[H, W, C]: set model.name='unet' and an image dataset, or super_res.factor=0")
+  h, w, ch = data_shape
+  if h % factor or w % factor:
+    raise ValueError(f"super_res.factor={factor} must divide the image size {h}x{w}")
+  return {"shape": (h // factor, w // factor, ch), "factor": factor, "schedule": schedule,
+          "max_level": float(sr.max_level), "level": float(sr.level)}
+
+
+def text_spec(source) -> dict:
+  """What a text-conditional model needs to know of its data (saved in the checkpoint's meta):
+  ``{"tokenizer": json, "length": L}`` for captions as token ids (a source with a ``tokenizer`` and a
+  ``caption`` field), or ``{"length": L, "dim": D}`` for precomputed embeddings (``text_emb`` and
+  ``text_mask`` fields)."""
+  extras = tuple(getattr(source, "extras", ()))
+  if "caption" in extras and getattr(source, "tokenizer", None) is not None:
+    return {"tokenizer": source.tokenizer.to_json(), "length": int(source.extra_shape("caption")[0])}
+  if "text_emb" in extras and "text_mask" in extras:
+    length, dim = source.extra_shape("text_emb")
+    if tuple(source.extra_shape("text_mask")) != (length,):
+      raise ValueError(f"dataset {source.name!r}: text_mask must have shape [N, {length}] like "
+                       f"text_emb [N, {length}, {dim}]")
+    return {"length": int(length), "dim": int(dim)}
+  raise ValueError(f"training.text_conditional=True but dataset {source.name!r} has no captions: use "
+                   f"a captioned dataset (fashion_mnist_captions, fashion_mnist_pairs) or one with "
+                   f"text_emb and text_mask fields, or set --config.training.text_conditional=False")
+
+
 def build_model(config: ml_collections.ConfigDict, data_shape, num_classes: int,
-                vocab: Optional[str] = None) -> Model:
+                vocab: Optional[str] = None, text: Optional[dict] = None) -> Model:
   """The network, schedule and parametrization of ``config`` for data of ``data_shape`` (no dataset;
-  ``vocab``: the token vocabulary of a categorical model)."""
-  return Model(config, data_shape, num_classes, vocab)
+  ``vocab``: the token vocabulary of a categorical model; ``text``: a text-conditional model's
+  ``text_spec``)."""
+  return Model(config, data_shape, num_classes, vocab, text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -166,25 +167,33 @@ def texts_file(texts, indices) -> str:
   return "".join(f"=== sample {int(i)} ===\n{t}\n" for t, i in zip(texts, indices))
 
 
-def write_outputs(base: str, result, info: dict, kind: str = "image", vocab: str = "") -> dict:
+def write_outputs(base: str, result, info: dict, kind: str = "image", vocab: str = "",
+                  arrays: Optional[dict] = None) -> dict:
   """Write ``base.npz`` (samples, indices, labels, x_init with save_noise; loadable with
-  ``allow_pickle=False``), ``base.json`` (``info``) and the data's pictures: ``base.png`` (a grid of
-  images, of point-set views or of signal plots; none for vectors), for point sets ``base.ply``, for
+  ``allow_pickle=False``), ``base.json`` (``info``; with a text-to-image model each sample's caption
+  under ``captions``) and the data's pictures: ``base.png`` (a grid of images, with their captions
+  written under them, of point-set views or of signal plots; none for vectors), for point sets ``base.ply``, for
   tokens ``base.txt`` (the texts decoded with ``vocab``, also listed under ``texts`` in the JSON).
   All are renamed into place only when all are complete (``jdiff.utils.files.write_all``), so an error
   never leaves a half-written output. Returns the paths written."""
   paths = {"npz": base + ".npz", "json": base + ".json"}
   tokens = kind == "tokens"
-  arrays = {"samples": result.samples.astype(np.int32 if tokens else np.float32),
+  extra, arrays = dict(arrays or {}), {"samples": result.samples.astype(np.int32 if tokens else np.float32),
             "indices": result.indices.astype(np.int64), "ts": result.ts.astype(np.float32)}
   if result.labels is not None:
     arrays["labels"] = result.labels.astype(np.int32)
   if result.x_init is not None:
     arrays["x_init"] = result.x_init.astype(np.float32)
+  arrays.update(extra)  # e.g. a cascade's base samples
   blobs = {paths["npz"]: files.npz_bytes(arrays)}
+  captions = getattr(result, "captions", None)
   if image_utils.has_preview(kind):
     paths["png"] = base + ".png"
-    blobs[paths["png"]] = image_utils.preview_png(result.samples, kind)
+    blobs[paths["png"]] = (image_utils.captioned_grid_png(result.samples, captions)
+                           if captions is not None and kind == "image" else
+                           image_utils.preview_png(result.samples, kind))
+  if captions is not None:  # text-to-image: each sample's prompt, in the JSON and drawn under the grid
+    info = dict(info, captions=list(captions))
   if kind == "points":
     paths["ply"] = base + ".ply"
     blobs[paths["ply"]] = ply_bytes(result.samples)

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from absl import flags
 import jax
+import numpy as np
 
 from jdiff.generation.settings import Settings
 
@@ -29,6 +30,19 @@ def define(num_default: int) -> None:
   flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w (conditional models).")
   flags.DEFINE_string("labels", None, "Comma-separated class labels; sample i gets labels[i % len] "
                       "(default i % num_classes).")
+  flags.DEFINE_multi_string("prompt", None, "Text-to-image models: a prompt (repeatable); sample i gets "
+                            "prompt i % count (default: the config's sampling.prompts).")
+  flags.DEFINE_string("prompts_file", None, "Text-to-image models: a text file of prompts, one per line "
+                      "(after any --prompt).")
+  flags.DEFINE_float("threshold", None, "Imagen's dynamic thresholding of x0_hat at this percentile, "
+                     "e.g. 0.995 (replaces --clip_x0; useful at large --guidance).")
+  flags.DEFINE_string("text_emb", None, "Models on precomputed text embeddings: an .npz with text_emb "
+                      "[n, L, D] and text_mask [n, L] (1 = token); sample i gets row i % n.")
+  flags.DEFINE_string("sr_workdir", None, "A cascade: the workdir of a super-resolution model "
+                      "(super_res.factor > 0) that refines the samples of --workdir (its own sampling "
+                      "settings, the same seed and prompts).")
+  flags.DEFINE_float("sr_level", None, "Cascade: the noise-augmentation level of the low-resolution "
+                     "images, in [0, 1] (default: the super-resolution config's super_res.level).")
   flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic, 1: DDPM-like).")
   flags.DEFINE_integer("batch_size", None, "Samples per pmapped call over all devices (default "
                        "min(num, 64), rounded up to a multiple of the device count).")
@@ -48,6 +62,37 @@ def parse_labels(text: Optional[str]) -> Optional[tuple]:
     return tuple(int(v) for v in text.split(",") if v.strip())
   except ValueError:
     raise ValueError(f"--labels must be comma-separated integers such as 0,1,2, got {text!r}") from None
+
+
+def read_prompts(prompts: Optional[Sequence[str]], prompts_file: Optional[str]) -> Optional[tuple]:
+  """``--prompt`` values then the lines of ``--prompts_file`` (blank lines skipped); ``None`` if
+  neither is given."""
+  out = list(prompts or [])
+  if prompts_file:
+    if not os.path.isfile(prompts_file):
+      raise ValueError(f"--prompts_file {prompts_file} does not exist")
+    with open(prompts_file, encoding="utf-8") as f:
+      lines = [line.strip() for line in f]
+    if not any(lines):
+      raise ValueError(f"--prompts_file {prompts_file} holds no prompt; write one per line")
+    out += [line for line in lines if line]
+  return tuple(out) if out else None
+
+
+def read_text_emb(path: Optional[str]) -> Optional[dict]:
+  """``{"text_emb": [n, L, D], "text_mask": [n, L]}`` from ``--text_emb`` (an .npz), or ``None``."""
+  if not path:
+    return None
+  if not os.path.isfile(path):
+    raise ValueError(f"--text_emb file {path} does not exist")
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: np.asarray(z[k]) for k in ("text_emb", "text_mask") if k in z.files}
+  except (OSError, ValueError) as e:
+    raise ValueError(f"--text_emb {path} is not a readable .npz ({e})") from None
+  if set(arrays) != {"text_emb", "text_mask"}:
+    raise ValueError(f"--text_emb {path} must hold the arrays text_emb [n, L, D] and text_mask [n, L]")
+  return arrays
 
 
 def parse_hparams(items: Sequence[str], eta: Optional[float]) -> dict:
@@ -73,7 +118,9 @@ def settings(**extra) -> Settings:
     hparams = dict(hparams, eta=float(FLAGS.eta))
   return Settings(num=FLAGS.num, seed=FLAGS.seed, sampler=FLAGS.sampler, steps=FLAGS.steps,
                   grid=FLAGS.grid, batch_size=FLAGS.batch_size, guidance=FLAGS.guidance,
-                  labels=parse_labels(FLAGS.labels), hparams=hparams, clip_x0=FLAGS.clip_x0, **extra)
+                  labels=parse_labels(FLAGS.labels), hparams=hparams, clip_x0=FLAGS.clip_x0,
+                  prompts=read_prompts(FLAGS.prompt, FLAGS.prompts_file), threshold=FLAGS.threshold,
+                  **extra)
 
 
 def settings_args(s: Settings) -> list:
@@ -86,6 +133,15 @@ def settings_args(s: Settings) -> list:
     args.append("--labels=" + ",".join(map(str, s.labels)))
   if s.clip_x0 is not None:
     args.append("--clip_x0" if s.clip_x0 else "--noclip_x0")
+  if s.threshold is not None:
+    args.append(f"--threshold={s.threshold!r}")
+  args += [f"--prompt={p}" for p in (s.prompts or ())]
+  if FLAGS.text_emb:
+    args.append(f"--text_emb={os.path.abspath(FLAGS.text_emb)}")
+  if FLAGS.sr_workdir:
+    args.append(f"--sr_workdir={os.path.abspath(FLAGS.sr_workdir)}")
+    if FLAGS.sr_level is not None:
+      args.append(f"--sr_level={FLAGS.sr_level!r}")
   return args
 
 

@@ -40,6 +40,7 @@ class Result:
   samples: np.ndarray  # [num, ...]
   indices: np.ndarray  # [num] global sample indices
   labels: Optional[np.ndarray]  # [num] class labels (conditional models, classifier guidance)
+  captions: Optional[list]  # [num] the prompt of each sample (text-to-image models)
   x_init: Optional[np.ndarray]  # [num, ...] the starting points (with save_noise)
   ts: np.ndarray  # the time grid
   hparams: dict  # resolved sampler hyperparameters
@@ -85,12 +86,32 @@ class Plan:
   devices: list
   batch_size: int
   num_batches: int
+  given: Optional[dict] = None  # per condition kind, the values asked for (cycled over the samples)
+
+
+def _given(restored: Restored, s: Settings, cond: Optional[dict]) -> Optional[dict]:
+  """The condition values asked for, per kind: ``s.labels``, ``s.prompts`` and ``cond`` (arrays for
+  other kinds, e.g. precomputed ``text_emb`` / ``text_mask`` rows), checked against the model."""
+  given = dict(cond or {})
+  unknown = sorted(set(given) - set(restored.conditions.kinds))
+  if unknown:
+    raise ValueError(f"condition {unknown[0]!r} was given but the model takes "
+                     f"{sorted(restored.conditions.kinds) or 'no condition'}")
+  if s.labels is not None:
+    given["label"] = s.labels
+  if s.prompts is not None:
+    given["caption"] = s.prompts
+  for name, value in given.items():  # every value checked once, before anything is compiled
+    if name in restored.conditions:
+      restored.conditions[name].for_indices(np.zeros((1,), np.int32), value)
+  return given or None
 
 
 def plan(restored: Restored, s: Settings, x_known=None, mask=None, *, devices=None,
-         classifier: Optional[Restored] = None) -> Plan:
+         classifier: Optional[Restored] = None, cond: Optional[dict] = None) -> Plan:
   """Resolve ``s`` against the model and check everything (one ``ValueError`` each), compiling
-  nothing; ``run`` samples it. ``generate`` is both."""
+  nothing; ``run`` samples it. ``generate`` is both. ``cond``: values of condition kinds that have no
+  setting (e.g. ``{"text_emb": [n, L, D], "text_mask": [n, L]}``), sample ``i`` gets row ``i % n``."""
   if x_known is not None:
     x_known = np.asarray(x_known, np.float32)
   if mask is not None:
@@ -103,7 +124,8 @@ def plan(restored: Restored, s: Settings, x_known=None, mask=None, *, devices=No
   devices = list(devices or jax.local_devices())
   batch, num_batches = settings_lib.batch_layout(s.num, s.batch_size, len(devices))
   s = dataclasses.replace(s, batch_size=batch)
-  return Plan(restored, s, mode, hp, x_known, mask, classifier, devices, batch, num_batches)
+  given = _given(restored, s, cond)
+  return Plan(restored, s, mode, hp, x_known, mask, classifier, devices, batch, num_batches, given)
 
 
 def run(p: Plan, *, progress: bool = True) -> Result:
@@ -112,19 +134,19 @@ def run(p: Plan, *, progress: bool = True) -> Result:
   r, s, classifier, devices, batch = p.restored, p.settings, p.classifier, p.devices, p.batch_size
   ts = settings_lib.grid_times(s, r)
   structure = (s.sampler, s.ddpm_variance, s.steps, p.mode, s.guidance is not None, s.resample,
-               s.jump_length, s.save_noise, bool(s.clip_x0), tuple(d.id for d in devices),
+               s.jump_length, s.save_noise, bool(s.clip_x0), s.threshold, tuple(d.id for d in devices),
                None if classifier is None else (classifier.checkpoint_dir, id(classifier)))
   program = r.programs.get(structure)
   if program is None:
     program = Program(r, settings_lib.resolve_sampler(s, r), s.steps, mode=p.mode,
                       guided=s.guidance is not None, resample=s.resample, jump_length=s.jump_length,
-                      save_noise=s.save_noise, clip_x0=bool(s.clip_x0), devices=devices,
-                      classifier=classifier)
+                      save_noise=s.save_noise, clip_x0=bool(s.clip_x0), threshold=s.threshold,
+                      devices=devices, classifier=classifier)
     r.programs[structure] = program
   params = replicate(r.params, devices)
   clf_params = replicate(classifier.params, devices) if classifier is not None else None
   labels = settings_lib.label_kind(r, classifier)
-  given = {"label": s.labels} if s.labels is not None else None
+  given = p.given
 
   def batch_args(b):
     idx = np.arange(s.start_index + b * batch, s.start_index + (b + 1) * batch, dtype=np.int32)
@@ -149,8 +171,13 @@ def run(p: Plan, *, progress: bool = True) -> Result:
     bar.update(b + 1, min((b + 1) * batch, s.num))
   n = s.num
   indices = np.arange(s.start_index, s.start_index + n, dtype=np.int64)
+  captions = None
+  if "caption" in r.conditions:
+    kind = r.conditions["caption"]
+    captions = [kind.decode(row) for row in kind.for_indices(indices, (given or {}).get("caption"))]
   return Result(samples=np.concatenate(outs)[:n], indices=indices,
                 labels=None if labels is None else labels.for_indices(indices, s.labels),
+                captions=captions,
                 x_init=np.concatenate(inits)[:n] if inits else None, ts=ts,
                 hparams={k: v.item() for k, v in p.hparams.items()}, nfe_per_batch=nfe,
                 num_batches=p.num_batches, batch_size=batch, num_devices=len(devices),
@@ -159,7 +186,8 @@ def run(p: Plan, *, progress: bool = True) -> Result:
 
 
 def generate(restored: Restored, s: Settings, x_known=None, mask=None, *, devices=None,
-             progress: bool = True, classifier: Optional[Restored] = None) -> Result:
+             progress: bool = True, classifier: Optional[Restored] = None,
+             cond: Optional[dict] = None) -> Result:
   """Sample ``s.num`` examples with global indices ``s.start_index ...`` (``run(plan(...))``); see the
   module docstring.
 
@@ -169,5 +197,5 @@ def generate(restored: Restored, s: Settings, x_known=None, mask=None, *, device
   Nichol 2021), for an unconditional or a conditional model. Raises ``ValueError`` for bad settings
   before anything is compiled.
   """
-  return run(plan(restored, s, x_known, mask, devices=devices, classifier=classifier),
+  return run(plan(restored, s, x_known, mask, devices=devices, classifier=classifier, cond=cond),
              progress=progress)

@@ -84,7 +84,8 @@ class Program:
 
   def __init__(self, restored: Restored, sampler, steps: int, *, mode: str = "sample",
                guided: bool = False, resample: int = 1, jump_length: int = 1, save_noise: bool = False,
-               clip_x0: bool = False, devices=None, classifier: Optional[Restored] = None):
+               clip_x0: bool = False, threshold: Optional[float] = None, devices=None,
+               classifier: Optional[Restored] = None):
     _checks.choice("mode", mode, MODES)
     self.save_noise = save_noise
     self.devices = list(devices or jax.local_devices())
@@ -97,19 +98,23 @@ class Program:
       return
     schedule, lv, shape = r.schedule, r.learned_variance, r.data_shape
     if guided:
-      cfg = guidance_lib.classifier_free(r.model_fn, r.conditions.null(), learned_variance=lv)
+      cfg = guidance_lib.classifier_free(r.model_fn, r.conditions.null_like, learned_variance=lv)
 
     def per_device(params, clf_params, indices, seed, ts, cond, y, w, scale, hp, x_known, mask):
       key = jax.random.PRNGKey(seed)
       fn = (lambda p, x, t, c: cfg(p, x, t, c, w)) if guided else r.model_fn
 
       def run(indices, cond, y, x_known, mask):
+        # a super-resolution model's low-resolution input is noised to its level (LowRes.noise)
+        cond = r.conditions.noised(cond, jax.random.split(key)[1], indices, train=False)
         d = make_denoiser(fn, params, schedule, r.parametrization, cond, lv)
         if classifier is not None:
           log_prob = guidance_lib.classifier_log_prob(classifier.model_fn, clf_params, schedule,
                                                       classifier.schedule)
           d = guidance_lib.classifier_guidance(d, schedule, log_prob, y, scale)
-        if clip_x0:  # static thresholding of x0_hat to the data range (Ho et al. 2020), after guidance
+        if threshold is not None:  # Imagen's dynamic thresholding (Saharia et al. 2022), after guidance
+          d = guidance_lib.dynamic_threshold(d, schedule, threshold)
+        elif clip_x0:  # static thresholding of x0_hat to the data range (Ho et al. 2020), after guidance
           d = guidance_lib.clip_x0(d, schedule)
         if mode == "sample":
           x_init = sampling.initial_noise(key, indices, shape, schedule)

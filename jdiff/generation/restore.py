@@ -207,7 +207,7 @@ def restore(workdir: Optional[str] = None, checkpoint: Optional[str] = None, *,
     _check_meta_matches(config, meta, step_dir)
     try:
       model = build_model(config, tuple(meta["data_shape"]), int(meta["num_classes"]),
-                          meta.get("vocab"))
+                          meta.get("vocab"), meta.get("text"))
     except (TypeError, ValueError) as e:
       raise ValueError(f"checkpoint {step_dir} and its config.json do not describe a buildable model "
                        f"({str(e).splitlines()[0]})") from None

@@ -52,10 +52,13 @@ class Settings:
   save_noise: bool = False  # also return the starting point x at ts[0] of every sample
   clip_x0: Optional[bool] = None  # clip x0_hat to [-1, 1] at every step (None: config's sampling.clip_x0
   #                                 for image data)
+  prompts: Optional[tuple] = None  # text-to-image: sample i gets prompts[i % len] (None: the config's)
+  threshold: Optional[float] = None  # Imagen's dynamic thresholding at this percentile (replaces clip_x0)
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
     d["labels"] = list(self.labels) if self.labels is not None else None
+    d["prompts"] = list(self.prompts) if self.prompts is not None else None
     return d
 
 
@@ -91,6 +94,17 @@ def check_settings(s: Settings) -> None:
     raise ValueError(f"classifier_scale must be a finite number, got {s.classifier_scale!r}")
   if s.labels is not None and len(s.labels) == 0:
     raise ValueError("labels is empty; pass comma-separated class labels such as 0,1,2")
+  if s.prompts is not None:
+    if isinstance(s.prompts, str) or len(s.prompts) == 0:
+      raise ValueError("prompts must be a non-empty list of texts, e.g. ('a bag', 'a sneaker')")
+    blank = [p for p in s.prompts if not isinstance(p, str) or not p.strip()]
+    if blank:
+      raise ValueError(f"every prompt must be a non-empty text, got {blank[0]!r}")
+  if s.threshold is not None:
+    t = s.threshold
+    if not isinstance(t, (int, float, np.floating)) or not math.isfinite(float(t)) or not 0 < t <= 1:
+      raise ValueError(f"threshold is the percentile of dynamic thresholding, a fraction in (0, 1] such as "
+                       f"0.995 (not 99.5), got {t!r}")
   if s.ddpm_variance is not None:
     if s.sampler != "ddpm":
       raise ValueError(f"ddpm_variance only applies to --sampler=ddpm, not {s.sampler!r}")
@@ -235,13 +249,22 @@ def check_for_model(s: Settings, restored: Restored, x_known=None, mask=None,
       what = "model" if "label" in restored.conditions else "classifier"
       raise ValueError(f"label {bad[0]} is out of range: the {what} has {kind.num_classes} classes, "
                        f"labels must be in [0, {kind.num_classes - 1}]")
+  if s.prompts is not None:
+    if "caption" not in restored.conditions:
+      raise ValueError("prompts were given but the model is not conditioned on captions (train it with "
+                       "training.text_conditional=True on a captioned dataset); drop --prompt")
+    restored.conditions["caption"].tokens(s.prompts)  # an unknown word or too long a prompt: one error
   if s.guidance is not None:
-    if not restored.conditions:
-      raise ValueError("guidance needs a class-conditional model but this one is unconditional; drop "
-                       "--guidance (an unconditional model takes classifier guidance: --classifier)")
+    if not restored.conditions.droppable:
+      raise ValueError("guidance needs a conditional model (labels or captions) but this one has no "
+                       "condition to drop; drop --guidance (an unconditional model takes classifier "
+                       "guidance: --classifier)")
     if restored.cond_drop_prob <= 0:
-      raise ValueError("guidance needs a model trained with label dropout (training.cond_drop_prob > 0) "
-                       "so that it knows the unconditional (null-label) case; drop --guidance")
+      raise ValueError("guidance needs a model trained with condition dropout (training.cond_drop_prob > "
+                       "0) so that it knows the unconditional (null-condition) case; drop --guidance")
+  if s.threshold is not None and restored.process is not None:
+    raise ValueError("dynamic thresholding (threshold) clips predicted images; this is a token model: "
+                     "drop --threshold")
   sampler = resolve_sampler(s, restored)
   if restored.process is not None:
     return _check_tokens(s, restored, x_known, mask)

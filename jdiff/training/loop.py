@@ -32,7 +32,7 @@ from jdiff import data as jdata
 from jdiff import generation, reflow
 from jdiff.experiment import checkpoint as ckpt_lib
 from jdiff.experiment import config as config_check
-from jdiff.experiment.builder import build_model
+from jdiff.experiment.builder import build_model, text_spec
 from jdiff.experiment.state import TrainState, make_optimizer
 from jdiff.eval import model_eval
 from jdiff.training import distill as distill_lib
@@ -127,8 +127,14 @@ class Experiment:
     if self.objective in config_check.REFLOW_OBJECTIVES:
       reflow.check_flow(self.teacher.schedule, f"training.objective={self.objective!r}")
       reflow_lib.settings(c, self.teacher, 1)  # the pairs' sampler: checked before anything is written
+    text = None
+    if c.training.get("text_conditional", False):
+      if self.task != "diffusion" or categorical:
+        raise ValueError("training.text_conditional applies to Gaussian diffusion models of images; set "
+                         "--config.training.text_conditional=False")
+      text = text_spec(self.source)
     self.model = build_model(c, tuple(self.source.shape), self.num_classes,
-                             getattr(self.source, "vocab", None))
+                             getattr(self.source, "vocab", None), text)
     self.module, self.init_fn, self.apply_fn = self.model.module, self.model.init_fn, self.model.apply_fn
     self.schedule = self.model.schedule
     self.optimizer = make_optimizer(c.optim, c.training.num_steps)
@@ -277,11 +283,17 @@ def sample_grid(exp: Experiment, params, num: int, seed: int, path: Optional[str
   compiled program."""
   restored = restored or generation.Restored.from_params(exp.model, params)
   restored = dataclasses.replace(restored, params=params)
-  result = generation.generate(restored, generation.Settings(num=num, seed=seed), progress=False)
+  guidance = float(exp.config.sampling.get("guidance", 0.0) or 0.0)
+  settings = generation.Settings(num=num, seed=seed, guidance=guidance if guidance else None)
+  result = generation.generate(restored, settings, progress=False)
   kind = exp.model.data_kind
   if path is not None and kind == "tokens":  # the decoded texts, one per paragraph
     files.write_text(os.path.splitext(path)[0] + ".txt", generation.texts_file(
         jdata.text.decode_rows(exp.model.vocab, result.samples), result.indices))
+  elif path is not None and kind == "image" and result.captions is not None:  # prompts under the images
+    prompts = len(exp.config.sampling.get("prompts", ()) or ()) or int(np.ceil(np.sqrt(num)))
+    files.write_bytes(path, image_utils.captioned_grid_png(result.samples, result.captions,
+                                                           ncols=min(prompts, 10)))
   elif path is not None and image_utils.has_preview(kind):
     files.write_bytes(path, image_utils.preview_png(result.samples, kind,
                                                     ncols=int(np.ceil(np.sqrt(num)))))

@@ -110,7 +110,7 @@ def make_train_step(apply: Callable, schedule: Schedule, optimizer: optax.Gradie
     index = batch["index"]
     step_key = jax.random.fold_in(state.rng, state.step)
     k_loss, k_drop, k_cond = jax.random.split(step_key, 3)
-    cond = conditions.drop(conditions.from_batch(batch), k_cond, index, cond_drop_prob)
+    cond = conditions.for_training(batch, k_cond, index, cond_drop_prob)
     model_fn = factory(jax.random.fold_in(k_drop, index[0]), True)
 
     def loss_fn(params):
@@ -193,7 +193,7 @@ def make_categorical_train_step(
   def train_step(state: TrainState, batch: dict):
     x0, index = batch["image"], batch["index"]
     k_loss, k_drop, k_cond = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
-    cond = conditions.drop(conditions.from_batch(batch), k_cond, index, cond_drop_prob)
+    cond = conditions.for_training(batch, k_cond, index, cond_drop_prob)
     rng = jax.random.fold_in(k_drop, index[0])
     logits_fn = lambda p, x, t, c: apply(p, x, t, c, rng=rng, train=True)
 

@@ -7,7 +7,7 @@ import io
 import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from jdiff.utils import files
 
@@ -129,6 +129,53 @@ def preview_png(samples, kind: str, ncols: int | None = None) -> bytes:
   if kind == "signal":
     return grid_png(signal_plots(samples), ncols, scale=2)
   raise ValueError(f"no picture for {kind!r} data; only images, point sets and 1-D signals are drawn")
+
+
+def _wrap(text: str, width_px: int, font, draw) -> list:
+  """``text`` broken into lines no wider than ``width_px`` (a longer single word stays whole)."""
+  lines, line = [], ""
+  for word in text.split():
+    trial = f"{line} {word}".strip()
+    if line and draw.textlength(trial, font=font) > width_px:
+      lines.append(line)
+      line = word
+    else:
+      line = trial
+  return lines + ([line] if line else [])
+
+
+def captioned_grid_png(images, captions, ncols: int | None = None, scale: int = 3) -> bytes:
+  """A PNG grid of ``[N, H, W, C]`` images in [-1, 1] with each image's caption written under it
+  (wrapped to the tile's width, PIL's default font), e.g. text-to-image samples and their prompts."""
+  x = to_uint8(images)
+  if x.ndim != 4 or x.shape[-1] not in (1, 3):
+    raise ValueError(f"images must have shape [N, H, W, 1 or 3], got {x.shape}")
+  if len(captions) != x.shape[0]:
+    raise ValueError(f"{len(captions)} captions for {x.shape[0]} images; give one caption per image")
+  n, h, w, _ = x.shape
+  tile_w, pad = max(w * scale, 96), 4
+  ncols = ncols or int(math.ceil(math.sqrt(n)))
+  nrows = int(math.ceil(n / ncols))
+  font = ImageFont.load_default()
+  probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+  wrapped = [_wrap(str(c), tile_w, font, probe) for c in captions]
+  line_h = int(math.ceil(sum(font.getmetrics()))) + 1
+  text_h = line_h * max(1, max(len(l) for l in wrapped))
+  cell_w, cell_h = tile_w + pad, h * scale + text_h + 2 * pad
+  mode = "L" if x.shape[-1] == 1 else "RGB"
+  canvas = Image.new(mode, (ncols * cell_w + pad, nrows * cell_h + pad), 255)
+  draw = ImageDraw.Draw(canvas)
+  for i in range(n):
+    r, q = divmod(i, ncols)
+    left, top = pad + q * cell_w, pad + r * cell_h
+    tile = Image.fromarray(x[i, ..., 0] if mode == "L" else x[i]).resize((w * scale, h * scale),
+                                                                          Image.NEAREST)
+    canvas.paste(tile, (left + (tile_w - w * scale) // 2, top))
+    for k, line in enumerate(wrapped[i]):
+      draw.text((left, top + h * scale + pad + k * line_h), line, fill=0, font=font)
+  buf = io.BytesIO()
+  canvas.save(buf, format="PNG")
+  return buf.getvalue()
 
 
 def has_preview(kind: str) -> bool:
