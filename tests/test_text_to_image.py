@@ -181,8 +181,65 @@ def test_a_cascade_refines_the_base_samples_in_one_sample_py_command(tmp_path):
   moved = generation.cascade.refine(
       sr_r, dataclasses.replace(base_res, samples=base_res.samples + 0.5), 0.2, progress=False)
   assert np.abs(moved.samples - again.samples).max() > 1e-4  # the low-resolution input reaches it
+  # at level 1 the flow schedule's augmentation (alpha = 0, sigma = 1) replaces the input by noise
+  blind = [generation.cascade.refine(sr_r, dataclasses.replace(base_res, samples=b), 1.0, progress=False)
+           for b in (base_res.samples, base_res.samples + 0.5)]
+  np.testing.assert_allclose(blind[0].samples, blind[1].samples, atol=1e-5)
   bad = _gaussian.sample_in_process([f"--workdir={sr}", f"--sr_workdir={sr}", "--num=2"])
   assert "refines images of shape (14, 14, 1) but the base model makes (28, 28, 1)" in \
       _gaussian.one_error_line(bad)
   bad = _gaussian.sample_in_process([f"--workdir={sr}", "--num=2"])
   assert "needs the low-resolution images it refines" in _gaussian.one_error_line(bad)
+
+
+@pytest.fixture(scope="module")
+def untrained_net(tmp_path_factory):
+  """An untrained Fashion-MNIST feature net, and a $JDIFF_CACHE directory holding it (the report's
+  numbers are then meaningless, its plumbing is what is tested; the real net is trained by the slow
+  test of tests/test_caption_metrics.py)."""
+  from jdiff.eval import features
+  rng = np.random.default_rng(0)
+  shapes = jax.eval_shape(lambda: features.FashionCNN().init(jax.random.PRNGKey(0),
+                                                             np.zeros((1, 28, 28, 1), np.float32)))
+  params = jax.tree_util.tree_map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32),
+                                  shapes)
+  net = features.FeatureNet(params, test_accuracy=0.1)
+  cache = str(tmp_path_factory.mktemp("jdiff_cache"))
+  features.save_feature_net(net, features.cache_path(cache))
+  return net, cache
+
+
+def test_eval_py_reports_caption_accuracy_and_fd_per_place(text_wd, untrained_net, tmp_path):
+  out = str(tmp_path / "report.json")
+  r = subprocess.run(["timeout", "-k", "5", "300", sys.executable, "eval.py", f"--workdir={text_wd}",
+                      "--num=20", "--steps=2", "--guidance=1", "--noprogress", f"--out={out}"],
+                     capture_output=True, text=True, cwd=REPO,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu", JDIFF_CACHE=untrained_net[1]))
+  assert r.returncode == 0, r.stderr[-3000:]
+  rep = json.load(open(out))
+  items = rep["captions"]["items"]
+  assert items["n"] == 20 and items["prompts"] == 10 and 0 <= items["accuracy"] <= 1
+  assert 0 <= items["floor"]["accuracy"] <= 1 and np.isfinite(items["fd"])
+  assert "--guidance=1.0" in rep["command"]
+  assert "caption accuracy" in r.stdout
+
+
+def test_the_pair_report_scores_training_and_held_out_combinations_place_by_place(tmp_path, untrained_net):
+  from configs import fashion_mnist_compose
+  from jdiff.eval import caption_report
+  c = fashion_mnist_compose.get_config()
+  for k, v in dict(sm.TINY_UNET, text_width=16, text_layers=1, text_heads=2).items():
+    c.model[k] = v
+  c.sampling.steps = 2
+  text = {"tokenizer": captions.caption_tokenizer().to_json(), "length": captions.CAPTION_LENGTH}
+  r = restore.restore(sm.write_workdir(str(tmp_path / "pairs"), c, (28, 56, 1), 0, text=text))
+  sets = caption_report.prompt_sets("fashion_mnist_pairs")
+  train, held = captions.pair_split()
+  assert [captions.parse_caption(p) for p in sets["heldout"][0]] == [tuple(p) for p in held]
+  assert len(sets["train"][0]) == 80 and sets["heldout"][1] == "heldout"
+  rep = caption_report.report(r, generation.Settings(num=20), net=untrained_net[0], progress=False,
+                              log=lambda *a: None)
+  assert set(rep) == {"train", "heldout"}
+  assert len(rep["heldout"]["per_place"]) == 2 and len(rep["heldout"]["fd_per_place"]) == 2
+  with pytest.raises(ValueError, match="5 samples are too few"):
+    caption_report.report(r, generation.Settings(num=5), net=untrained_net[0], progress=False)
