@@ -10,21 +10,11 @@ training on first use, cached) is the slow test, like tests/test_eval_metrics.py
 import numpy as np
 import pytest
 
+from _fmnist import needs_fmnist
 from jdiff import data
 from jdiff.eval import caption_metrics as cm
 from jdiff.eval import features as features_lib
 
-
-def _have_fmnist():
-  try:
-    data.get_dataset("fashion_mnist", split="test")
-    return True
-  except (ValueError, FileNotFoundError):
-    return False
-
-
-needs_fmnist = pytest.mark.skipif(not _have_fmnist(), reason="needs Fashion-MNIST (apt-get install "
-                                  "dataset-fashion-mnist)")
 
 
 class OracleNet:

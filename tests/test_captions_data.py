@@ -7,22 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from _fmnist import needs_fmnist
 from jdiff import data
 from jdiff.data import captions
 from jdiff.data import sources
 from jdiff.data.captions import CAPTION_LENGTH, WordTokenizer
 
-
-def _have_fmnist():
-  try:
-    data.get_dataset("fashion_mnist", split="test")
-    return True
-  except (ValueError, FileNotFoundError):
-    return False
-
-
-needs_fmnist = pytest.mark.skipif(not _have_fmnist(), reason="needs Fashion-MNIST (apt-get install "
-                                  "dataset-fashion-mnist)")
 
 
 # --- the word tokenizer ----------------------------------------------------------------------------

@@ -14,21 +14,9 @@ import numpy as np
 import pytest
 
 import _sample_models as sm
+from _fmnist import have_fmnist, needs_fmnist
 
 REPO = sm.REPO
-
-
-def _have_fmnist():
-  from jdiff import data
-  try:
-    data.get_dataset("fashion_mnist", split="test")
-    return True
-  except (ValueError, FileNotFoundError):
-    return False
-
-
-needs_fmnist = pytest.mark.skipif(not _have_fmnist(), reason="needs Fashion-MNIST (apt-get install "
-                                  "dataset-fashion-mnist)")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +88,7 @@ def test_periodic_eval_config_errors(tmp_path):
                                        r"makes 'mixture2d'.*--config.eval.every=0"):
     loop.train(c, str(tmp_path / "toy"))
   assert not os.path.exists(tmp_path / "toy")  # refused before anything was written
-  if _have_fmnist():
+  if have_fmnist():
     c = _tiny_unet_config(every=1, num_samples=3)
     with pytest.raises(ValueError, match="num_samples=3 is too few.*at least 4"):
       loop.train(c, str(tmp_path / "few"))

@@ -91,7 +91,8 @@ def test_eval_text_report(mdlm_run, tmp_path):
   assert b["num"] == 6 and b["repeats"] == 2 and b["bound"] == "elbo" and 0 < b["bits_per_token"] < 20
 
 
-def test_d3pm_trains_and_samples(corpus, tmp_path):
+@pytest.mark.slow  # ~27 s; default run: the MDLM run (the same train.py / sample.py path, another loss)
+def test_d3pm_trains_and_samples(corpus, tmp_path):  # and the D3PM bound's unit tests (test_categorical)
   wd = str(tmp_path / "d3pm")
   r = _cli("train.py", _args(corpus, "configs/fortunes_d3pm.py") + [
       f"--workdir={wd}", "--config.training.num_steps=2", "--config.diffusion.num_steps=10"])
@@ -106,7 +107,7 @@ def test_d3pm_trains_and_samples(corpus, tmp_path):
 
 def test_bad_text_input(mdlm_run, corpus, tmp_path):
   """sample.py's checks in this process (its exit status and one line; end to end as a real subprocess in
-  test_d3pm_trains_and_samples); train.py's as subprocesses."""
+  test_d3pm_trains_and_samples, a slow test); train.py's as subprocesses."""
   out = [f"--out={tmp_path / 'never.txt'}"]
   for args, message in ((["--prefix=The cat~"], "outside the model's vocabulary"),
                         (["--prefix=" + "a" * 33], "--prefix has 33 characters but the model generates 32"),
