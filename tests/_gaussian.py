@@ -25,19 +25,39 @@ def cli(script, args):
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
 
 
+def train_cases(cases, tmp_dir, timeout=240):
+  """Runs ``train.py ARGS`` for each ``(id, args)`` of ``cases``, in order, in ONE process
+  (``tests/_bad_input_train_worker.py``: the flags re-parsed per case as ``app.run`` would): one JAX
+  start-up and one compilation cache for all of them, instead of a process each. Returns
+  ``{id: result}`` with ``returncode``, ``stdout`` and ``stderr`` like :func:`cli`'s."""
+  spec = os.path.join(str(tmp_dir), "train_cases.json")
+  with open(spec, "w") as f:
+    json.dump([{"id": i, "args": list(a)} for i, a in cases], f)
+  r = subprocess.run(["timeout", "-k", "5", str(timeout), sys.executable,
+                      os.path.join(REPO, "tests", "_bad_input_train_worker.py"), spec],
+                     capture_output=True, text=True, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  out = {}
+  for line in r.stdout.splitlines():
+    if line.startswith("{"):
+      d = json.loads(line)
+      out[d["id"]] = types.SimpleNamespace(returncode=d["code"], stdout=d["out"], stderr=d["err"])
+  assert r.returncode == 0 and len(out) == len(cases), (r.returncode, r.stderr[-3000:])
+  return out
+
+
 def sample_in_process(args):
   """sample.py's main in this process (absl flags re-parsed; no JAX start-up, so seconds faster than
-  :func:`cli`): a result with ``returncode`` and ``stderr`` like :func:`cli`'s."""
+  :func:`cli`): a result with ``returncode``, ``stdout`` and ``stderr`` like :func:`cli`'s."""
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
   import sample  # pylint: disable=g-import-not-at-top
   from jdiff.utils import cli as jcli  # pylint: disable=g-import-not-at-top
   sample.FLAGS.unparse_flags()
-  err = io.StringIO()
-  with contextlib.redirect_stderr(err):
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     sample.FLAGS(["sample.py", "--noprogress", *args])
     status = jcli.run_main(sample._main, ["sample.py"], False)  # pylint: disable=protected-access
-  return types.SimpleNamespace(returncode=status, stderr=err.getvalue())
+  return types.SimpleNamespace(returncode=status, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def one_error_line(r):

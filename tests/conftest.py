@@ -8,8 +8,7 @@ space): many of them compile the same tiny programs, and a cache hit turns a ~9 
 into a load (measured: the default ``train.py`` end-to-end run of ``test_train_cli`` 24.8 s cold,
 11.3 s warm). It is kept between runs, so the slow-marked run after the default one (``.ci/run``)
 starts warm; entries are keyed by the program, jax version and flags, so a stale entry is never used.
-``JAX_COMPILATION_CACHE_DIR`` set by the caller wins. The variables are set after ``import jax``, so
-this process itself does not use the cache (``test_sample_repro`` counts its compilations).
+``JAX_COMPILATION_CACHE_DIR`` set by the caller wins.
 
 The test command runs the files on two worker processes (pytest-xdist, ``-n auto --dist loadfile`` in
 pyproject.toml; a file's tests stay on one worker, so its module fixtures are built once): compilation
@@ -29,15 +28,23 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.makedirs(_CACHE, exist_ok=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The test processes themselves use it too: tests build the same tiny programs again from new Python
+# closures (a train step per test, a sampler per restored workdir), which the in-memory jit caches miss
+# and the persistent one hits (measured: four files, 185 s -> 168 s cold); the slow run then finds the
+# default run's programs. test_sample_repro turns it off for its compilation counts.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")))
 
 
 # Files by measured total time, heaviest first (summed from `pytest --durations=100`, December 2026); the rest follow in
 # their usual order.
-_HEAVY_FIRST = ("test_beyond_images", "test_distillation", "test_reflow", "test_text_diffusion",
-                "test_train_cli", "test_unet1d", "test_sample_repro", "test_consistency", "test_samplers",
-                "test_dit", "test_sharded", "test_training", "test_conditional", "test_sample_cli",
-                "test_models", "test_grid_fit", "test_distributed", "test_evaluation", "test_reliability",
-                "test_flow", "test_bad_input", "test_categorical", "test_token_transformer")
+_HEAVY_FIRST = ("test_samplers", "test_text_to_image", "test_reflow", "test_distillation", "test_sample_cli",
+                "test_beyond_images", "test_dit", "test_conditional", "test_sampling", "test_sample_repro",
+                "test_consistency", "test_train_cli", "test_likelihood", "test_unet1d", "test_flow",
+                "test_models", "test_text_diffusion", "test_grids", "test_text_models", "test_bad_input",
+                "test_sampler_errors", "test_training", "test_evaluation", "test_grid_fit", "test_sharded",
+                "test_point_clouds", "test_losses", "test_editing", "test_reliability")
 
 
 def pytest_xdist_auto_num_workers(config):

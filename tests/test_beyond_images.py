@@ -19,26 +19,50 @@ _losses, _one_error_line = _gaussian.logged_losses, _gaussian.one_error_line
 
 
 @pytest.fixture(scope="module")
-def points_run(tmp_path_factory):
-  wd = str(tmp_path_factory.mktemp("points") / "run")
-  r = _cli("train.py", POINTS + [f"--workdir={wd}", "--config.training.num_steps=4"])
-  assert r.returncode == 0, r.stderr[-3000:]
-  return wd
+def runs(tmp_path_factory):
+  """The module's train.py runs in one process (``_gaussian.train_cases``): a 4-step point-cloud run,
+  the same run in 2 + 2 steps (resumed), a 4-step signal run, and the two refused configs."""
+  tmp = tmp_path_factory.mktemp("runs")
+  cases = [("points", POINTS + [f"--workdir={tmp / 'points'}", "--config.training.num_steps=4"]),
+           ("split_2", POINTS + [f"--workdir={tmp / 'split'}", "--config.training.num_steps=2"]),
+           ("split_4", POINTS + [f"--workdir={tmp / 'split'}", "--config.training.num_steps=4"]),
+           ("signals", SIGNALS + [f"--workdir={tmp / 'signals'}", "--config.training.num_steps=4"]),
+           ("points_config_mixture", POINTS + [f"--workdir={tmp / 'a'}", "--config.data.name=mixture2d"]),
+           ("signal_config_images", ["--config=configs/mnist1d.py", f"--workdir={tmp / 'b'}",
+                                     "--config.data.name=fashion_mnist"])]
+  return tmp, _gaussian.train_cases(cases, tmp)
 
 
-def test_point_cloud_run_resumes_exactly(points_run, tmp_path):
+def _run(runs, name):
+  tmp, results = runs
+  assert results[name].returncode == 0, results[name].stderr[-3000:]
+  return str(tmp / name)
+
+
+@pytest.fixture(scope="module")
+def points_run(runs):
+  return _run(runs, "points")
+
+
+@pytest.fixture(scope="module")
+def signals_run(runs):
+  return _run(runs, "signals")
+
+
+def test_point_cloud_run_resumes_exactly(runs, points_run):
   """A run of 2 + 2 steps (resumed from its checkpoint) gives the losses of the straight 4-step run:
   the point sets go through the same pipeline (sharded over the devices, position in the checkpoint)."""
-  split = str(tmp_path / "split")
-  for n in (2, 4):
-    r = _cli("train.py", POINTS + [f"--workdir={split}", f"--config.training.num_steps={n}"])
-    assert r.returncode == 0, r.stderr[-3000:]
+  tmp, results = runs
+  for name in ("split_2", "split_4"):
+    assert results[name].returncode == 0, results[name].stderr[-3000:]
+  assert "resumed from checkpoint step 2" in results["split_4"].stdout + results["split_4"].stderr
+  split = str(tmp / "split")
   assert _losses(split) == _losses(points_run) and len(_losses(split)) == 4
 
 
 def test_point_cloud_sample_and_eval(points_run, tmp_path):
   out = str(tmp_path / "s.png")
-  r = _cli("sample.py", [f"--workdir={points_run}", "--num=6", "--steps=2", f"--out={out}"])
+  r = _gaussian.sample_in_process([f"--workdir={points_run}", "--num=6", "--steps=2", f"--out={out}"])
   assert r.returncode == 0, r.stderr[-3000:]
   base = out[:-4]
   for ext in (".png", ".ply", ".npz", ".json"):
@@ -61,28 +85,18 @@ def test_point_cloud_sample_and_eval(points_run, tmp_path):
   assert "is too many: the point_clouds test split holds 200 shapes per class" in line
 
 
-def test_config_for_one_kind_refuses_another(tmp_path):
-  line = _one_error_line(_cli("train.py", POINTS + [f"--workdir={tmp_path / 'a'}",
-                                                    "--config.data.name=mixture2d"]))
+def test_config_for_one_kind_refuses_another(runs):
+  tmp, results = runs
+  line = _one_error_line(results["points_config_mixture"])
   assert "this config is for points data ([P, 3]), but dataset 'mixture2d' holds vector data" in line
-  line = _one_error_line(_cli("train.py", ["--config=configs/mnist1d.py", f"--workdir={tmp_path / 'b'}",
-                                           "--config.data.name=fashion_mnist"]))
+  line = _one_error_line(results["signal_config_images"])
   assert "this config is for signal data ([L, C]), but dataset 'fashion_mnist' holds image data" in line
-  assert not os.path.exists(tmp_path / "a" / "checkpoints") and not os.path.exists(tmp_path / "b" /
-                                                                                    "checkpoints")
+  assert not os.path.exists(tmp / "a" / "checkpoints") and not os.path.exists(tmp / "b" / "checkpoints")
 
 
 SIGNALS = ["--config=configs/mnist1d.py", "--config.model.ch=8", "--config.model.ch_mult=(1, 2)",
            "--config.model.num_res_blocks=1", "--config.model.attn_resolutions=(20,)",
            "--config.data.batch_size=8", *QUIET]
-
-
-@pytest.fixture(scope="module")
-def signals_run(tmp_path_factory):
-  wd = str(tmp_path_factory.mktemp("signals") / "run")
-  r = _cli("train.py", SIGNALS + [f"--workdir={wd}", "--config.training.num_steps=4"])
-  assert r.returncode == 0, r.stderr[-3000:]
-  return wd
 
 
 @pytest.mark.slow  # ~60 s; default run: test_point_cloud_run_resumes_exactly (the same loop, another data kind)
@@ -96,8 +110,8 @@ def test_signal_run_resumes_exactly(signals_run, tmp_path):
 
 def test_signal_sample_and_eval(signals_run, tmp_path):
   out = str(tmp_path / "s.png")
-  r = _cli("sample.py", [f"--workdir={signals_run}", "--num=10", "--steps=2", "--labels=3",
-                         f"--out={out}"])
+  r = _gaussian.sample_in_process([f"--workdir={signals_run}", "--num=10", "--steps=2", "--labels=3",
+                                   f"--out={out}"])
   assert r.returncode == 0, r.stderr[-3000:]
   assert sorted(os.listdir(tmp_path)) == ["s.json", "s.npz", "s.png"]
   with np.load(str(tmp_path / "s.npz")) as z:

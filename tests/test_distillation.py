@@ -149,7 +149,7 @@ def test_progressive_distillation_rounds_chain_resume_exactly_and_sample(teacher
     cfg = json.load(open(os.path.join(wd, f"round_{k}", "config.json")))
     assert (cfg["sampling"]["sampler"], cfg["sampling"]["steps"]) == ("ddim", steps)
     out = str(tmp_path / f"r{k}.npz")
-    r = _cli("sample.py", [f"--workdir={os.path.join(wd, f'round_{k}')}", "--num=3", f"--out={out}"])
+    r = _gaussian.sample_in_process([f"--workdir={os.path.join(wd, f'round_{k}')}", "--num=3", f"--out={out}"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"{steps} NFE per batch" in r.stdout + r.stderr
     assert np.all(np.isfinite(np.load(out)["samples"]))
@@ -178,6 +178,7 @@ def test_the_student_starts_from_the_teacher(teacher):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # ~40 s; default run: the CD loss (test_consistency) and iCT through train.py (same loop)
 def test_consistency_distillation_trains_resumes_exactly_and_samples_in_one_step(teacher, tmp_path):
   """The student (consistency model, edm) distills the v-prediction cosine teacher; the EMA target
   network is part of the checkpoint, so 2 + 2 steps give the losses of 4 straight."""
@@ -199,7 +200,7 @@ def _resumes_exactly_and_samples_in_one_step(args, tmp_path):
     r = _cli("train.py", args + [f"--workdir={split}", f"--config.training.num_steps={n}"])
     assert r.returncode == 0, r.stderr[-3000:]
   assert _losses(split) == _losses(straight) and len(_losses(straight)) == 4
-  r = _cli("sample.py", [f"--workdir={straight}", "--num=3", "--steps=1", f"--out={tmp_path / 's.npz'}"])
+  r = _gaussian.sample_in_process([f"--workdir={straight}", "--num=3", "--steps=1", f"--out={tmp_path / 's.npz'}"])
   assert r.returncode == 0 and "1 NFE per batch" in r.stdout + r.stderr, r.stderr[-3000:]
 
 
@@ -282,36 +283,49 @@ def test_init_from_a_consistency_model_or_missing_run_is_one_error(teacher, tmp_
     assert not os.path.exists(tmp_path / "student" / "checkpoints")
 
 
-@pytest.mark.parametrize("case", ["missing", "damaged", "other_data", "steps"])
-def test_bad_teacher_or_steps_is_one_error(teacher, tmp_path, case):
+_BAD_TEACHER = {"missing": "does not exist", "damaged": "damaged",
+                "other_data": "makes data of shape (2,) but this run's data has shape (8, 8, 1)",
+                "steps": "teacher's divided by a power of two"}
+
+
+@pytest.fixture(scope="module")
+def bad_teacher_runs(teacher, tmp_path_factory):
+  """Every bad-teacher case's train.py run, in one process."""
   import shutil
-  args = ["--config=configs/toy2d.py", "--config.training.objective=progressive_distillation",
-          "--config.distill.teacher_steps=8", f"--workdir={tmp_path / 'student'}", *QUIET]
-  want = {"missing": "does not exist", "damaged": "damaged",
-          "other_data": "makes data of shape (2,) but this run's data has shape (8, 8, 1)",
-          "steps": "teacher's divided by a power of two"}[case]
-  t = teacher
-  if case == "missing":
-    t = str(tmp_path / "nowhere")
-  elif case == "damaged":
-    t = str(tmp_path / "damaged")
-    shutil.copytree(teacher, t)
-    ckpt = os.path.join(t, "checkpoints", "4")
-    victim = max((os.path.join(d, f) for d, _, fs in os.walk(ckpt) for f in fs
-                  if "state" in d and not f.startswith(".")), key=os.path.getsize)
-    with open(victim, "r+b") as f:
-      f.seek(os.path.getsize(victim) // 2)
-      f.write(b"\xff" * 64)
-  elif case == "other_data":
-    args += ["--config.data.name=digits"]
-  elif case == "steps":
-    args += ["--config.distill.student_steps=3"]
-  r = _cli("train.py", args + [f"--config.distill.teacher_workdir={t}"])
+  tmp = tmp_path_factory.mktemp("bad_teacher")
+  cases = []
+  for case in _BAD_TEACHER:
+    args = ["--config=configs/toy2d.py", "--config.training.objective=progressive_distillation",
+            "--config.distill.teacher_steps=8", f"--workdir={tmp / case / 'student'}", *QUIET]
+    t = teacher
+    if case == "missing":
+      t = str(tmp / case / "nowhere")
+    elif case == "damaged":
+      t = str(tmp / case / "damaged")
+      shutil.copytree(teacher, t)
+      ckpt = os.path.join(t, "checkpoints", "4")
+      victim = max((os.path.join(d, f) for d, _, fs in os.walk(ckpt) for f in fs
+                    if "state" in d and not f.startswith(".")), key=os.path.getsize)
+      with open(victim, "r+b") as f:
+        f.seek(os.path.getsize(victim) // 2)
+        f.write(b"\xff" * 64)
+    elif case == "other_data":
+      args += ["--config.data.name=digits"]
+    elif case == "steps":
+      args += ["--config.distill.student_steps=3"]
+    cases.append((case, args + [f"--config.distill.teacher_workdir={t}"]))
+  return tmp, _gaussian.train_cases(cases, tmp)
+
+
+@pytest.mark.parametrize("case", list(_BAD_TEACHER))
+def test_bad_teacher_or_steps_is_one_error(bad_teacher_runs, case):
+  tmp, runs = bad_teacher_runs
+  r = runs[case]
   assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
   last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: ") and want in last, last
+  assert last.startswith("error: ") and _BAD_TEACHER[case] in last, last
   assert "Traceback" not in r.stderr
-  assert not os.path.exists(tmp_path / "student" / "checkpoints")
+  assert not os.path.exists(tmp / case / "student" / "checkpoints")
 
 
 @jax.tree_util.register_dataclass

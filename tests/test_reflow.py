@@ -181,7 +181,7 @@ def test_reflow_run_draws_the_teachers_samples_resumes_exactly_and_samples(teach
   pairs = _pairs(straight)
   assert sorted(pairs) == ["pairs_000000000.npz", "pairs_000001000.npz"]
   out = str(tmp_path / "t.npz")
-  r = _cli("sample.py", [f"--workdir={teacher}", "--num=5", "--seed=7", "--save_noise", f"--out={out}"])
+  r = _gaussian.sample_in_process([f"--workdir={teacher}", "--num=5", "--seed=7", "--save_noise", f"--out={out}"])
   assert r.returncode == 0, r.stderr[-3000:]
   with np.load(out) as s:
     first = pairs["pairs_000000000.npz"]
@@ -199,7 +199,7 @@ def test_reflow_run_draws_the_teachers_samples_resumes_exactly_and_samples(teach
   again = _pairs(split)["pairs_000001000.npz"]
   np.testing.assert_array_equal(again["noise"], pairs["pairs_000001000.npz"]["noise"])
   np.testing.assert_allclose(again["x0"], pairs["pairs_000001000.npz"]["x0"], atol=1e-6)
-  r = _cli("sample.py", [f"--workdir={straight}", "--num=3", f"--out={tmp_path / 's.npz'}"])
+  r = _gaussian.sample_in_process([f"--workdir={straight}", "--num=3", f"--out={tmp_path / 's.npz'}"])
   assert r.returncode == 0 and "2 NFE per batch" in r.stdout + r.stderr, r.stderr[-3000:]
 
 
@@ -226,37 +226,48 @@ def test_one_step_distillation_of_the_reflowed_model_samples_in_one_step(teacher
       "--config.reflow.sampler=euler", "--config.reflow.steps=4", "--config.reflow.grid=uniform_t"])
   assert r.returncode == 0, r.stderr[-3000:]
   assert "with euler (4 steps, uniform_t)" in r.stdout + r.stderr
-  r = _cli("sample.py", [f"--workdir={wd}", "--num=3", f"--out={tmp_path / 's.npz'}"])
+  r = _gaussian.sample_in_process([f"--workdir={wd}", "--num=3", f"--out={tmp_path / 's.npz'}"])
   assert r.returncode == 0 and "1 NFE per batch" in r.stdout + r.stderr, r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("case", ["not_flow", "stochastic", "other_pairs", "flip", "few_pairs"])
-def test_bad_reflow_input_is_one_error(teacher, tmp_path, case):
-  wd = tmp_path / "student"
-  args = _args(teacher) + [f"--workdir={wd}", "--config.training.num_steps=2"]
-  want = {"not_flow": "needs a flow-matching model", "stochastic": "need a deterministic (ODE) sampler",
-          "other_pairs": "were drawn with other settings (seed: 7 there, 8 now)",
-          "flip": "random_flip=False", "few_pairs": "fewer than one batch"}[case]
-  if case == "not_flow":  # a cosine / v-prediction toy teacher
-    other = str(tmp_path / "cosine")
-    r = _cli("train.py", ["--config=configs/toy2d.py", f"--workdir={other}",
-                          "--config.training.num_steps=2", *QUIET])
-    assert r.returncode == 0, r.stderr[-3000:]
-    args += [f"--config.distill.teacher_workdir={other}"]
-  elif case == "stochastic":
-    args += ["--config.reflow.sampler=ddpm"]
-  elif case == "other_pairs":
-    r = _cli("train.py", args)
-    assert r.returncode == 0, r.stderr[-3000:]
-    args += ["--config.reflow.seed=8", "--config.training.num_steps=3"]
-  elif case == "flip":
-    args += ["--config.data.random_flip=True"]
-  elif case == "few_pairs":
-    args += ["--config.reflow.num_pairs=10"]
-  r = _cli("train.py", args)
+_BAD = {"not_flow": "needs a flow-matching model", "stochastic": "need a deterministic (ODE) sampler",
+        "other_pairs": "were drawn with other settings (seed: 7 there, 8 now)",
+        "flip": "random_flip=False", "few_pairs": "fewer than one batch"}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(teacher, tmp_path_factory):
+  """Every bad-input case's train.py run (and the runs they start from) in one process."""
+  tmp = tmp_path_factory.mktemp("bad_reflow")
+  other = str(tmp / "cosine")  # a cosine / v-prediction toy teacher
+  cases = [("cosine_teacher", ["--config=configs/toy2d.py", f"--workdir={other}",
+                               "--config.training.num_steps=2", *QUIET])]
+  for case in _BAD:
+    args = _args(teacher) + [f"--workdir={tmp / case}", "--config.training.num_steps=2"]
+    if case == "not_flow":
+      args += [f"--config.distill.teacher_workdir={other}"]
+    elif case == "stochastic":
+      args += ["--config.reflow.sampler=ddpm"]
+    elif case == "other_pairs":  # a run that drew its pairs with seed 7, resumed with seed 8
+      cases.append(("pairs_drawn", list(args)))
+      args += ["--config.reflow.seed=8", "--config.training.num_steps=3"]
+    elif case == "flip":
+      args += ["--config.data.random_flip=True"]
+    elif case == "few_pairs":
+      args += ["--config.reflow.num_pairs=10"]
+    cases.append((case, args))
+  return tmp, _gaussian.train_cases(cases, tmp)
+
+
+@pytest.mark.parametrize("case", list(_BAD))
+def test_bad_reflow_input_is_one_error(bad_runs, case):
+  tmp, runs = bad_runs
+  for setup in ("cosine_teacher", "pairs_drawn"):
+    assert runs[setup].returncode == 0, runs[setup].stderr[-3000:]
+  r, wd = runs[case], tmp / case
   assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
   last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: ") and want in last, last
+  assert last.startswith("error: ") and _BAD[case] in last, last
   assert "Traceback" not in r.stderr
   if case != "other_pairs":
     assert not os.path.exists(wd / "checkpoints") and not os.path.exists(wd / "pairs")

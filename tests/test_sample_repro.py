@@ -121,6 +121,19 @@ class _CompileCounter:
 _compiles = _CompileCounter()  # one listener for the module (registered listeners stay registered)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_persistent_cache():
+  """A program loaded from the persistent compilation cache (tests/conftest.py) is not a backend
+  compilation, so the counts below would miss it: this module compiles everything itself. (JAX
+  decides once per process whether the cache is used; ``reset_cache`` makes it decide again.)"""
+  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
+  yield
+  jax.config.update("jax_enable_compilation_cache", True)
+  compilation_cache.reset_cache()
+
+
 def test_no_recompilation_when_values_change(restored):
   """Seed, guidance scale, eta, grid values (grid name, SDEdit strength) are arguments of the compiled
   program: changing them compiles nothing and changes the samples. The time grids are built inside the

@@ -63,7 +63,7 @@ def test_sample_with_prefix_is_batch_independent(mdlm_run, tmp_path):
   outs = []
   for bs in (2, 6):
     out = str(tmp_path / f"s{bs}.txt")
-    r = _cli("sample.py", [f"--workdir={mdlm_run}", "--num=6", "--steps=8", f"--batch_size={bs}",
+    r = _gaussian.sample_in_process([f"--workdir={mdlm_run}", "--num=6", "--steps=8", f"--batch_size={bs}",
                            "--prefix=The cat", f"--out={out}"])
     assert r.returncode == 0, r.stderr[-3000:]
     base = out[:-4]
@@ -98,16 +98,16 @@ def test_d3pm_trains_and_samples(corpus, tmp_path):  # and the D3PM bound's unit
       f"--workdir={wd}", "--config.training.num_steps=2", "--config.diffusion.num_steps=10"])
   assert r.returncode == 0, r.stderr[-3000:]
   out = str(tmp_path / "d.txt")
-  r = _cli("sample.py", [f"--workdir={wd}", "--num=2", "--steps=5", f"--out={out}"])
+  r = _gaussian.sample_in_process([f"--workdir={wd}", "--num=2", "--steps=5", f"--out={out}"])
   assert r.returncode == 0, r.stderr[-3000:]
   assert len(json.load(open(out[:-4] + ".json"))["texts"]) == 2
-  line = _one_error_line(_cli("sample.py", [f"--workdir={wd}", "--num=2", "--sampler=unmask"]))
+  line = _one_error_line(_gaussian.sample_in_process([f"--workdir={wd}", "--num=2", "--sampler=unmask"]))
   assert "sampler 'unmask' reveals masked tokens: it needs the absorbing process" in line
 
 
 def test_bad_text_input(mdlm_run, corpus, tmp_path):
   """sample.py's checks in this process (its exit status and one line; end to end as a real subprocess in
-  test_d3pm_trains_and_samples, a slow test); train.py's as subprocesses."""
+  test_d3pm_trains_and_samples, a slow test); train.py's in one worker process (``_gaussian.train_cases``)."""
   out = [f"--out={tmp_path / 'never.txt'}"]
   for args, message in ((["--prefix=The cat~"], "outside the model's vocabulary"),
                         (["--prefix=" + "a" * 33], "--prefix has 33 characters but the model generates 32"),
@@ -118,20 +118,19 @@ def test_bad_text_input(mdlm_run, corpus, tmp_path):
   assert "'~'" in _one_error_line(_gaussian.sample_in_process(
       [f"--workdir={mdlm_run}", "--num=2", "--prefix=The cat~", *out]))
   assert not os.listdir(tmp_path)  # nothing written
-  missing = str(tmp_path / "nope.txt")
-  line = _one_error_line(_cli("train.py", _args(missing) + [f"--workdir={tmp_path / 'a'}"]))
-  assert "not found" in line
-  empty = str(tmp_path / "empty.txt")
+  missing, empty = str(tmp_path / "nope.txt"), str(tmp_path / "empty.txt")
   open(empty, "w").close()
-  line = _one_error_line(_cli("train.py", _args(empty) + [f"--workdir={tmp_path / 'b'}"]))
-  assert "empty" in line
-  line = _one_error_line(_cli("train.py", _args(corpus) + [f"--workdir={tmp_path / 'c'}",
-                                                           "--config.diffusion.process=gaussian",
-                                                           "--config.sampling.sampler=unipc",
-                                                           "--config.data.kind="]))
-  assert "holds text tokens: train it with a categorical process" in line
-  line = _one_error_line(_cli("train.py", _args(corpus) + [f"--workdir={tmp_path / 'd'}",
-                                                           "--config.diffusion.process=uniform"]))
-  assert "diffusion.loss='elbo' (continuous time) is for the absorbing process" in line
+  runs = _gaussian.train_cases([
+      ("a", _args(missing) + [f"--workdir={tmp_path / 'a'}"]),
+      ("b", _args(empty) + [f"--workdir={tmp_path / 'b'}"]),
+      ("c", _args(corpus) + [f"--workdir={tmp_path / 'c'}", "--config.diffusion.process=gaussian",
+                             "--config.sampling.sampler=unipc", "--config.data.kind="]),
+      ("d", _args(corpus) + [f"--workdir={tmp_path / 'd'}", "--config.diffusion.process=uniform"]),
+  ], tmp_path)
+  assert "not found" in _one_error_line(runs["a"])
+  assert "empty" in _one_error_line(runs["b"])
+  assert "holds text tokens: train it with a categorical process" in _one_error_line(runs["c"])
+  assert ("diffusion.loss='elbo' (continuous time) is for the absorbing process"
+          in _one_error_line(runs["d"]))
   for d in "abcd":
     assert not os.path.exists(tmp_path / d / "checkpoints")

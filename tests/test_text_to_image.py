@@ -113,6 +113,7 @@ def test_sample_i_for_a_prompt_is_the_same_at_any_batch_size_and_w0_is_the_condi
   assert np.abs(other.samples - run()).max() > 1e-3  # the prompt reaches the model
 
 
+@pytest.mark.slow  # ~30 s; default run: the same model on embeddings and a mask (test_text_models)
 def test_the_precomputed_embedding_path_trains_and_samples(tmp_path):
   """Imagen's frozen encoder: each example carries an embedding sequence [L, D] and a mask, here from
   a synthetic embedding table over the caption tokens; the same model consumes them."""
