@@ -303,13 +303,13 @@ def test_kill_anywhere_resumes_exactly(tmp_path, jax_cache):
 
 @pytest.mark.slow
 def test_kill_anywhere_resumes_exactly_many(tmp_path, jax_cache):
-  rng = random.Random(1)
+  rng = random.Random(2)  # 16 kills: 7 in training, 5 in a save, 4 in a restore (none before a checkpoint)
   plan = [rng.choice(["train", "train", "save", "save", "restore"]) for _ in range(16)]
   # Steps to spare after the last planned kill: with the compilation cache a resumed toy run trains
   # thousands of images per second, and a kill meant for training must not find it finished.
   landed = _kill_test(tmp_path, jax_cache, plan, num_steps=300, ckpt_every=3, seed=1)
   kinds = [k for k, _ in landed]
-  assert len(kinds) >= 13 and kinds.count("save") >= 5 and kinds.count("restore") >= 2, landed
+  assert len(kinds) == 16 and kinds.count("save") == 5 and kinds.count("restore") >= 2, landed
 
 
 def _damage(path, mode):

@@ -120,6 +120,7 @@ def test_raw_parameters_differ_from_ema(mlp_wd, tmp_path):
   assert json.load(open(tmp_path / "raw.json"))["params"] == "raw"
 
 
+@pytest.mark.slow  # ~18 s; default run: inpainting and SDEdit exactness (test_editing), --input errors (test_bad_input)
 def test_inpainting_and_sdedit_from_files(unet_wd, tmp_path):
   rng = np.random.default_rng(0)
   image = _png(tmp_path / "in.png", rng.integers(0, 256, (28, 28)))

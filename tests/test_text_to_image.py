@@ -155,6 +155,7 @@ def test_the_precomputed_embedding_path_trains_and_samples(tmp_path):
                         progress=False)
 
 
+@pytest.mark.slow  # ~22 s; default run: the augmentation and shapes (test_text_conditions, test_text_models)
 def test_a_cascade_refines_the_base_samples_in_one_sample_py_command(tmp_path):
   from configs import fashion_mnist_sr, fashion_mnist_text
   base_c = fashion_mnist_text.get_config("14")

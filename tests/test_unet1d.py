@@ -118,6 +118,7 @@ def test_bad_1d_inputs_raise_one_clear_error():
           r"\[40, 20, 10\]\)", init, key, jnp.zeros((2, 40, 1)), t)
 
 
+@pytest.mark.slow  # ~17 s; default run: the 2-D classifier (test_conditional) and the 1-D U-Net it shares blocks with
 def test_noisy_classifier_on_1d_signals():
   module = models.create("classifier", num_classes=10, ch=8, ch_mult=(1, 2), attn_resolutions=(20,))
   init, apply = models.functional(module)
