@@ -108,15 +108,9 @@ def _main(argv):
   restored = restore.restore(FLAGS.workdir, FLAGS.checkpoint, step=FLAGS.step, use_ema=not FLAGS.raw)
   settings = generation.resolve(settings, restored)
   text = "caption" in restored.conditions  # a text-to-image model: the caption report
-  sr = None
-  if FLAGS.sr_workdir:
-    if not text:
-      raise ValueError("--sr_workdir evaluates a text-to-image cascade; this model reads no captions")
-    try:
-      sr = restore.restore(FLAGS.sr_workdir, use_ema=not FLAGS.raw)
-      generation.cascade.check_stage(sr, restored, FLAGS.sr_level)
-    except ValueError as e:
-      raise ValueError(f"--sr_workdir: {e}") from None
+  if FLAGS.sr_workdir and not text:
+    raise ValueError("--sr_workdir evaluates a text-to-image cascade; this model reads no captions")
+  sr = gflags.sr_stage(restored)
   if FLAGS.num and text:
     if FLAGS.bpd:
       raise ValueError("--bpd is not computed for text-to-image models; drop --bpd")

@@ -107,19 +107,6 @@ def _command(ckpt_dir, s, base, classifier_dir=None):
   return gflags.command("sample.py", ckpt_dir, args + [f"--out={base}.png"])
 
 
-def _sr_stage(base):
-  """The super-resolution model of a cascade (``--sr_workdir``), checked against the base model."""
-  try:
-    sr = restore.restore(FLAGS.sr_workdir, use_ema=not FLAGS.raw)
-  except ValueError as e:
-    raise ValueError(f"--sr_workdir: {e}") from None
-  try:
-    cascade.check_stage(sr, base, FLAGS.sr_level)
-  except ValueError as e:
-    raise ValueError(f"--sr_workdir: {e}") from None
-  return sr
-
-
 def _refine(sr, restored, base_result):
   """The super-resolution stage on the base samples: its result and the cascade's arrays and info."""
   level = cascade.check_stage(sr, restored, FLAGS.sr_level)
@@ -160,7 +147,7 @@ def _main(argv):
   if FLAGS.sr_level is not None and not FLAGS.sr_workdir:
     raise ValueError("--sr_level needs --sr_workdir (the super-resolution model of a cascade)")
   restored = restore.restore(FLAGS.workdir, FLAGS.checkpoint, use_ema=not FLAGS.raw)
-  sr = _sr_stage(restored) if FLAGS.sr_workdir else None
+  sr = gflags.sr_stage(restored)
   classifier = None
   if FLAGS.classifier:
     try:

@@ -229,6 +229,12 @@ def test_eval_py_reports_caption_accuracy_and_fd_per_place(text_wd, untrained_ne
   assert 0 <= items["floor"]["accuracy"] <= 1 and np.isfinite(items["fd"])
   assert "--guidance=1.0" in rep["command"]
   assert "caption accuracy" in r.stdout
+  # --sr_workdir (the cascade's stage, checked as sample.py checks it): a model that is no
+  # super-resolution model is one error line, and nothing is written
+  bad = str(tmp_path / "bad.json")
+  r = _gaussian.cli("eval.py", [f"--workdir={text_wd}", f"--sr_workdir={text_wd}", "--num=20", f"--out={bad}"])
+  assert "--sr_workdir: " in _gaussian.one_error_line(r) and "is not a super-resolution model" in r.stderr
+  assert not os.path.exists(bad)
 
 
 def test_the_pair_report_scores_training_and_held_out_combinations_place_by_place(tmp_path, untrained_net):

@@ -11,6 +11,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from jdiff.generation import cascade, restore
 from jdiff.generation.settings import Settings
 
 FLAGS = flags.FLAGS
@@ -156,6 +157,20 @@ def command(script: str, checkpoint: str, args: Sequence[str]) -> str:
     line.append(f"--cpu_devices={jax.local_device_count()}")
   env = [f"XLA_FLAGS={shlex.quote(os.environ['XLA_FLAGS'])}"] if os.environ.get("XLA_FLAGS") else []
   return " ".join(env + [shlex.quote(a) for a in line])
+
+
+def sr_stage(base):
+  """The super-resolution model of a cascade (``--sr_workdir``, its EMA unless ``--raw``), checked
+  against the ``base`` model and ``--sr_level``; ``None`` without ``--sr_workdir``. Errors name the
+  flag."""
+  if not FLAGS.sr_workdir:
+    return None
+  try:
+    sr = restore.restore(FLAGS.sr_workdir, use_ema=not FLAGS.raw)
+    cascade.check_stage(sr, base, FLAGS.sr_level)
+  except ValueError as e:
+    raise ValueError(f"--sr_workdir: {e}") from None
+  return sr
 
 
 def writable_output(path: str, what: str = "--out") -> str:
