@@ -25,24 +25,43 @@ def cli(script, args):
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
 
 
-def train_cases(cases, tmp_dir, timeout=240):
-  """Runs ``train.py ARGS`` for each ``(id, args)`` of ``cases``, in order, in ONE process
+def start_train_cases(cases, tmp_dir, timeout=240):
+  """Starts ``train.py ARGS`` for each ``(id, args)`` of ``cases``, in order, in ONE background process
   (``tests/_bad_input_train_worker.py``: the flags re-parsed per case as ``app.run`` would): one JAX
-  start-up and one compilation cache for all of them, instead of a process each. Returns
-  ``{id: result}`` with ``returncode``, ``stdout`` and ``stderr`` like :func:`cli`'s."""
+  start-up and one compilation cache for all of them, instead of a process each. Returns ``collect()``:
+  it waits for the process (once) and returns ``{id: result}`` with ``returncode``, ``stdout`` and
+  ``stderr`` like :func:`cli`'s; ``collect.stop()`` kills the process if nobody collected."""
   spec = os.path.join(str(tmp_dir), "train_cases.json")
   with open(spec, "w") as f:
     json.dump([{"id": i, "args": list(a)} for i, a in cases], f)
-  r = subprocess.run(["timeout", "-k", "5", str(timeout), sys.executable,
-                      os.path.join(REPO, "tests", "_bad_input_train_worker.py"), spec],
-                     capture_output=True, text=True, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  proc = subprocess.Popen(["timeout", "-k", "5", str(timeout), sys.executable,
+                           os.path.join(REPO, "tests", "_bad_input_train_worker.py"), spec],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
   out = {}
-  for line in r.stdout.splitlines():
-    if line.startswith("{"):
-      d = json.loads(line)
-      out[d["id"]] = types.SimpleNamespace(returncode=d["code"], stdout=d["out"], stderr=d["err"])
-  assert r.returncode == 0 and len(out) == len(cases), (r.returncode, r.stderr[-3000:])
-  return out
+
+  def collect():
+    if not out:
+      stdout, stderr = proc.communicate(timeout=timeout + 10)
+      for line in stdout.splitlines():
+        if line.startswith("{"):
+          d = json.loads(line)
+          out[d["id"]] = types.SimpleNamespace(returncode=d["code"], stdout=d["out"], stderr=d["err"])
+      assert proc.returncode == 0 and len(out) == len(cases), (proc.returncode, stderr[-3000:])
+    return out
+
+  def stop():
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+
+  collect.stop = stop
+  return collect
+
+
+def train_cases(cases, tmp_dir, timeout=240):
+  """:func:`start_train_cases`, waiting for the results: ``{id: result}``."""
+  return start_train_cases(cases, tmp_dir, timeout)()
 
 
 def sample_in_process(args):

@@ -35,6 +35,7 @@ import sys
 import numpy as np
 import pytest
 
+import _gaussian
 import _sample_models as sm
 
 REPO = sm.REPO
@@ -325,33 +326,11 @@ def _fresh(p, name):
 
 @pytest.fixture(scope="module")
 def train_results(paths):
-  """Starts the train.py worker over every train.py case now; ``get(id)`` waits for its result."""
-  cases = [{"id": c.id, "args": _train_argv(c, paths)} for c in CASES
-           if c.where == "train.py" and c.id not in REAL_PROCESS]
-  spec = os.path.join(paths["tmp"], "train_cases.json")
-  with open(spec, "w") as f:
-    json.dump(cases, f)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(
-      ["timeout", "-k", "5", "240", sys.executable, os.path.join(REPO, "tests",
-                                                                "_bad_input_train_worker.py"), spec],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-  results = {}
-
-  def get(case_id):
-    if not results:
-      out, err = proc.communicate(timeout=250)
-      for line in out.splitlines():
-        if line.startswith("{"):
-          r = json.loads(line)
-          results[r["id"]] = r
-      assert proc.returncode == 0 and results, err[-3000:]
-    return results[case_id]
-
-  yield get
-  if proc.poll() is None:
-    proc.kill()
-    proc.communicate()
+  """Starts the train.py worker over every train.py case now; ``get()[id]`` waits for the results."""
+  collect = _gaussian.start_train_cases([(c.id, _train_argv(c, paths)) for c in CASES
+                                         if c.where == "train.py" and c.id not in REAL_PROCESS], paths["tmp"])
+  yield collect
+  collect.stop()
 
 
 @pytest.fixture(scope="module")
@@ -483,8 +462,8 @@ def test_bad_input(case, paths, train_results, real_runs, capsys):
     assert not os.path.exists(out)  # nothing written, not even the directory
     assert os.path.isfile(paths["afile"])
   else:
-    r = train_results(case.id)
-    _check_cli_output(r["code"], r["err"], fragments, "--debug" in case.input)
+    r = train_results()[case.id]
+    _check_cli_output(r.returncode, r.stderr, fragments, "--debug" in case.input)
     # A failed run creates nothing: no workdir (hence no checkpoint directory, no config.json).
     assert not os.path.exists(_fresh(paths, case.id))
     if case.id == "train_checkpoint_of_another_model":  # the existing run is left as it was
