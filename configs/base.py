@@ -27,6 +27,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.ch_mult = (1, 2, 2)
   m.num_res_blocks = 1
   m.attn_resolutions = (14,)
+  m.attn_positions = False     # fixed sin-cos positions in the attention blocks (captions naming places)
   m.dropout = 0.0
   m.embedding = "sinusoidal"   # or "fourier"
   m.learned_variance = False

@@ -23,6 +23,7 @@ from jdiff import models
 from jdiff.experiment import builder
 from jdiff.experiment import config as config_lib
 from jdiff.models import dit as dit_lib
+from jdiff.models import embeddings as E
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(hidden_size=32, depth=2, num_heads=2, patch_size=2)
@@ -224,7 +225,7 @@ def test_learned_variance_trains_with_the_hybrid_loss():
 
 def test_position_embedding():
   """MAE's 2-D sin-cos embedding: column index in the first half, row index in the second."""
-  e = dit_lib.sincos_pos_embed_2d(16, 3, 5)
+  e = E.sincos_pos_embed_2d(16, 3, 5)
   assert e.shape == (15, 16) and e.dtype == np.float32
   np.testing.assert_allclose(e[0], [0, 0, 0, 0, 1, 1, 1, 1] * 2, atol=1e-7)
   np.testing.assert_allclose(e[1, 8:], e[0, 8:])          # same row

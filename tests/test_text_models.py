@@ -304,3 +304,42 @@ def test_bad_low_res_raises():
   _raises(r"low_res_t'\] \(noise-augmentation level\) must lie in \[0, 1\]", init, key, X, T,
           {"low_res": X, "low_res_t": jnp.array([0.0, 1.5])})
   assert embeddings.cond_keys(module) == ("low_res", "low_res_t")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Positions in the U-Net's attention (captions that name places)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 6, 8), (2, 6, 8)], ids=["image", "signal"])
+def test_attention_positions_break_the_permutation_symmetry_without_parameters(shape):
+  """Self-attention alone is permutation-equivariant over positions: mirroring the input mirrors the
+  output, so it cannot tell left from right. ``positions=True`` adds the fixed sin-cos embedding of each
+  place (2-D on images, 1-D on signals) and breaks that symmetry, with the same parameters."""
+  from jdiff.models import unet as unet_lib
+  x = jax.random.normal(jax.random.PRNGKey(3), shape)
+  plain, placed = unet_lib.AttnBlock(num_heads=2), unet_lib.AttnBlock(num_heads=2, positions=True)
+  params = _params.random_params(plain.init, x)
+  assert jax.tree_util.tree_structure(jax.eval_shape(placed.init, jax.random.PRNGKey(0), x)) == \
+      jax.tree_util.tree_structure(params)
+  mirror = lambda a: jnp.flip(a, axis=-2)  # along W (images) or L (signals)
+  np.testing.assert_allclose(plain.apply(params, mirror(x)), mirror(plain.apply(params, x)), atol=1e-5)
+  assert _rel_diff(placed.apply(params, mirror(x)), mirror(placed.apply(params, x))) > 0.05
+  # The embedding: row-major places, the first half of the channels encoding the column.
+  e = unet_lib.position_embedding(8, shape[1:-1])
+  assert e.shape == (int(np.prod(shape[1:-1])), 8)
+  if len(shape) == 4:
+    np.testing.assert_array_equal(e.reshape(4, 6, 8)[:, :, :4], np.broadcast_to(
+        embeddings.sincos_pos_embed_1d(4, np.arange(6)), (4, 6, 4)))
+
+
+def test_unet_attn_positions_adds_no_parameters_and_changes_the_output(unet_text):
+  module, params, jitted = unet_text
+  placed = models.create("unet", **UNET, **TEXT, attn_positions=True)
+  init, apply = models.functional(placed)
+  cond = {"caption": CAPTION}
+  assert jax.tree_util.tree_structure(jax.eval_shape(init, jax.random.PRNGKey(0), X, T, cond)) == \
+      jax.tree_util.tree_structure(params)
+  assert _rel_diff(jax.jit(apply)(params, X, T, cond), jitted(params, X, T, cond)) > 1e-3
+  _raises("attn_positions=True needs every level's channel count divisible by 4.*: change ch", models.create,
+          "unet", ch=6, ch_mult=(1,), attn_positions=True)
+  _raises("attn_positions must be True or False, got 'yes'", models.create, "unet", attn_positions="yes")

@@ -20,7 +20,7 @@ import pytest
 import _params
 
 from jdiff import models
-from jdiff.models import dit as dit_lib
+from jdiff.models import embeddings as E
 
 V, O, L = 12, 11, 10  # input ids (11 data tokens + a mask token), outputs, sequence length
 TINY = dict(vocab_size=V, num_outputs=O, hidden_size=32, depth=2, num_heads=2, max_length=16)
@@ -221,14 +221,14 @@ def test_parameter_count(kw):
 
 def test_position_embedding_1d():
   """The fixed 1-D sin-cos embedding: [sin, cos] halves, distinct rows; DiT's 2-D one is built from it."""
-  e = dit_lib.sincos_pos_embed_1d(8, np.arange(5))
+  e = E.sincos_pos_embed_1d(8, np.arange(5))
   assert e.shape == (5, 8) and e.dtype == np.float32
   np.testing.assert_allclose(e[0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
   np.testing.assert_allclose(e[1, 0], np.sin(1.0), rtol=1e-6)
   np.testing.assert_allclose(e[3, 1], np.sin(3 * 10000.0 ** -0.25), rtol=1e-6)
   assert len({tuple(np.round(r, 5)) for r in e}) == 5
-  e2 = dit_lib.sincos_pos_embed_2d(16, 3, 5)
-  np.testing.assert_array_equal(e2[:, :8], np.tile(dit_lib.sincos_pos_embed_1d(8, np.arange(5)), (3, 1)))
+  e2 = E.sincos_pos_embed_2d(16, 3, 5)
+  np.testing.assert_array_equal(e2[:, :8], np.tile(E.sincos_pos_embed_1d(8, np.arange(5)), (3, 1)))
 
 
 def test_rotary_scores_depend_on_relative_position_only():

@@ -65,6 +65,35 @@ def fourier_embedding(t, dim: int, scale: float = 16.0, seed: int = 0):
   return emb
 
 
+def sincos_pos_embed_1d(dim: int, pos) -> np.ndarray:
+  """Fixed 1-D sine-cosine embedding ``[len(pos), dim]`` (float32) of the positions ``pos``.
+
+  MAE's ``get_1d_sincos_pos_embed_from_grid`` (He et al. 2022): ``[sin(pos w_k), cos(pos w_k)]`` with
+  ``w_k = 10000^(-k / (dim / 2))``, ``k = 0 .. dim/2 - 1`` (Vaswani et al. 2017, Sec. 3.5). ``dim``
+  must be even.
+  """
+  if dim % 2:
+    raise ValueError(f"the sin-cos position embedding needs an even width, got {dim}")
+  omega = 1.0 / 10000.0 ** (np.arange(dim // 2, dtype=np.float64) / (dim // 2))
+  a = np.asarray(pos, np.float64).reshape(-1)[:, None] * omega[None, :]
+  return np.concatenate([np.sin(a), np.cos(a)], axis=1).astype(np.float32)
+
+
+def sincos_pos_embed_2d(dim: int, h: int, w: int) -> np.ndarray:
+  """Fixed 2-D sine-cosine position embedding ``[h * w, dim]`` (float32; tokens in row-major order).
+
+  MAE's ``get_2d_sincos_pos_embed`` (He et al. 2022), as used by DiT's reference code: the first
+  ``dim / 2`` features encode the column index, the last ``dim / 2`` the row index, each the 1-D
+  embedding ``sincos_pos_embed_1d(dim / 2, .)``: ``[sin(pos w_k), cos(pos w_k)]`` with
+  ``w_k = 10000^(-k / (dim / 4))``, ``k = 0 .. dim/4 - 1`` (Vaswani et al. 2017, Sec. 3.5). ``dim`` must
+  be divisible by 4.
+  """
+  if dim % 4:
+    raise ValueError(f"the 2-D sin-cos position embedding needs a width divisible by 4, got {dim}")
+  rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+  return np.concatenate([sincos_pos_embed_1d(dim // 2, cols), sincos_pos_embed_1d(dim // 2, rows)], axis=1)
+
+
 class NoiseEmbedding(nn.Module):
   """Noise level (and optional class label) -> conditioning vector ``[batch, out_dim]``.
 

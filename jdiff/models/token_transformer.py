@@ -18,7 +18,7 @@ Layout::
 * Attention is bidirectional: every position attends to every position (no causal mask), as in D3PM's
   and MDLM's denoisers: ``p(x0 | x_t)`` may use the whole noisy sequence.
 * Position embedding: the fixed 1-D sine-cosine one (Vaswani et al. 2017, Sec. 3.5; MAE's 1-D form,
-  ``dit.sincos_pos_embed_1d``), a constant of the program as DiT's 2-D one is, not a ``[max_length,
+  ``E.sincos_pos_embed_1d``), a constant of the program as DiT's 2-D one is, not a ``[max_length,
   hidden]`` table. Why: a learned table has ``max_length * hidden`` parameters (0.26M at 1024 x 256,
   as much as a block's attention) of which the rows past the training length are never trained yet
   sit in every checkpoint and optimiser state; the fixed embedding costs nothing, gives the same model
@@ -158,7 +158,7 @@ class TokenTransformer(nn.Module):
 
     h = nn.Embed(self.vocab_size, hidden, dtype=dt, embedding_init=nn.initializers.normal(1.0),
                  name="token_embed")(jnp.asarray(x, jnp.int32))            # [B, L, hidden]
-    h = h + jnp.asarray(dit.sincos_pos_embed_1d(hidden, np.arange(length)), dt)[None]
+    h = h + jnp.asarray(E.sincos_pos_embed_1d(hidden, np.arange(length)), dt)[None]
 
     c = E.NoiseEmbedding(self.freq_dim, hidden, self.embedding, self.time_scale, self.fourier_scale,
                          self.num_classes, dt, name="noise_embed")(t, labels)

@@ -77,6 +77,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jdiff import _checks
 from jdiff.models import attention as A
@@ -147,17 +148,26 @@ class AttnBlock(nn.Module):
   encoder_kv, Nichol et al. 2022, Sec. 2.3): a Dense ``context_kv`` projects the tokens to extra keys and
   values, concatenated to the image's own, with the padding mask on the text keys
   (``attention.append_context``). Without it the block has exactly its former parameters.
+
+  ``positions``: add a fixed sine-cosine embedding of each position (``position_embedding``) to the
+  normalised features that make the queries, keys and values, as the DiT adds one to its tokens. The
+  convolutions are translation-equivariant, so otherwise nothing but the zero padding seen through the
+  receptive field tells a query where it is, and a caption that names places ("a bag to the left of a
+  sneaker") cannot be bound to them. No parameters are added.
   """
   num_heads: int = 1
   skip_rescale: bool = False
   impl: str = "einsum"
   dtype: Any = jnp.float32
+  positions: bool = False
 
   @nn.compact
   def __call__(self, x, context=None):
     b, c = x.shape[0], x.shape[-1]
     heads, hd = self.num_heads, c // self.num_heads
     h = group_norm(c, self.dtype)(x)
+    if self.positions:  # fixed sin-cos of each position, added to the normalised features (no parameters)
+      h = h + jnp.asarray(position_embedding(c, x.shape[1:-1]), self.dtype).reshape(x.shape[1:])[None]
     qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=E.default_init, name="qkv")(h)
     qkv = qkv.reshape(b, -1, 3, heads, hd)  # [batch, positions, 3, heads, d]
     q, k, v, mask = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None
@@ -169,6 +179,16 @@ class AttnBlock(nn.Module):
     out = nn.Dense(c, dtype=self.dtype, kernel_init=E.zeros_init, name="proj_out")(out)
     out = x + out
     return out * (1.0 / math.sqrt(2.0)) if self.skip_rescale else out
+
+
+def position_embedding(channels: int, spatial) -> np.ndarray:
+  """The fixed sin-cos embedding ``[prod(spatial), channels]`` of a channels-last feature map's positions
+  in row-major order: 2-D (``embeddings.sincos_pos_embed_2d``: half the channels encode the column,
+  half the row; He et al. 2022) for ``(H, W)``, 1-D (``embeddings.sincos_pos_embed_1d``; Vaswani et al.
+  2017, Sec. 3.5) for ``(L,)``."""
+  if len(spatial) == 2:
+    return E.sincos_pos_embed_2d(channels, *spatial)
+  return E.sincos_pos_embed_1d(channels, np.arange(spatial[0]))
 
 
 def _split(x, factor: int) -> tuple:
@@ -227,6 +247,9 @@ class UNet(nn.Module):
     downsample: ``"conv"`` (3x3, stride 2; DDPM) or ``"avgpool"`` (2x2 average pool); 3 and 2 in 1-D.
     num_heads: attention heads (DDPM: 1); must divide every level's channel count.
     attention_impl: ``"einsum"`` or ``"xla"`` (``jax.nn.dot_product_attention``).
+    attn_positions: every attention block adds a fixed sin-cos embedding of the feature map's positions
+      to its normalised input (``AttnBlock.positions``; no parameters): queries then know their place,
+      which captions naming places need. Every level's channel count must be divisible by 4.
     text_vocab_size: ``> 0``: takes ``cond["caption"]``, int ids ``[B, L]`` in ``[0, text_vocab_size)``
       (0 = padding; a missing caption is the null, all-padding caption).
     text_length: the longest caption (learned position rows); required with ``text_vocab_size``.
@@ -252,6 +275,7 @@ class UNet(nn.Module):
   downsample: str = "conv"
   num_heads: int = 1
   attention_impl: str = "einsum"
+  attn_positions: bool = False
   text_vocab_size: int = 0
   text_length: int = 0
   text_embed_dim: int = 0
@@ -284,6 +308,12 @@ class UNet(nn.Module):
     if bad:
       raise ValueError(f"num_heads={self.num_heads} must divide every level's channel count; it does not "
                        f"divide {bad}")
+    if not isinstance(self.attn_positions, bool):
+      raise ValueError(f"attn_positions must be True or False, got {self.attn_positions!r}")
+    bad = sorted({self.ch * m for m in self.ch_mult if (self.ch * m) % 4})
+    if self.attn_positions and bad:
+      raise ValueError(f"attn_positions=True needs every level's channel count divisible by 4 (the 2-D "
+                       f"sin-cos embedding); {bad} are not: change ch or ch_mult")
     E.check_common_config(self)
     E.check_text_config(self)
     _checks.int_at_least(self.low_res_channels, "low_res_channels", 0)
@@ -328,7 +358,8 @@ class UNet(nn.Module):
     pooled, context = text_condition(self, c, 4 * self.ch, self.attention_impl, dt)
     if pooled is not None:
       emb = emb + pooled
-    attn = lambda h: AttnBlock(self.num_heads, self.skip_rescale, self.attention_impl, dt)(h, context)
+    attn = lambda h: AttnBlock(self.num_heads, self.skip_rescale, self.attention_impl, dt,
+                               positions=self.attn_positions)(h, context)
 
     h = conv3x3(self.ch, dt, name="conv_in", ndim=nd)(x.astype(dt))
     if self.low_res_channels:
