@@ -275,28 +275,48 @@ class _StopFlag:
       signal.signal(s, h)
 
 
+def grid_low_res(exp: Experiment) -> Optional[np.ndarray]:
+  """A super-resolution model's train-time grids refine fixed real images: the low-resolution view
+  (``LowRes.read``) of the first training batch of this process (``pipeline.batch_at(0)``, the same
+  after any resume), ``[n, h, w, C]``; ``None`` for every other model."""
+  if exp.task != "diffusion" or "low_res" not in exp.model.conditions:
+    return None
+  kind = exp.model.conditions["low_res"]
+  images = np.asarray(exp.pipeline.batch_at(0)["image"])
+  return np.asarray(kind.read({"image": images.reshape((-1,) + images.shape[2:])}))
+
+
 def sample_grid(exp: Experiment, params, num: int, seed: int, path: Optional[str], *,
-                restored: Optional[generation.Restored] = None):
+                restored: Optional[generation.Restored] = None, low_res: Optional[np.ndarray] = None):
   """Sample ``num`` examples from ``params`` with the config's sampling settings through the one front
   door (``jdiff.generation.generate``, as ``sample.py --seed=seed`` draws them); write a PNG grid
   (images, point-set views or signal plots). Pass the ``restored`` of an earlier call to reuse its
-  compiled program."""
+  compiled program. A super-resolution model refines ``low_res`` (``grid_low_res``; sample i reads
+  row i modulo their count) at its config's augmentation level, and the grid shows each input
+  (nearest-neighbour upsampled) to the left of its refinement."""
   restored = restored or generation.Restored.from_params(exp.model, params)
   restored = dataclasses.replace(restored, params=params)
   guidance = float(exp.config.sampling.get("guidance", 0.0) or 0.0)
   settings = generation.Settings(num=num, seed=seed, guidance=guidance if guidance else None)
-  result = generation.generate(restored, settings, progress=False)
+  if "low_res" in exp.model.conditions and low_res is None:
+    low_res = grid_low_res(exp)
+  result = generation.generate(restored, settings, progress=False,
+                               cond=None if low_res is None else {"low_res": low_res})
+  picture = result.samples
+  if low_res is not None:
+    f = picture.shape[1] // low_res.shape[1]
+    inputs = np.repeat(np.repeat(low_res[np.arange(num) % low_res.shape[0]], f, axis=1), f, axis=2)
+    picture = np.concatenate([inputs, picture], axis=2)
   kind = exp.model.data_kind
   if path is not None and kind == "tokens":  # the decoded texts, one per paragraph
     files.write_text(os.path.splitext(path)[0] + ".txt", generation.texts_file(
         jdata.text.decode_rows(exp.model.vocab, result.samples), result.indices))
   elif path is not None and kind == "image" and result.captions is not None:  # prompts under the images
     prompts = len(exp.config.sampling.get("prompts", ()) or ()) or int(np.ceil(np.sqrt(num)))
-    files.write_bytes(path, image_utils.captioned_grid_png(result.samples, result.captions,
+    files.write_bytes(path, image_utils.captioned_grid_png(picture, result.captions,
                                                            ncols=min(prompts, 10)))
   elif path is not None and image_utils.has_preview(kind):
-    files.write_bytes(path, image_utils.preview_png(result.samples, kind,
-                                                    ncols=int(np.ceil(np.sqrt(num)))))
+    files.write_bytes(path, image_utils.preview_png(picture, kind, ncols=int(np.ceil(np.sqrt(num)))))
   return result.samples
 
 
@@ -492,6 +512,7 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
       host = to_save = unreplicate
     writer = _MetricWriter(workdir, step) if is_main else None
     grid_model = generation.Restored.from_params(exp.model, None, workdir=workdir)  # programs cached
+    low_res = grid_low_res(exp) if is_main and c.training.sample_every else None
     progress = Progress(c.training.num_steps, initial=step, enabled=is_main)
     total = c.training.num_steps
     last_grid = None  # (path, seconds per image) of the newest sample grid
@@ -521,7 +542,7 @@ def _train(exp: Experiment, train_step, evaluator, workdir: str, log, allow_devi
         path = os.path.join(workdir, "samples", f"step_{step:07d}{ext}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         t0, num = time.perf_counter(), min(c.sampling.num, 64)
-        sample_grid(exp, ema, num, c.seed, path, restored=grid_model)
+        sample_grid(exp, ema, num, c.seed, path, restored=grid_model, low_res=low_res)
         last_grid = (path, (time.perf_counter() - t0) / num)
         memory.release_free_memory()
       if eval_due and is_main:
