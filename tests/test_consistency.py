@@ -224,9 +224,6 @@ ICT_TOY = ["--config=configs/toy2d.py", "--config.diffusion.schedule=edm",
            "--config.training.ckpt_every=3"]
 
 
-_cli = _gaussian.cli
-
-
 @pytest.mark.parametrize("overrides,message", [
     ({"training.objective": "consistency_training"}, "go together"),
     ({"diffusion.parametrization": "consistency"}, "go together"),
@@ -268,15 +265,14 @@ def test_consistency_training_through_train_py_resumes_exactly_and_samples(tmp_p
   straight); sample.py draws from it in 1 and 2 steps, one network call each, and refuses the
   consistency sampler for a diffusion model."""
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  r = _cli("train.py", ICT_TOY + [f"--workdir={straight}", "--config.training.num_steps=6"])
-  assert r.returncode == 0, r.stderr[-3000:]
-  r = _cli("train.py", ICT_TOY + [f"--workdir={split}", "--config.training.num_steps=3"])
-  assert r.returncode == 0, r.stderr[-3000:]
-  r = _cli("train.py", ICT_TOY + [f"--workdir={split}", "--config.training.num_steps=6"])
-  assert r.returncode == 0, r.stderr[-3000:]
+  runs = _gaussian.train_cases(  # the three train.py runs in one worker process
+      [(i, ICT_TOY + [f"--workdir={wd}", f"--config.training.num_steps={n}"])
+       for i, (wd, n) in enumerate(((straight, 6), (split, 3), (split, 6)))], tmp_path)
+  for r in runs.values():
+    assert r.returncode == 0, r.stderr[-3000:]
   losses = lambda wd: [json.loads(l)["loss"] for l in open(os.path.join(wd, "metrics.jsonl"))]
   assert losses(split) == losses(straight) and len(losses(straight)) == 6
-  for steps in (1, 2):  # sample.py in this process (the train.py runs above are the subprocesses)
+  for steps in (1, 2):  # sample.py in this process
     out = str(tmp_path / f"s{steps}.npz")
     r = _gaussian.sample_in_process([f"--workdir={straight}", "--num=5", f"--steps={steps}", f"--out={out}"])
     assert r.returncode == 0, r.stderr[-3000:]

@@ -141,8 +141,13 @@ def test_progressive_distillation_rounds_chain_resume_exactly_and_sample(teacher
   pd_args = ["--config=configs/toy2d.py", "--config.training.objective=progressive_distillation",
              f"--config.distill.teacher_workdir={teacher}", "--config.distill.teacher_steps=8",
              "--config.distill.student_steps=2", "--config.training.ckpt_every=2", *QUIET]
-  wd = str(tmp_path / "pd")
-  r = _cli("train.py", pd_args + [f"--workdir={wd}", "--config.training.num_steps=4"])
+  wd, split = str(tmp_path / "pd"), str(tmp_path / "split")
+  one = pd_args[:4] + ["--config.distill.student_steps=4"] + pd_args[5:]
+  # The two rounds, and round 1 alone run 2 steps then resumed to 4, in one train.py worker process.
+  runs = _gaussian.train_cases(
+      [("pd", pd_args + [f"--workdir={wd}", "--config.training.num_steps=4"])] +
+      [(n, one + [f"--workdir={split}", f"--config.training.num_steps={n}"]) for n in (2, 4)], tmp_path)
+  r = runs["pd"]
   assert r.returncode == 0, r.stderr[-3000:]
   assert "round 2/2: 4 -> 2 steps" in r.stdout + r.stderr
   for k, steps in ((1, 4), (2, 2)):
@@ -154,11 +159,8 @@ def test_progressive_distillation_rounds_chain_resume_exactly_and_sample(teacher
     assert f"{steps} NFE per batch" in r.stdout + r.stderr
     assert np.all(np.isfinite(np.load(out)["samples"]))
   # Resume: round 1 again, 2 steps then 4, equals the straight 4 steps (one round: in the workdir).
-  one = pd_args[:4] + ["--config.distill.student_steps=4"] + pd_args[5:]
-  split = str(tmp_path / "split")
   for n in (2, 4):
-    r = _cli("train.py", one + [f"--workdir={split}", f"--config.training.num_steps={n}"])
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert runs[n].returncode == 0, runs[n].stderr[-3000:]
   assert _losses(split) == _losses(os.path.join(wd, "round_1"))
 
 

@@ -175,7 +175,12 @@ def test_reflow_run_draws_the_teachers_samples_resumes_exactly_and_samples(teach
   mid-way (pairs kept) gives the losses of a straight run; a lost chunk is redrawn identically; the
   student starts from the teacher and samples in 2 Euler steps."""
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  r = _cli("train.py", _args(teacher) + [f"--workdir={straight}", "--config.training.num_steps=4"])
+  # The straight run and the split one (2 steps, then resumed to 4) in one train.py worker process.
+  runs = _gaussian.train_cases(
+      [("straight", _args(teacher) + [f"--workdir={straight}", "--config.training.num_steps=4"])] +
+      [(n, _args(teacher) + [f"--workdir={split}", f"--config.training.num_steps={n}"]) for n in (2, 4)],
+      tmp_path)
+  r = runs["straight"]
   assert r.returncode == 0, r.stderr[-3000:]
   assert "drawing 1100 (noise, sample) pairs" in r.stdout + r.stderr
   pairs = _pairs(straight)
@@ -188,7 +193,7 @@ def test_reflow_run_draws_the_teachers_samples_resumes_exactly_and_samples(teach
     np.testing.assert_allclose(first["x0"][:5], s["samples"], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(first["noise"][:5], s["x_init"])
   for n in (2, 4):
-    r = _cli("train.py", _args(teacher) + [f"--workdir={split}", f"--config.training.num_steps={n}"])
+    r = runs[n]
     assert r.returncode == 0, r.stderr[-3000:]
     assert ("drawing" in r.stdout + r.stderr) == (n == 2)  # the resumed run keeps its pairs
   assert _losses(split) == _losses(straight) and len(_losses(straight)) == 4

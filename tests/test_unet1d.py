@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _params
+
 from jdiff import models
 from jdiff.models import unet
 
@@ -37,7 +39,8 @@ def one_level():
   module = models.create("unet", **ONE_LEVEL)
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 12, 2))
   t, labels = jnp.array([0.1, 0.5, 0.9]), jnp.array([0, 2, 3], jnp.int32)  # 3 = the NULL label
-  p1 = _perturb(models.functional(module)[0](jax.random.PRNGKey(0), x, t, labels), seed=1)
+  # Drawn with numpy in the shapes of init (no eager init: ~20 s of op-by-op dispatch on 2 cores).
+  p1 = _params.random_params(models.functional(module)[0], x, t, labels, seed=1)
   outer = iter(jax.random.split(jax.random.PRNGKey(2), 100))
 
   def widen(k):  # a 1-D conv kernel [3, Cin, Cout] -> 2-D [3, 3, Cin, Cout]; Dense kernels stay
