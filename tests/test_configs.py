@@ -29,3 +29,22 @@ def test_config_validates_and_builds(name):
   model = builder.build_model(c, shape, num_classes if labelled else 0, vocab)
   params = jax.eval_shape(model.init_params)
   assert jax.tree_util.tree_leaves(params)
+
+
+@pytest.mark.parametrize("name,arg", [("fashion_mnist_text", "14"), ("fashion_mnist_compose", "dit")])
+def test_config_variants_validate_and_build(name, arg):
+  """The ``--config=configs/NAME.py:ARG`` variants: the 14x14 cascade base, the DiT on the two-item canvas
+  (its text encoder as the U-Net's; the canvas is 28x56, 7x14 tokens of patch 4)."""
+  from jdiff.data import captions
+  module = importlib.import_module(f"configs.{name}")
+  c = module.get_config(arg)
+  config_lib.validate(c)
+  shape = (14, 14, 1) if arg == "14" else (28, 56, 1)
+  text = {"tokenizer": captions.caption_tokenizer().to_json(), "length": captions.CAPTION_LENGTH}
+  params = jax.eval_shape(builder.build_model(c, shape, 0, text=text).init_params)["params"]
+  assert "text_encoder" in params, sorted(params)
+  if arg == "dit":
+    assert c.model.name == "dit" and c.model.text_width == module.get_config().model.text_width
+    assert "context_kv" in params["block0"], sorted(params["block0"])
+  with pytest.raises(ValueError, match="takes the"):
+    module.get_config("nope")
