@@ -14,7 +14,8 @@ and on the 10 held-out ones. Guidance scales are traced: one compiled program se
   python bench/text_to_image.py --workdir=runs/fashion_mnist_text14 --sr_workdir=runs/fashion_mnist_sr
   python bench/text_to_image.py --workdir=runs/fashion_mnist_text --steps_curve   # accuracy per checkpoint
 
-``--steps_curve`` scores every checkpoint of the run (at the first w) instead: the training curve.
+``--steps_curve`` scores every checkpoint of the run (at the first w) instead: the training curve
+(``--curve_steps=1000,3000`` scores only those checkpoints).
 Writes ``bench/out/text_to_image_<run>.json`` after every row (a stopped run keeps its rows).
 """
 from __future__ import annotations
@@ -44,8 +45,16 @@ def parse_args(argv=None):
   p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the config's)")
   p.add_argument("--sampler", default=None, help="sampler (default: the config's)")
   p.add_argument("--steps_curve", action="store_true", help="score every checkpoint at the first w")
+  p.add_argument("--curve_steps", default=None,
+                 help="with --steps_curve: only these checkpoints (comma-separated steps)")
   p.add_argument("--out", default=None, help="output JSON (default bench/out/text_to_image_<run>.json)")
   return p.parse_args(argv)
+
+
+def _fail(message):
+  """A bad flag: one line on stderr and exit status 2, as the CLIs."""
+  print(message, file=sys.stderr)
+  raise SystemExit(2)
 
 
 def main(argv=None):
@@ -55,7 +64,9 @@ def main(argv=None):
   from jdiff.generation import restore  # pylint: disable=g-import-not-at-top
   scales = [float(v) for v in args.guidance.split(",") if v.strip()]
   if not scales:
-    raise SystemExit("--guidance needs at least one scale")
+    _fail("error: --guidance needs at least one scale")
+  if args.curve_steps and not args.steps_curve:
+    _fail("error: --curve_steps selects checkpoints for --steps_curve; pass --steps_curve too")
   run = os.path.basename(os.path.normpath(args.workdir))
   out = args.out or os.path.join(HERE, "out", f"text_to_image_{run}.json")
   base = restore.restore(args.workdir)
@@ -66,8 +77,14 @@ def main(argv=None):
   rows = []
   if args.steps_curve:
     ckpts = os.path.join(args.workdir, "checkpoints")
-    cases = [(step, scales[0], None, False) for step in sorted(int(d) for d in os.listdir(ckpts)
-                                                               if d.isdigit())]
+    saved = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
+    steps = saved
+    if args.curve_steps:
+      steps = sorted({int(v) for v in args.curve_steps.split(",") if v.strip()})
+      missing = [v for v in steps if v not in saved]
+      if missing:
+        _fail(f"error: --curve_steps {missing} have no checkpoint in {ckpts} (saved: {saved})")
+    cases = [(step, scales[0], None, False) for step in steps]
   else:
     stages = [False, True] if sr is not None else [False]
     cases = [(base.step, w, th, cascade) for cascade in stages for th in (None, args.threshold)
