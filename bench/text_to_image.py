@@ -48,13 +48,25 @@ def parse_args(argv=None):
   p.add_argument("--curve_steps", default=None,
                  help="with --steps_curve: only these checkpoints (comma-separated steps)")
   p.add_argument("--out", default=None, help="output JSON (default bench/out/text_to_image_<run>.json)")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  args.scales = [float(v) for v in args.guidance.split(",") if v.strip()]
+  if not args.scales:
+    p.error("--guidance needs at least one scale")
+  if args.curve_steps is not None:
+    if not args.steps_curve:
+      p.error("--curve_steps selects checkpoints for --steps_curve; pass --steps_curve too")
+    args.curve_steps = sorted(set(_harness.int_list(p, args.curve_steps, "curve_steps")))
+    ckpts = os.path.join(args.workdir, "checkpoints")
+    saved = _saved_steps(args.workdir)
+    missing = [v for v in args.curve_steps if v not in saved]
+    if missing:
+      p.error(f"--curve_steps {missing} have no checkpoint in {ckpts} (saved: {saved})")
+  return args
 
 
-def _fail(message):
-  """A bad flag: one line on stderr and exit status 2, as the CLIs."""
-  print(message, file=sys.stderr)
-  raise SystemExit(2)
+def _saved_steps(workdir):
+  ckpts = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) if os.path.isdir(ckpts) else []
 
 
 def main(argv=None):
@@ -62,11 +74,7 @@ def main(argv=None):
   from jdiff import generation  # pylint: disable=g-import-not-at-top
   from jdiff.eval import caption_report  # pylint: disable=g-import-not-at-top
   from jdiff.generation import restore  # pylint: disable=g-import-not-at-top
-  scales = [float(v) for v in args.guidance.split(",") if v.strip()]
-  if not scales:
-    _fail("error: --guidance needs at least one scale")
-  if args.curve_steps and not args.steps_curve:
-    _fail("error: --curve_steps selects checkpoints for --steps_curve; pass --steps_curve too")
+  scales = args.scales
   run = os.path.basename(os.path.normpath(args.workdir))
   out = args.out or os.path.join(HERE, "out", f"text_to_image_{run}.json")
   base = restore.restore(args.workdir)
@@ -76,15 +84,7 @@ def main(argv=None):
             "sr_workdir": args.sr_workdir, "machine": _harness.machine_info(), "rows": []}
   rows = []
   if args.steps_curve:
-    ckpts = os.path.join(args.workdir, "checkpoints")
-    saved = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
-    steps = saved
-    if args.curve_steps:
-      steps = sorted({int(v) for v in args.curve_steps.split(",") if v.strip()})
-      missing = [v for v in steps if v not in saved]
-      if missing:
-        _fail(f"error: --curve_steps {missing} have no checkpoint in {ckpts} (saved: {saved})")
-    cases = [(step, scales[0], None, False) for step in steps]
+    cases = [(step, scales[0], None, False) for step in args.curve_steps or _saved_steps(args.workdir)]
   else:
     stages = [False, True] if sr is not None else [False]
     cases = [(base.step, w, th, cascade) for cascade in stages for th in (None, args.threshold)
