@@ -180,6 +180,35 @@ def test_the_student_starts_from_the_teacher(teacher):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("teacher_labels", [True, False])
+def test_a_student_reads_labels_exactly_when_the_run_it_starts_from_did(teacher_labels, tmp_path):
+  """A class-conditional teacher (the default Fashion-MNIST model) gives a conditional student whatever
+  the student's config says, and an unconditional one an unconditional student: through
+  distill.teacher_workdir (progressive distillation, reflow) and training.init_from (consistency
+  distillation, fine-tuning), the student takes the teacher's weights, label embedding included."""
+  import _sample_models
+  from jdiff.generation import restore as restore_lib
+  from jdiff.training import distill, loop
+  wd = _sample_models.write_workdir(str(tmp_path / "teacher"),
+                                    _sample_models.unet_config(conditional=teacher_labels),
+                                    (28, 28, 1), 10 if teacher_labels else 0)
+  want = jax.tree_util.tree_leaves(restore_lib.restore(workdir=wd).params)
+  c = _sample_models.unet_config(conditional=not teacher_labels)
+  c.training.num_steps = 10
+  c.training.objective = "reflow"
+  c.distill.teacher_workdir = wd
+  assert distill.with_teacher_model(c, wd).training.conditional == teacher_labels
+  c.training.objective = "denoising"
+  c.training.init_from = wd
+  exp = loop.Experiment(distill.with_init_model(c))
+  assert exp.config.training.conditional == teacher_labels
+  assert exp.num_classes == (10 if teacher_labels else 0)
+  got = jax.tree_util.tree_leaves(exp.init_state().params)
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.slow  # ~40 s; default run: the CD loss (test_consistency) and iCT through train.py (same loop)
 def test_consistency_distillation_trains_resumes_exactly_and_samples_in_one_step(teacher, tmp_path):
   """The student (consistency model, edm) distills the v-prediction cosine teacher; the EMA target

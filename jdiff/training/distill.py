@@ -63,11 +63,17 @@ def rounds(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
   return [(t >> k, t >> (k + 1)) for k in range(n)]
 
 
+def _follow_labels(c: ml_collections.ConfigDict, source: ml_collections.ConfigDict) -> None:
+  """The student reads class labels exactly when the run it starts from did (its network has that run's
+  label embedding, and a conditional teacher is queried with the student's labels)."""
+  c.training.conditional = bool(source.training.get("conditional", False))
+
+
 def with_teacher_model(config: ml_collections.ConfigDict,
                        teacher_workdir: str) -> ml_collections.ConfigDict:
-  """``config`` with the teacher's model and diffusion sections (a student that starts from its
-  weights: progressive distillation, reflow) and the teacher workdir as an absolute path. A missing
-  teacher config is left for ``load_teacher`` to report."""
+  """``config`` with the teacher's model and diffusion sections and its ``training.conditional`` (a
+  student that starts from its weights: progressive distillation, reflow) and the teacher workdir as an
+  absolute path. A missing teacher config is left for ``load_teacher`` to report."""
   teacher_config = restore_lib.load_config(os.path.abspath(teacher_workdir)) if os.path.isdir(
       teacher_workdir) else None
   c = copy.deepcopy(config)
@@ -75,13 +81,14 @@ def with_teacher_model(config: ml_collections.ConfigDict,
     if teacher_config is not None:
       c.model = copy.deepcopy(teacher_config.model)
       c.diffusion = copy.deepcopy(teacher_config.diffusion)
+      _follow_labels(c, teacher_config)
     c.distill.teacher_workdir = os.path.abspath(teacher_workdir)
   return c
 
 
 def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """``config`` for a run that starts from ``training.init_from``'s weights: that run's model section;
-  its diffusion section too, except for a consistency model, whose network is then read as that run's
+  """``config`` for a run that starts from ``training.init_from``'s weights: that run's model section
+  and ``training.conditional``; its diffusion section too, except for a consistency model, whose network is then read as that run's
   denoiser (``consistency.base_schedule`` / ``base_parametrization``; ``jdiff.consistency.
   precondition_over``). A missing config is left for ``load_init`` to report."""
   src = config.training.init_from
@@ -92,6 +99,7 @@ def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     if init_config is None:
       return c
     c.model = copy.deepcopy(init_config.model)
+    _follow_labels(c, init_config)
     if c.diffusion.parametrization == "consistency":
       if init_config.diffusion.parametrization == "consistency":
         raise ValueError(f"training.init_from: {src} is a consistency model; a consistency model "
