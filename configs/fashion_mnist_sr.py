@@ -21,5 +21,6 @@ def get_config():
   c.super_res.factor = 2
   c.super_res.max_level = 0.5
   c.super_res.level = 0.1
+  c.training.conditional = False  # conditioned on the low-resolution image only
   c.training.cond_drop_prob = 0.0  # the low-resolution image is never dropped
   return c

@@ -26,6 +26,7 @@ def get_config(size: str = ""):
   c.data.name = "fashion_mnist_captions"
   if size not in ("", "28", "14"):
     raise ValueError(f"configs/fashion_mnist_text.py takes the image size 28 (default) or 14, got {size!r}")
+  c.training.conditional = False  # the caption is the condition (it names the class)
   c.training.text_conditional = True
   c.training.cond_drop_prob = 0.1
   c.model.text_width = 64      # the text transformer: width, blocks, heads
