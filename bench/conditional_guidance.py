@@ -14,6 +14,10 @@ Rows: ``cfg w=W`` (the conditional model; w = 0 is the plain conditional model) 
 unconditional model guided by the classifier; s = 0 is the unconditional model, whose accuracy against
 the requested labels is chance). Goal of the issue: accuracy >= 90% at some w with FD <= 2x FD(w=0).
 
+The models: ``--cond_workdir`` (default ``runs/fashion_mnist``: ``python train.py``, class-conditional with
+label dropout 0.1), ``--uncond_workdir`` (default ``runs/fashion_mnist_uncond``: ``python train.py
+--config.training.conditional=False --workdir=runs/fashion_mnist_uncond``) and ``--classifier``.
+
   python bench/conditional_guidance.py                              # N=1000, w 0,1,2,4, s 0,1,2,4,8,16
   python bench/conditional_guidance.py --num 200 --cfg 0,2 --cg 0,2  # quick look
 
@@ -49,8 +53,8 @@ def _floats(text: str) -> list:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--cond_workdir", default=os.path.join(REPO, "runs", "fashion_mnist_cond"))
-  p.add_argument("--uncond_workdir", default=os.path.join(REPO, "runs", "fashion_mnist"))
+  p.add_argument("--cond_workdir", default=os.path.join(REPO, "runs", "fashion_mnist"))
+  p.add_argument("--uncond_workdir", default=os.path.join(REPO, "runs", "fashion_mnist_uncond"))
   p.add_argument("--uncond_step", type=int, default=None, help="checkpoint step (default: newest)")
   p.add_argument("--classifier", default=os.path.join(REPO, "runs", "fashion_mnist_classifier"))
   p.add_argument("--num", type=int, default=1000, help="samples per row (N/10 per class)")

@@ -8,8 +8,16 @@ cosine schedule with min-SNR weighting, EDM, and the DDPM recipe (linear schedul
 ``configs/fashion_mnist_ddpm.py``). UniPC (Zhao et al. 2023) on the uniform-t grid is the sampler: the
 best fast sampler of ``bench/sampler_accuracy.py``, also for the train-time grids.
 
-``python train.py`` trains it in about 13 minutes on 2 CPU cores (both used as JAX devices); the FD of
-its EMA samples is in the README.
+The model is class-conditional: the labels go through the U-Net's label embedding and are dropped to the
+null label with probability 0.1, so one network is the conditional and the unconditional model
+(classifier-free guidance, Ho & Salimans 2022; ``sample.py --guidance=W``). Measured against the same
+recipe without labels (bench/README.md, "Default recipe"): at N = 2000 the FD at 10 NFE falls from 5.5x
+to 2.9x the real-data floor, at no measurable cost in training speed. ``sample.py`` draws labels i % 10
+unless ``--labels`` says otherwise.
+
+``python train.py`` trains it on 2 CPU cores (both used as JAX devices) in about 14 minutes at the ~96
+images per second of a quiet machine (22 minutes measured on a day it ran at 62); the minutes and the FD
+of its EMA samples are in the README.
 """
 from configs import base
 
@@ -22,6 +30,8 @@ def get_config():
   c.model.ch_mult = (1, 2, 2)
   c.model.num_res_blocks = 1
   c.model.attn_resolutions = (7,)
+  c.training.conditional = True   # class labels, dropped to the null label 10% of the time (CFG)
+  c.training.cond_drop_prob = 0.1
   c.diffusion.schedule = "flow"
   c.diffusion.parametrization = "flow"
   c.diffusion.weighting = "simple"

@@ -85,10 +85,10 @@ def test_label_dropout_rate_is_honoured():
 
 
 def test_conditional_configs():
-  from configs import cifar10_cond, fashion_mnist_classifier, fashion_mnist_cond
+  from configs import cifar10_cond, fashion_mnist, fashion_mnist_classifier
   from jdiff import models
   from jdiff.experiment import config as config_check
-  for mod, shape in ((fashion_mnist_cond, (28, 28, 1)), (cifar10_cond, (32, 32, 3))):
+  for mod, shape in ((fashion_mnist, (28, 28, 1)), (cifar10_cond, (32, 32, 3))):
     c = mod.get_config()
     config_check.validate(c)
     assert c.training.conditional and c.training.cond_drop_prob == 0.1

@@ -568,8 +568,13 @@ def _next_steps(workdir: str, step: int, exp: Experiment, last_grid) -> str:
     lines.append(f"sample grids: {os.path.dirname(last_grid[0])} (last: {os.path.basename(last_grid[0])})")
   if exp.task == "diffusion":
     timing = "" if last_grid is None else f"; ~{last_grid[1]:.2g} s per image on the last grid"
+    labels = ""
+    if c.training.conditional and exp.num_classes:
+      labels = f"; labels i % {exp.num_classes}, or --labels=..."
+      if c.training.cond_drop_prob > 0:
+        labels += ", and --guidance=W for classifier-free guidance"
     lines.append(f"draw samples: python sample.py --workdir={workdir} --num=64   (the config's "
-                 f"{c.sampling.sampler} sampler, {c.sampling.steps} steps{timing})")
+                 f"{c.sampling.sampler} sampler, {c.sampling.steps} steps{labels}{timing})")
     try:
       model_eval.check_sample_metrics(generation.Restored.from_params(exp.model, None), 600)
       num = {"points": "600", "tokens": "256 --bpd --bpd_num=512"}.get(exp.model.data_kind, "1000")
