@@ -1,7 +1,7 @@
 """Which recipe to make the default: FD against training wall-clock, at 10 and 20 NFE and 50-step ancestral.
 
 Every candidate is the default config (``configs/fashion_mnist.py``: same U-Net, data, batch, optimizer
-unless the candidate says otherwise) with the process fields overridden, trained by ``train.py`` (the real
+unless the candidate says otherwise) with the process fields (and whether it reads labels) overridden, trained by ``train.py`` (the real
 CLI, fresh workdir, both CPU cores as JAX devices) for the same wall-clock budget counted from the process
 start (compilation included, as a user waits for it), then ``SIGTERM`` (the loop saves a checkpoint at the
 end of the current step). A checkpoint every ``--ckpt_every`` steps; the bench notes the second each one
@@ -20,7 +20,10 @@ Candidates (``CANDIDATES``):
 * ``edm``: EDM preconditioning, loss weighting and log-normal noise levels (Karras et al. 2022);
 * ``flow``: flow matching / rectified flow with logit-normal t (Lipman et al. 2023; Liu et al. 2023;
   Esser et al. 2024);
-* ``flow_lr2e-3``: the same at twice the learning rate.
+* ``flow_lr2e-3``: the same at twice the learning rate;
+* ``flow_cond``: ``flow_lr2e-3`` with the class labels as a condition (the U-Net's label embedding),
+  dropped to the null label with probability 0.1 (classifier-free guidance, Ho & Salimans 2022): the
+  default since 2026-12-03. The other candidates are unconditional, as they were measured.
 
     python bench/default_recipe.py [--minutes 5] [--every 2.5] [--num 500] [--nfe 10,20] \
         [--candidates flow,eps_linear] [--workdir DIR]
@@ -47,19 +50,23 @@ sys.path.insert(0, _HERE)
 import _harness  # noqa: E402
 
 BASE = "configs/fashion_mnist.py"
-_FLOW = {"diffusion.schedule": "flow", "diffusion.parametrization": "flow", "diffusion.weighting": "simple",
+# The process candidates are unconditional, as measured (2026-12-01); ``flow_cond`` adds the class labels.
+_UNCOND = {"training.conditional": "False"}
+_FLOW = {**_UNCOND, "diffusion.schedule": "flow", "diffusion.parametrization": "flow", "diffusion.weighting": "simple",
          "diffusion.time_sampling": "logit_normal", "sampling.grid": "uniform_t"}
 CANDIDATES = {
-    "eps_linear": {"diffusion.schedule": "linear", "diffusion.parametrization": "eps",
+    "eps_linear": {**_UNCOND, "diffusion.schedule": "linear", "diffusion.parametrization": "eps",
                    "diffusion.weighting": "simple", "diffusion.time_sampling": "uniform",
                    "sampling.grid": "uniform_logsnr"},
-    "v_cosine_minsnr": {"diffusion.schedule": "cosine", "diffusion.parametrization": "v",
+    "v_cosine_minsnr": {**_UNCOND, "diffusion.schedule": "cosine", "diffusion.parametrization": "v",
                         "diffusion.weighting": "min_snr", "diffusion.time_sampling": "uniform",
                         "sampling.grid": "uniform_t"},
-    "edm": {"diffusion.schedule": "edm", "diffusion.parametrization": "edm", "diffusion.weighting": "edm",
+    "edm": {**_UNCOND, "diffusion.schedule": "edm", "diffusion.parametrization": "edm", "diffusion.weighting": "edm",
             "diffusion.time_sampling": "lognormal", "sampling.grid": "karras"},
     "flow": dict(_FLOW),
     "flow_lr2e-3": {**_FLOW, "optim.lr": "2e-3"},
+    "flow_cond": {**_FLOW, "optim.lr": "2e-3", "training.conditional": "True",
+                  "training.cond_drop_prob": "0.1"},
 }
 ANCESTRAL = ("ddpm", 50)
 COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
