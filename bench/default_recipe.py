@@ -1,10 +1,10 @@
 """Which recipe to make the default: FD against training wall-clock, at 10 and 20 NFE and 50-step ancestral.
 
 Every candidate is the default config (``configs/fashion_mnist.py``: same U-Net, data, batch, optimizer
-unless the candidate says otherwise) with the process fields (and whether it reads labels) overridden, trained by ``train.py`` (the real
-CLI, fresh workdir, both CPU cores as JAX devices) for the same wall-clock budget counted from the process
-start (compilation included, as a user waits for it), then ``SIGTERM`` (the loop saves a checkpoint at the
-end of the current step). A checkpoint every ``--ckpt_every`` steps; the bench notes the second each one
+unless the candidate says otherwise) with the process fields (and whether it reads labels) overridden,
+trained by ``train.py`` (the real CLI, fresh workdir, both CPU cores as JAX devices) for the same
+wall-clock budget counted from the process start (compilation included, as a user waits for it), then
+``SIGTERM`` (the loop saves a checkpoint at the end of the current step). A checkpoint every ``--ckpt_every`` steps; the bench notes the second each one
 appears, and scores the newest one before every ``--every`` minutes and the last one with ``eval.py``
 (FD of ``--num`` EMA samples in the Fashion-MNIST feature space, as a ratio to the real-data floor at the
 same N; the share of noise tiles) with UniPC (Zhao et al. 2023), the best fast sampler of
@@ -52,8 +52,8 @@ import _harness  # noqa: E402
 BASE = "configs/fashion_mnist.py"
 # The process candidates are unconditional, as measured (2026-12-01); ``flow_cond`` adds the class labels.
 _UNCOND = {"training.conditional": "False"}
-_FLOW = {**_UNCOND, "diffusion.schedule": "flow", "diffusion.parametrization": "flow", "diffusion.weighting": "simple",
-         "diffusion.time_sampling": "logit_normal", "sampling.grid": "uniform_t"}
+_FLOW = {**_UNCOND, "diffusion.schedule": "flow", "diffusion.parametrization": "flow",
+         "diffusion.weighting": "simple", "diffusion.time_sampling": "logit_normal", "sampling.grid": "uniform_t"}
 CANDIDATES = {
     "eps_linear": {**_UNCOND, "diffusion.schedule": "linear", "diffusion.parametrization": "eps",
                    "diffusion.weighting": "simple", "diffusion.time_sampling": "uniform",
@@ -61,8 +61,8 @@ CANDIDATES = {
     "v_cosine_minsnr": {**_UNCOND, "diffusion.schedule": "cosine", "diffusion.parametrization": "v",
                         "diffusion.weighting": "min_snr", "diffusion.time_sampling": "uniform",
                         "sampling.grid": "uniform_t"},
-    "edm": {**_UNCOND, "diffusion.schedule": "edm", "diffusion.parametrization": "edm", "diffusion.weighting": "edm",
-            "diffusion.time_sampling": "lognormal", "sampling.grid": "karras"},
+    "edm": {**_UNCOND, "diffusion.schedule": "edm", "diffusion.parametrization": "edm",
+            "diffusion.weighting": "edm", "diffusion.time_sampling": "lognormal", "sampling.grid": "karras"},
     "flow": dict(_FLOW),
     "flow_lr2e-3": {**_FLOW, "optim.lr": "2e-3"},
     "flow_cond": {**_FLOW, "optim.lr": "2e-3", "training.conditional": "True",

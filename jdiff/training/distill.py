@@ -88,9 +88,10 @@ def with_teacher_model(config: ml_collections.ConfigDict,
 
 def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """``config`` for a run that starts from ``training.init_from``'s weights: that run's model section
-  and ``training.conditional``; its diffusion section too, except for a consistency model, whose network is then read as that run's
-  denoiser (``consistency.base_schedule`` / ``base_parametrization``; ``jdiff.consistency.
-  precondition_over``). A missing config is left for ``load_init`` to report."""
+  and ``training.conditional``; its diffusion section too, except for a consistency model, whose
+  network is then read as that run's denoiser (``consistency.base_schedule`` /
+  ``base_parametrization``; ``jdiff.consistency.precondition_over``). A missing config is left for
+  ``load_init`` to report."""
   src = config.training.init_from
   init_config = restore_lib.load_config(os.path.abspath(src)) if os.path.isdir(src) else None
   c = copy.deepcopy(config)
