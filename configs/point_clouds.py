@@ -31,6 +31,8 @@ def get_config():
   c.model.num_heads = 4
   c.model.latent_dim = 0
   c.model.local_scales = (0.08, 0.16, 0.32)  # kernel local moments as inputs: measured better than none
+  c.model.mix_scale = 0.0   # > 0: learned neighbour features in every block (PointNet.mix_scale)
+  c.model.mix_dim = 0
   c.model.embedding = "sinusoidal"
   c.model.learned_variance = False
   c.model.dropout = 0.0

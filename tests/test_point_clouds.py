@@ -232,6 +232,7 @@ def test_point_net_is_permutation_equivariant_and_uses_the_whole_set(point_net):
 
 
 @pytest.mark.parametrize("options", [{"num_latents": 4, "num_heads": 2}, {"local_scales": (0.3, 0.6)},
+                                     {"mix_scale": 0.4, "mix_dim": 3},
                                      {"num_latents": 3, "latent_dim": 8, "num_heads": 2}])
 def test_point_net_options_stay_permutation_equivariant(options):
   module = models.create("point_net", **TINY, **options)
@@ -247,6 +248,24 @@ def test_point_net_options_stay_permutation_equivariant(options):
   assert not np.allclose(out, np.asarray(models.functional(plain)[1](
       {"params": {k: v for k, v in rand["params"].items() if k in plain.init(
           jax.random.PRNGKey(0), x, t)["params"]}}, x, t, labels)), atol=1e-6)  # the option is used
+
+
+def test_point_net_neighbour_mixing_reads_only_neighbours():
+  """``K m - m`` vanishes when every point is alone in its kernel (K = I): the output is then exactly
+  that of the same network with the mixing layers zeroed; with neighbours in reach it is not."""
+  module = models.create("point_net", **TINY, mix_scale=0.05)
+  init, apply = models.functional(module)
+  t, labels = jnp.array([0.1, 0.5, 0.9]), jnp.array([2, 0, 1], jnp.int32)
+  far = jnp.asarray(np.random.default_rng(3).standard_normal((3, 17, 3)) * 0.1
+                    + np.arange(17)[None, :, None] * 2.0, jnp.float32)   # pairwise > 2.5 apart
+  rand = _random_params(init(jax.random.PRNGKey(0), far, t), seed=4)
+  cut = jax.tree_util.tree_map_with_path(
+      lambda path, v: jnp.zeros_like(v) if "_mix'" in jax.tree_util.keystr(path) else v, rand)
+  np.testing.assert_allclose(np.asarray(apply(cut, far, t, labels)),
+                             np.asarray(apply(rand, far, t, labels)), rtol=1e-6, atol=1e-6)
+  near = far * 0.01   # neighbours within a kernel width
+  assert not np.allclose(np.asarray(apply(cut, near, t, labels)), np.asarray(apply(rand, near, t, labels)),
+                         atol=1e-4)
 
 
 def test_local_moments_closed_form():
@@ -282,6 +301,8 @@ def test_point_net_rejects_bad_input(point_net):
     models.create("point_net", num_latents=2, latent_dim=8, num_heads=3)
   with pytest.raises(ValueError, match="local_scales must be a tuple of positive kernel widths"):
     models.create("point_net", local_scales=(0.1, -1.0))
+  with pytest.raises(ValueError, match=r"mix_scale must be a kernel width >= 0 \(0: off\), got -0.1"):
+    models.create("point_net", mix_scale=-0.1)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ level and class by FiLM (Perez et al. 2018), as in DiT's adaLN (Peebles & Xie 20
     y = LN(h) * (1 + scale) + shift                      # LayerNorm without affine, per point
     [y = y + ISAB(y)]                                    # with num_latents > 0 (Set Transformer)
     g = Dense(concat[mean_n y, max_n y])                 # [B, hidden]: the shape's global context
-    y = SiLU(Dense(y) + g)                               # [B, N, hidden]: each point plus the context
+    [l = Dense(K m - m), m = Dense(y)]                   # with mix_scale > 0: learned local features
+    y = SiLU(Dense(y) + g [+ l])                         # [B, N, hidden]: each point plus the context
     h = h + Dense_zero(Dropout(y))                       # zero-init residual output
   out = Dense_zero(SiLU(LN(h)))                          # [B, N, 3] (6 with learned variance)
 
@@ -49,6 +50,14 @@ from jdiff.models import embeddings as E
 from jdiff.models.unet import attention
 
 
+def kernel(x, scale: float):
+  """Row-normalised Gaussian kernel ``w_ij / sum_j w_ij``, ``w_ij = exp(-|x_i - x_j|^2 / (2 scale^2))``,
+  of a point set ``x [B, N, D]`` -> ``[B, N, N]`` (each point included in its own row; no gradient)."""
+  d2 = jnp.sum(jnp.square(x[:, :, None, :] - x[:, None, :, :]), axis=-1)
+  w = jax.nn.softmax(-d2 / (2.0 * scale * scale), axis=-1)
+  return jax.lax.stop_gradient(w)
+
+
 def local_moments(x, scale: float):
   """Gaussian-kernel local moments of a point set ``x [B, N, D]`` at kernel width ``scale``: for each
   point ``i``, with weights ``w_ij = exp(-|x_i - x_j|^2 / (2 scale^2))`` over all points ``j`` (itself
@@ -59,9 +68,7 @@ def local_moments(x, scale: float):
   the covariance whose smallest eigenvector is the normal; Hoppe et al. 1992), at a cost of one
   ``N x N`` kernel matrix per scale (no learned weights, no gradient: they are inputs). Sums over all
   points make them equivariant to permutations."""
-  d2 = jnp.sum(jnp.square(x[:, :, None, :] - x[:, None, :, :]), axis=-1)
-  w = jnp.exp(-d2 / (2.0 * scale * scale))
-  w = w / jnp.sum(w, axis=-1, keepdims=True)
+  w = kernel(x, scale)
   mean = jnp.einsum("bij,bjd->bid", w, x)
   second = jnp.einsum("bij,bjd,bje->bide", w, x, x)
   cov = second - mean[..., :, None] * mean[..., None, :]
@@ -90,6 +97,14 @@ class PointNet(nn.Module):
       projections cheap.
     local_scales: kernel widths of :func:`local_moments`, fed as extra per-point inputs (``()``: none;
       ``configs/point_clouds.py`` uses three, for ~20% more step time).
+    mix_scale: ``> 0``: every block also reads learned features of its neighbours, ``K m - m`` with
+      ``K`` the row-normalised Gaussian kernel of the noisy input at this width (:func:`kernel`) and
+      ``m`` a ``mix_dim``-wide projection of the block's input: a graph convolution on the kernel's
+      soft neighbourhoods (Kipf & Welling 2017; the local aggregation of DGCNN, Wang et al. 2019, and
+      PVD, Zhou et al. 2021, with fixed soft weights instead of a k-nearest-neighbour gather), so
+      later blocks compare a point's features with its neighbours' rather than only with fixed input
+      moments. ``0``: off.
+    mix_dim: width of ``m`` (``0``: ``features // 2``).
   """
   features: int = 128
   hidden: int = 256
@@ -106,6 +121,8 @@ class PointNet(nn.Module):
   num_heads: int = 4
   latent_dim: int = 0
   local_scales: Sequence[float] = ()
+  mix_scale: float = 0.0
+  mix_dim: int = 0
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -121,6 +138,10 @@ class PointNet(nn.Module):
         isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in self.local_scales):
       raise ValueError(f"local_scales must be a tuple of positive kernel widths, got "
                        f"{self.local_scales!r}")
+    if isinstance(self.mix_scale, bool) or not isinstance(self.mix_scale, (int, float)) or not (
+        self.mix_scale >= 0 and np.isfinite(self.mix_scale)):
+      raise ValueError(f"mix_scale must be a kernel width >= 0 (0: off), got {self.mix_scale!r}")
+    _checks.int_at_least(self.mix_dim, "mix_dim", 0)
     _checks.int_at_least(self.num_latents, "num_latents", 0)
     _checks.positive_int(self.num_heads, "num_heads")
     _checks.int_at_least(self.latent_dim, "latent_dim", 0)
@@ -154,6 +175,7 @@ class PointNet(nn.Module):
     if self.local_scales:
       local = [local_moments(x.astype(jnp.float32), r) for r in self.local_scales]
       h = h + dense(f, "in_local")(jnp.concatenate(local, axis=-1).astype(dt))
+    mix = kernel(x.astype(jnp.float32), self.mix_scale).astype(dt) if self.mix_scale else None
     for i in range(self.num_blocks):
       shift, scale = jnp.split(dense(2 * f, f"block{i}_film", zero=True)(nn.silu(emb)), 2, axis=-1)
       y = norm(f"block{i}_norm")(h) * (1 + scale[:, None, :]) + shift[:, None, :]
@@ -161,7 +183,12 @@ class PointNet(nn.Module):
         y = y + self._latent_context(y, i, dense)
       pooled = jnp.concatenate([jnp.mean(y, axis=1), jnp.max(y, axis=1)], axis=-1)
       g = dense(self.hidden, f"block{i}_global")(pooled)
-      y = nn.silu(dense(self.hidden, f"block{i}_dense0")(y) + g[:, None, :])
+      pre = dense(self.hidden, f"block{i}_dense0")(y) + g[:, None, :]
+      if mix is not None:
+        m = dense(self.mix_dim or max(f // 2, 1), f"block{i}_mix_in")(y)
+        pre = pre + nn.Dense(self.hidden, use_bias=False, dtype=dt, kernel_init=E.default_init,
+                             name=f"block{i}_mix")(jnp.einsum("bij,bjc->bic", mix, m) - m)
+      y = nn.silu(pre)
       y = nn.Dropout(self.dropout, deterministic=not train)(y)
       h = h + dense(f, f"block{i}_dense1", zero=True)(y)
     h = nn.silu(nn.LayerNorm(dtype=dt, name="norm_out")(h))
