@@ -6,7 +6,8 @@ bits/dim, written as a JSON report.
 
 Samples ``--num`` images from the EMA parameters of the newest checkpoint (``--checkpoint=<workdir>/
 checkpoints/<step>`` or ``--step`` for another one, ``--raw`` for the raw parameters) exactly as
-``sample.py`` does (same seed -> same samples) and scores them by their dataset:
+``sample.py`` does (same seed -> same samples; the same sampler flags, ``--hparam=name=value``
+included) and scores them by their dataset:
 
 - Fashion-MNIST (clipped to [-1, 1]) and MNIST-1D: in the feature space of the dataset's classifier
   (``jdiff.eval``): FD, KID ± std over subsets, precision, recall and, for class-conditional models,
@@ -85,8 +86,6 @@ def _check_flags():
 
 def _command(s, ckpt_dir, out):
   args = gflags.settings_args(s) if FLAGS.num else ["--num=0"]
-  if FLAGS.num and FLAGS.eta is not None:
-    args.append(f"--eta={FLAGS.eta!r}")
   if FLAGS.bpd:
     args += ["--bpd", f"--bpd_num={FLAGS.bpd_num}", f"--bpd_batch={FLAGS.bpd_batch}",
              f"--bpd_trace={FLAGS.bpd_trace}", f"--bpd_tol={FLAGS.bpd_tol!r}",

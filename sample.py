@@ -58,7 +58,6 @@ flags.DEFINE_string("classifier", None, "Classifier guidance: the workdir (or <w
                     "<step>) of a noise-conditional classifier trained by train.py with task "
                     "'classifier' (EMA parameters); guides toward --labels.")
 flags.DEFINE_float("classifier_scale", None, "Classifier guidance scale s (default 1 with --classifier).")
-flags.DEFINE_multi_string("hparam", [], "A sampler hyperparameter as name=value (repeatable).")
 flags.DEFINE_string("ddpm_variance", None, "ddpm sampler variance: small, large or learned.")
 flags.DEFINE_integer("start_index", 0, "Global index of the first sample (to split a run).")
 flags.DEFINE_string("out", None, "Output path FILE(.png): writes FILE.png, FILE.npz and FILE.json "
@@ -92,7 +91,6 @@ def _command(ckpt_dir, s, base, classifier_dir=None):
   args = gflags.settings_args(s) + [f"--start_index={s.start_index}"]
   if classifier_dir:
     args += [f"--classifier={classifier_dir}", f"--classifier_scale={s.classifier_scale!r}"]
-  args += [f"--hparam={k}={v!r}" for k, v in sorted(s.hparams.items())]
   if s.ddpm_variance:
     args.append(f"--ddpm_variance={s.ddpm_variance}")
   if FLAGS.input:
@@ -129,7 +127,7 @@ def _main(argv):
   cli.set_cpu_devices(FLAGS.cpu_devices)  # before anything starts JAX's backends
   settings = gflags.settings(
       start_index=FLAGS.start_index, classifier_scale=FLAGS.classifier_scale,
-      hparams=gflags.parse_hparams(FLAGS.hparam, None), ddpm_variance=FLAGS.ddpm_variance,
+      ddpm_variance=FLAGS.ddpm_variance,
       strength=FLAGS.strength, resample=FLAGS.resample, jump_length=FLAGS.jump_length,
       save_noise=FLAGS.save_noise)
   generation.check_settings(settings)  # everything that needs no checkpoint, before loading one

@@ -8,7 +8,9 @@ NFE actually spent is at most the budget (Heun: 2 per step, 1 on the last step t
 starts from the same noise in every cell (common random numbers: differences between cells are not
 noise-draw differences). As in ``sample.py`` / ``eval.py``, x0_hat is clipped to [-1, 1] at every step
 when the model's config says so (``sampling.clip_x0``, the default for images; recorded per row), and
-the samples are clipped to [-1, 1] before scoring.
+the samples are clipped to [-1, 1] before scoring. A sampler may carry hyperparameters, ``NAME:k=v[:k=v]``
+(e.g. ``heun:S_churn=10``, Heun with the churn of Karras et al. 2022, Alg. 2): they replace the ones the
+model's config records for it (``sampling.hparams``), and ``:`` alone means none of them.
 
     python bench/quality_vs_nfe.py [--workdir runs/fashion_mnist] [--num 1000] \
         [--samplers ddim,euler,heun,dpmpp_2m,dpmpp_3m,ddpm] [--nfe 5,10,20,50]
@@ -19,6 +21,7 @@ Writes ``bench/out/quality_vs_nfe.json`` (after every cell, so a partial run kee
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -34,13 +37,30 @@ if _REPO not in sys.path:
 
 METRICS = ("fd", "kid", "precision", "recall")
 COLORS = {"ddim": (31, 119, 180), "euler": (255, 127, 14), "heun": (44, 160, 44),
-          "dpmpp_2m": (214, 39, 40), "dpmpp_3m": (148, 103, 189), "ddpm": (140, 86, 75)}
+          "dpmpp_2m": (214, 39, 40), "dpmpp_3m": (148, 103, 189), "ddpm": (140, 86, 75),
+          "unipc": (227, 119, 194)}
 
 
-def steps_for(sampler: str, nfe: int) -> int:
-  """Grid steps spending at most ``nfe`` denoiser calls on a VP schedule (which reaches sigma = 0)."""
+def parse_sampler(spec: str):
+  """``NAME`` or ``NAME:k=v[:k=v...]`` -> (name, hyperparameters or None: the config's)."""
+  name, sep, rest = spec.partition(":")
+  if not sep:
+    return name, None
+  hp = {}
+  for item in (i for i in rest.split(":") if i):
+    k, eq, v = item.partition("=")
+    if not eq or not k:
+      raise SystemExit(f"--samplers: {spec!r}: hyperparameters look like NAME:k=v (heun:S_churn=10)")
+    hp[k] = float(v)
+  return name, hp
+
+
+def steps_for(sampler: str, nfe: int, from_infinity: bool = False) -> int:
+  """Grid steps spending at most ``nfe`` denoiser calls on a schedule that reaches sigma = 0. Heun spends
+  2 per step but 1 on the last step (to sigma = 0) and, with ``from_infinity`` (flow matching's t = 1,
+  sigma_tilde = inf), 1 on the first."""
   if sampler == "heun":
-    return max(1, (nfe + 1) // 2)
+    return max(1, (nfe + 1 + int(from_infinity)) // 2)
   return max(1, nfe)
 
 
@@ -109,7 +129,7 @@ def plot(rows, floor, path: str, title: str) -> None:
     for i, smp in enumerate(samplers):
       pts = sorted((r["nfe"], r[metric]) for r in rows if r["sampler"] == smp)
       xy = [(px(n), py(v)) for n, v in pts]
-      color = COLORS.get(smp, (0, 0, 0))
+      color = COLORS.get(smp, (0, 0, 0) if ":" not in smp else (23, 190, 207))
       if len(xy) > 1:
         d.line(xy, fill=color, width=2)
       rad = 5 if smp == "ddim" else 3  # ddim = euler without churn: a ring around euler's dots
@@ -121,13 +141,22 @@ def plot(rows, floor, path: str, title: str) -> None:
   ly = 2 * ph + 45  # legend
   for i, smp in enumerate(samplers + ["floor"]):
     lx = 30 + i * 122
-    color = COLORS.get(smp, (120, 120, 120))
+    color = COLORS.get(smp, (120, 120, 120) if smp == "floor" else
+                       (0, 0, 0) if ":" not in smp else (23, 190, 207))
     d.line([lx, ly + 6, lx + 22, ly + 6], fill=color, width=3)
     d.text((lx + 27, ly), smp if smp != "floor" else "floor (real)", fill="black", font=font)
   img.save(path)
 
 
 # ---------------------------------------------------------------------------------------------------
+
+
+def _without_hparams(config):
+  """A copy of a model config without recorded sampler hyperparameters."""
+  c = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") else config
+  if "sampling" in c and "hparams" in c.sampling:
+    c.sampling.hparams = type(c.sampling.hparams)()
+  return c
 
 
 def _title(info: dict) -> str:
@@ -175,12 +204,16 @@ def main():
           "step": restored.step, "params": "ema", "num": args.num, "seed": args.seed,
           "feature_net_test_accuracy": net.test_accuracy, "jax": jax.__version__,
           "cpu_count": os.cpu_count()}
-  for sampler in samplers:
+  from_inf = not np.isfinite(float(restored.schedule.sigma_tilde(1.0)))
+  bare = dataclasses.replace(restored, config=_without_hparams(restored.config))
+  for spec in samplers:
+    sampler, hp = parse_sampler(spec)
     for budget in budgets:
-      steps = steps_for(sampler, budget)
+      steps = steps_for(sampler, budget, from_inf)
       s = gen.Settings(num=args.num, seed=args.seed, sampler=sampler, steps=steps, grid=args.grid,
-                       batch_size=args.batch_size)
-      res = gen.generate(restored, s, progress=False)
+                       batch_size=args.batch_size, hparams=hp or {})
+      model = restored if hp is None else bare  # these hyperparameters instead of the config's
+      res = gen.generate(model, s, progress=False)
       x = res.samples
       if not np.all(np.isfinite(x)):
         print(f"{sampler} {steps} steps: non-finite samples, skipped", flush=True)
@@ -189,12 +222,12 @@ def main():
         warnings.simplefilter("ignore")
         r = jeval.report(np.clip(x, -1.0, 1.0), res.labels, net=net, seed=args.seed)
       floor = r["floor"]
-      row = {"sampler": sampler, "nfe_budget": budget, "nfe": res.nfe_per_batch, "steps": steps,
+      row = {"sampler": spec, "hparams": res.settings.hparams, "nfe_budget": budget, "nfe": res.nfe_per_batch, "steps": steps,
              "grid": res.settings.grid, "clip_x0": bool(res.settings.clip_x0), **{k: r[k] for k in ("fd", "kid", "kid_std", "kid_stderr",
-                                                           "precision", "recall", "accuracy")},
+                                                           "precision", "recall", "accuracy", "noisy")},
              "sample_seconds": res.sample_seconds, "compile_seconds": res.compile_seconds}
       rows.append(row)
-      print(f"{sampler:>9} NFE {row['nfe']:>3} ({steps} steps): FD {row['fd']:.3f}, KID "
+      print(f"{spec:>9} NFE {row['nfe']:>3} ({steps} steps): FD {row['fd']:.3f}, KID "
             f"{row['kid']:.5f}±{row['kid_std']:.5f}, precision {row['precision']:.3f}, recall "
             f"{row['recall']:.3f} [{row['sample_seconds']:.0f} s + {row['compile_seconds']:.0f} s "
             f"compile]", flush=True)

@@ -157,6 +157,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   s.clip_x0 = True             # clip x0_hat to [-1, 1] at every step (image data only)
   s.prompts = ()               # text-to-image: the prompts of the training grids and of sample.py by default
   s.guidance = 0.0             # classifier-free guidance scale of the training grids (0: none)
+  # Sampler hyperparameters by sampler name, e.g. `s.hparams.heun = ConfigDict({"S_churn": 10.0})`:
+  # used whenever that sampler samples this model (train-time grids, sample.py, eval.py, whichever sampler
+  # is asked for); --hparam=name=value overrides one.
+  s.hparams = ml_collections.ConfigDict()
 
   # Periodic evaluation of EMA samples in the Fashion-MNIST feature space (jdiff.eval.report):
   # FD, KID, precision, recall (+ classifier accuracy for conditional models) and their floors, into

@@ -65,6 +65,21 @@ def get_sampler(name: str, **options) -> Sampler:
   return SAMPLERS[name](**options)
 
 
+# Hyperparameters that make a deterministic sampler draw noise when positive: DDIM's eta (Song et al.
+# 2021a, eq. 16) and the churn of Karras et al. 2022, Alg. 2 (with S_noise > 0).
+_NOISE_HPARAMS = ("eta", "S_churn")
+
+
+def draws_noise(sampler: Sampler, hparams: dict) -> bool:
+  """Whether ``sampler`` with ``hparams`` (over its defaults) draws noise after the starting point, i.e.
+  is not an ODE solver: a stochastic sampler, or DDIM with ``eta > 0``, or Euler/Heun with churn."""
+  if not sampler.deterministic:
+    return True
+  hp = {**sampler.hparams, **hparams}
+  churn = float(hp.get("S_churn", 0.0)) > 0 and float(hp.get("S_noise", 1.0)) != 0
+  return churn or float(hp.get("eta", 0.0)) > 0
+
+
 def initial_noise(key, indices, shape_per_sample, schedule: Schedule):
   """Prior samples ``x_1 = prior_std * eps``, ``eps`` of example ``i`` drawn from ``fold_in(key, i)``.
 

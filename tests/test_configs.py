@@ -48,3 +48,16 @@ def test_config_variants_validate_and_build(name, arg):
     assert "context_kv" in params["block0"], sorted(params["block0"])
   with pytest.raises(ValueError, match="takes the"):
     module.get_config("nope")
+
+
+@pytest.mark.parametrize("hparams,match", [
+    ({"unipc": {"S_churn": 1.0}}, r"sampling.hparams.unipc: sampler 'unipc' has no hyperparameter\(s\) "
+                                  r"S_churn"),
+    ({"S_churn": 1.0}, r"sampling.hparams.S_churn: hyperparameters are grouped by sampler name"),
+    ({"heun": {"S_churn": float("nan")}}, r"sampling.hparams.heun.S_churn must be a finite number")])
+def test_sampler_hyperparameters_are_checked_with_the_config(hparams, match):
+  import ml_collections
+  c = importlib.import_module("configs.fashion_mnist").get_config()
+  c.sampling.hparams = ml_collections.ConfigDict(hparams)
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(c)

@@ -276,3 +276,26 @@ def test_bad_reflow_input_is_one_error(bad_runs, case):
   assert "Traceback" not in r.stderr
   if case != "other_pairs":
     assert not os.path.exists(wd / "checkpoints") and not os.path.exists(wd / "pairs")
+
+
+def test_pairs_refuse_a_teacher_sampler_that_the_config_makes_stochastic(tmp_path):
+  """A teacher whose config records churn for its sampler (``sampling.hparams.heun.S_churn``) would draw
+  pairs that are not its ODE's: refused, and accepted once ``reflow.sampler`` names an ODE solver."""
+  import ml_collections
+  import _sample_models as sm
+  from jdiff.generation import restore
+  from jdiff.training import reflow as reflow_run
+  c = sm.mlp_config("flow")
+  c.diffusion.schedule = "flow"
+  c.sampling.sampler, c.sampling.grid = "heun", "uniform_t"
+  c.sampling.hparams.heun = ml_collections.ConfigDict({"S_churn": 10.0})
+  teacher = restore.restore(sm.write_workdir(str(tmp_path / "t"), c, (2,), 0), None)
+  student = sm.mlp_config()
+  with pytest.raises(ValueError, match=r"'heun' with \{'S_churn': 10.0\} draws noise"):
+    reflow_run.settings(student, teacher, 8)
+  student.reflow.sampler = "unipc"
+  assert reflow_run.settings(student, teacher, 8).hparams == {}
+  for name, hp, noisy in [("unipc", {}, False), ("ddpm", {}, True), ("heun", {}, False),
+                          ("heun", {"S_churn": 1.0}, True), ("heun", {"S_churn": 1.0, "S_noise": 0.0}, False),
+                          ("ddim", {"eta": 0.5}, True), ("ddim", {"eta": 0.0}, False)]:
+    assert sampling.draws_noise(sampling.get_sampler(name), hp) is noisy, (name, hp)

@@ -298,3 +298,34 @@ def test_cpu_devices_flag_samples_the_same_over_two_host_devices(mlp_wd, tmp_pat
                   timeout=60)
   assert r.returncode == 2 and "--cpu_devices must be an integer >= 0" in r.stderr
   assert not (tmp_path / "x").exists()
+
+
+def test_the_config_records_sampler_hyperparameters_by_sampler(tmp_path):
+  """``sampling.hparams.<sampler>`` applies whenever that sampler samples the model (the config's own or
+  one asked for), under ``--hparam``; another sampler does not get them. The samples use them, and the
+  command sample.py writes spells them out."""
+  import ml_collections
+  from jdiff import generation as gen
+  from jdiff.generation import restore
+  c = sm.mlp_config()
+  c.sampling.sampler, c.sampling.steps = "heun", 3
+  c.sampling.hparams.heun = ml_collections.ConfigDict({"S_churn": 10.0})
+  wd = sm.write_workdir(str(tmp_path / "m"), c, (2,), 0)
+  r = restore.restore(wd, None)
+  res = lambda **kw: gen.resolve(gen.Settings(**{"num": 4, "batch_size": 4, **kw}), r)
+  assert res().hparams == {"S_churn": 10.0}
+  assert res(sampler="heun", hparams={"S_churn": 0.0}).hparams == {"S_churn": 0.0}
+  assert res(sampler="euler").hparams == {}
+  draw = lambda s: np.asarray(gen.generate(r, s, progress=False).samples)
+  default = draw(res())
+  np.testing.assert_array_equal(default, draw(res(hparams={"S_churn": 10.0})))
+  assert np.abs(default - draw(res(hparams={"S_churn": 0.0}))).max() > 1e-3   # the churn is used
+  # Its noise is drawn per sample: sample i is the same one at a time (float32 rounding aside; this
+  # random network's samples reach 1e4, hence a relative tolerance).
+  np.testing.assert_allclose(draw(res(batch_size=1)), default, rtol=2e-5, atol=2e-5)
+  assert _main([f"--workdir={wd}", "--num=4", f"--out={tmp_path / 's'}"]) == 0
+  with open(tmp_path / "s.json") as f:
+    meta = json.load(f)
+  assert meta["hparams"]["S_churn"] == 10.0 and "--hparam=S_churn=10.0" in meta["command"]
+  with np.load(tmp_path / "s.npz") as z:
+    np.testing.assert_array_equal(z["samples"], default)

@@ -142,6 +142,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
       if cc.get("base_parametrization", "") != "edm":
         parametrization.check_parametrization(cc.get("base_parametrization", "") or "eps")
     sampling.check_sampler_schedule(sampling.get_sampler(c.sampling.sampler), schedule)
+    _check_sampler_hparams(c.sampling.get("hparams", None) or {})
     grid = _checks.choice("grid", c.sampling.get("grid", "uniform_logsnr"), grids.GRIDS)
     try:  # the sampling grid itself: a schedule/grid/steps combination float32 cannot resolve fails now
       grids.get_grid(grid, schedule, c.sampling.steps)
@@ -232,6 +233,22 @@ def _validate_categorical(c: ml_collections.ConfigDict) -> None:
   if c.data.get("random_flip", False):
     raise ValueError("random_flip flips images; tokens cannot be flipped: set "
                      "--config.data.random_flip=False")
+
+
+def _check_sampler_hparams(by_sampler) -> None:
+  """``sampling.hparams.<sampler>.<name>``: known samplers, their hyperparameters, finite numbers."""
+  for name, hp in by_sampler.items():
+    if name not in sampling.SAMPLERS or not hasattr(hp, "items"):
+      raise ValueError(f"config.sampling.hparams.{name}: hyperparameters are grouped by sampler name "
+                       f"(e.g. sampling.hparams.heun.S_churn); valid samplers are: "
+                       f"{', '.join(sampling.SAMPLER_NAMES)}")
+    for k, v in hp.items():
+      if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"config.sampling.hparams.{name}.{k} must be a finite number, got {v!r}")
+    try:
+      sampling.resolve_hparams(sampling.get_sampler(name), dict(hp.items()))
+    except ValueError as e:
+      raise ValueError(f"config.sampling.hparams.{name}: {e}") from None
 
 
 def _in_range(v, name: str, lo: float, hi: float, text: str, lo_open: bool = False,

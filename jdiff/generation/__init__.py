@@ -7,7 +7,7 @@ from jdiff.generation import cascade
 from jdiff.generation.files import texts_file
 from jdiff.generation.generate import Plan, Result, generate, nonfinite_rows, plan, run
 from jdiff.generation.restore import Restored
-from jdiff.generation.settings import Settings, check_settings, resolve
+from jdiff.generation.settings import Settings, check_settings, config_hparams, resolve
 
-__all__ = ["Plan", "Restored", "Result", "Settings", "cascade", "check_settings", "generate",
+__all__ = ["Plan", "Restored", "Result", "Settings", "cascade", "check_settings", "config_hparams", "generate",
            "nonfinite_rows", "plan", "resolve", "run", "texts_file"]

@@ -45,6 +45,8 @@ def define(num_default: int) -> None:
   flags.DEFINE_float("sr_level", None, "Cascade: the noise-augmentation level of the low-resolution "
                      "images, in [0, 1] (default: the super-resolution config's super_res.level).")
   flags.DEFINE_float("eta", None, "DDIM eta (0: deterministic, 1: DDPM-like).")
+  flags.DEFINE_multi_string("hparam", [], "A sampler hyperparameter as name=value (repeatable; over "
+                            "the config's sampling.hparams.<sampler>), e.g. S_churn=10 for euler/heun.")
   flags.DEFINE_integer("batch_size", None, "Samples per pmapped call over all devices (default "
                        "min(num, 64), rounded up to a multiple of the device count).")
   flags.DEFINE_bool("clip_x0", None, "Clip x0_hat to the data range [-1, 1] at every step (default: the "
@@ -114,9 +116,7 @@ def parse_hparams(items: Sequence[str], eta: Optional[float]) -> dict:
 
 def settings(**extra) -> Settings:
   """``Settings`` from the shared flags (``extra``: the fields of flags only one program has)."""
-  hparams = extra.pop("hparams", {})
-  if FLAGS.eta is not None:
-    hparams = dict(hparams, eta=float(FLAGS.eta))
+  hparams = parse_hparams(FLAGS.hparam, FLAGS.eta)
   return Settings(num=FLAGS.num, seed=FLAGS.seed, sampler=FLAGS.sampler, steps=FLAGS.steps,
                   grid=FLAGS.grid, batch_size=FLAGS.batch_size, guidance=FLAGS.guidance,
                   labels=parse_labels(FLAGS.labels), hparams=hparams, clip_x0=FLAGS.clip_x0,
@@ -136,6 +136,7 @@ def settings_args(s: Settings) -> list:
     args.append("--clip_x0" if s.clip_x0 else "--noclip_x0")
   if s.threshold is not None:
     args.append(f"--threshold={s.threshold!r}")
+  args += [f"--hparam={k}={v!r}" for k, v in sorted(s.hparams.items())]
   args += [f"--prompt={p}" for p in (s.prompts or ())]
   if FLAGS.text_emb:
     args.append(f"--text_emb={os.path.abspath(FLAGS.text_emb)}")

@@ -123,11 +123,18 @@ def check_settings(s: Settings) -> None:
       raise ValueError(f"hyperparameter {k} must be a finite number, got {v!r}")
 
 
+def config_hparams(config, sampler: str) -> dict:
+  """The hyperparameters the config records for ``sampler`` (``sampling.hparams.<sampler>``), as floats."""
+  by_sampler = config.get("sampling", {}).get("hparams", {}) or {}
+  return {k: float(v) for k, v in (by_sampler.get(sampler, None) or {}).items()}
+
+
 def resolve(s: Settings, restored: Restored, *, classifier: Optional[Restored] = None,
             mode: str = "sample") -> Settings:
   """``s`` with every open choice made for this model: ``sampler``, ``steps`` and ``grid`` from the
   config's ``sampling`` section (with a grid file: its steps and sampler, a warning if another sampler
-  is asked for); ``clip_x0`` from ``sampling.clip_x0`` for image data (off otherwise);
+  is asked for); the hyperparameters the config records for the sampler (``sampling.hparams``) under
+  those of ``s``; ``clip_x0`` from ``sampling.clip_x0`` for image data (off otherwise);
   ``ddpm_variance`` learned if the model learned one (else small); ``classifier_scale`` 1 with a
   classifier; the SDEdit strength. Checked before and after (``check_settings``)."""
   check_settings(s)
@@ -162,8 +169,10 @@ def resolve(s: Settings, restored: Restored, *, classifier: Optional[Restored] =
   strength = s.strength
   if mode == "sdedit" and strength is None:
     strength = SDEDIT_STRENGTH
+  hparams = {**config_hparams(restored.config, sampler), **s.hparams}
   s = dataclasses.replace(s, sampler=sampler, steps=steps or c.get("steps", 20), grid=grid,
-                          clip_x0=clip, ddpm_variance=variance, classifier_scale=scale, strength=strength)
+                          clip_x0=clip, ddpm_variance=variance, classifier_scale=scale, strength=strength,
+                          hparams=hparams)
   check_settings(s)
   return s
 

@@ -573,8 +573,10 @@ def _next_steps(workdir: str, step: int, exp: Experiment, last_grid) -> str:
       labels = f"; labels i % {exp.num_classes}, or --labels=..."
       if c.training.cond_drop_prob > 0:
         labels += ", and --guidance=W for classifier-free guidance"
+    hp = generation.config_hparams(c, c.sampling.sampler)
+    hp = "".join(f" {k}={v:g}" for k, v in sorted(hp.items()))
     lines.append(f"draw samples: python sample.py --workdir={workdir} --num=64   (the config's "
-                 f"{c.sampling.sampler} sampler, {c.sampling.steps} steps{labels}{timing})")
+                 f"{c.sampling.sampler}{hp} sampler, {c.sampling.steps} steps{labels}{timing})")
     try:
       model_eval.check_sample_metrics(generation.Restored.from_params(exp.model, None), 600)
       num = {"points": "600", "tokens": "256 --bpd --bpd_num=512"}.get(exp.model.data_kind, "1000")

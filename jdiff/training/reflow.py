@@ -27,6 +27,7 @@ import numpy as np
 
 from jdiff import data as jdata
 from jdiff import generation
+from jdiff import sampling
 from jdiff.generation import settings as settings_lib
 from jdiff.utils import files
 
@@ -47,10 +48,11 @@ def settings(config: ml_collections.ConfigDict, teacher: generation.Restored,
                           steps=int(r.steps) or None, grid=r.grid or None,
                           batch_size=int(r.get("batch_size", 250)), save_noise=True)
   s = settings_lib.resolve(s, teacher)
-  if not settings_lib.resolve_sampler(s, teacher).deterministic:
-    raise ValueError(f"reflow pairs need a deterministic (ODE) sampler, but {s.sampler!r} draws noise: "
-                     f"set --config.reflow.sampler to an ODE solver such as unipc, dpmpp_2m, heun or "
-                     f"euler")
+  if sampling.draws_noise(settings_lib.resolve_sampler(s, teacher), s.hparams):
+    churn = f" with {s.hparams}" if s.hparams else ""
+    raise ValueError(f"reflow pairs need a deterministic (ODE) sampler, but {s.sampler!r}{churn} draws "
+                     f"noise: set --config.reflow.sampler to an ODE solver such as unipc, dpmpp_2m, heun "
+                     f"or euler (without churn)")
   return s
 
 
