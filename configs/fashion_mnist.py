@@ -5,8 +5,13 @@ time on a 2-core CPU, flow matching (the linear interpolant ``x_t = (1 - t) x0 +
 prediction, Lipman et al. 2023; Liu et al. 2023) with logit-normal times (Esser et al. 2024, Sec. 3.1)
 gave the lowest FD at 10 and 20 NFE and at 50-step ancestral sampling, ahead of v-prediction on the
 cosine schedule with min-SNR weighting, EDM, and the DDPM recipe (linear schedule, eps-prediction; now
-``configs/fashion_mnist_ddpm.py``). UniPC (Zhao et al. 2023) on the uniform-t grid is the sampler: the
-best fast sampler of ``bench/sampler_accuracy.py``, also for the train-time grids.
+``configs/fashion_mnist_ddpm.py``). The sampler, also of the train-time grids and ``eval.py``, is Heun
+with churn (Karras et al. 2022, Alg. 2: before each step the noise level is raised by the factor
+``1 + gamma``, ``gamma = min(S_churn / N, sqrt(2) - 1)``, by adding fresh noise) on the uniform-t grid, 6
+steps = 10 NFE. Chosen on this model by FD at 10 and 20 NFE (``bench/quality_vs_nfe.py``; bench/README.md,
+"Default recipe"): the ODE solvers' samples carry the model's errors to the end (UniPC, the most accurate
+ODE solver of ``bench/sampler_accuracy.py``, was 2.9x the floor at 10 NFE and no better at 20), the churn's
+fresh noise corrects part of them (2.2x at 10 NFE). Sample ``i`` stays a function of the seed and ``i``.
 
 The model is class-conditional: the labels go through the U-Net's label embedding and are dropped to the
 null label with probability 0.1, so one network is the conditional and the unconditional model
@@ -40,9 +45,10 @@ def get_config():
   c.training.ema_decay = 0.999
   c.training.ckpt_every = 500
   c.training.sample_every = 500
-  c.sampling.sampler = "unipc"
-  c.sampling.steps = 10
+  c.sampling.sampler = "heun"     # 6 steps = 10 NFE (1 on the first step from t = 1, 1 on the last)
+  c.sampling.steps = 6
   c.sampling.grid = "uniform_t"
+  c.sampling.hparams.heun = base.ml_collections.ConfigDict({"S_churn": 10.0})  # gamma = sqrt(2) - 1
   c.optim.lr = 2e-3
   c.optim.warmup_steps = 200
   return c

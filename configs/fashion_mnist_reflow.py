@@ -16,6 +16,8 @@ def get_config():
   c.distill.teacher_workdir = "runs/fashion_mnist"
   c.reflow.num_pairs = 10000
   c.reflow.time_sampling = "uniform"
+  c.reflow.sampler, c.reflow.steps, c.reflow.grid = "unipc", 10, "uniform_t"  # an ODE solver, not the
+  #                                                           teacher's default sampler (Heun with churn)
   c.training.num_steps = 2000
   c.training.ema_decay = 0.999
   c.optim.lr = 2e-4

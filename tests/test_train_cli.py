@@ -47,6 +47,7 @@ def test_train_py_end_to_end_and_resume(tmp_path):
   default = fashion_mnist.get_config()
   assert cfg["diffusion"] == json.loads(default.diffusion.to_json())
   assert cfg["sampling"]["sampler"] == default.sampling.sampler
+  assert cfg["sampling"]["hparams"] == json.loads(default.sampling.hparams.to_json())
   assert cfg["training"]["conditional"] is True and cfg["training"]["cond_drop_prob"] == 0.1
   # The run ends by saying where its results are and how to sample from it.
   tail = r.stdout.strip().splitlines()[-4:]
@@ -54,6 +55,7 @@ def test_train_py_end_to_end_and_resume(tmp_path):
   assert tail[1].startswith(f"sample grids: {os.path.join(wd, 'samples')} (last: step_0000002.png)")
   assert tail[2].startswith(f"draw samples: python sample.py --workdir={wd} --num=64") and "s per image" in tail[2]
   assert "labels i % 10, or --labels=..., and --guidance=W" in tail[2], tail[2]
+  assert "(the config's heun S_churn=10 sampler, " in tail[2], tail[2]
   assert tail[3] == f"score them:   python eval.py --workdir={wd} --num=1000"
   # One front door: sample.py draws exactly the training loop's sample grid (same settings, program).
   out = tmp_path / "grid"
