@@ -157,3 +157,18 @@ def test_automatic_cpu_device_count(monkeypatch):
   assert cli.cpu_only()
   monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
   assert not cli.cpu_only()
+
+
+def test_malloc_keeps_freed_memory_unless_the_user_tuned_it():
+  """``cli.tune_malloc`` (called by the CLIs on CPU-only hosts) sets glibc's thresholds, and leaves a
+  user's own ``MALLOC_*`` / ``GLIBC_TUNABLES`` settings alone."""
+  import platform
+  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    pytest.skip("glibc only")
+  code = "from jdiff.utils import cli; print(cli.tune_malloc())"
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+  for extra, want in [({}, "True"), ({"MALLOC_ARENA_MAX": "4"}, "False"),
+                      ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "False")]:
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={**env, **extra}, timeout=120)
+    assert r.stdout.strip() == want, (extra, r.stdout, r.stderr[-2000:])
