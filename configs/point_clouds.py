@@ -31,7 +31,7 @@ def get_config():
   c.model.num_heads = 4
   c.model.latent_dim = 0
   c.model.local_scales = (0.08, 0.16, 0.32)  # kernel local moments as inputs: measured better than none
-  c.model.mix_scale = 0.0   # > 0: learned neighbour features in every block (PointNet.mix_scale)
+  c.model.mix_scale = 0.0   # > 0: learned neighbour features; 0.12 measured worse at equal time
   c.model.mix_dim = 0
   c.model.embedding = "sinusoidal"
   c.model.learned_variance = False

@@ -9,5 +9,5 @@ from jdiff.generation.generate import Plan, Result, generate, nonfinite_rows, pl
 from jdiff.generation.restore import Restored
 from jdiff.generation.settings import Settings, check_settings, config_hparams, resolve
 
-__all__ = ["Plan", "Restored", "Result", "Settings", "cascade", "check_settings", "config_hparams", "generate",
-           "nonfinite_rows", "plan", "resolve", "run", "texts_file"]
+__all__ = ["Plan", "Restored", "Result", "Settings", "cascade", "check_settings", "config_hparams",
+           "generate", "nonfinite_rows", "plan", "resolve", "run", "texts_file"]
