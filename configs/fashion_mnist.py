@@ -1,4 +1,4 @@
-"""The default: a small U-Net on Fashion-MNIST (28x28x1) trained by flow matching, sampled by UniPC.
+"""The default: a small U-Net on Fashion-MNIST (28x28x1) trained by flow matching, sampled by Heun with churn.
 
 Chosen by measurement (``bench/default_recipe.py``; bench/README.md, "Default recipe"): at equal training
 time on a 2-core CPU, flow matching (the linear interpolant ``x_t = (1 - t) x0 + t eps`` with velocity
@@ -22,7 +22,7 @@ unless ``--labels`` says otherwise.
 
 ``python train.py`` trains it on 2 CPU cores (both used as JAX devices) in about 14 minutes at the ~96
 images per second of a quiet machine (22 minutes measured on a day it ran at 62); the minutes and the FD
-of its EMA samples are in the README.
+of its EMA samples (Heun with churn: 2.2x the floor at 10 NFE, 2.4x at 20, seed 0) are in the README.
 """
 from configs import base
 

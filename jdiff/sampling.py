@@ -65,14 +65,10 @@ def get_sampler(name: str, **options) -> Sampler:
   return SAMPLERS[name](**options)
 
 
-# Hyperparameters that make a deterministic sampler draw noise when positive: DDIM's eta (Song et al.
-# 2021a, eq. 16) and the churn of Karras et al. 2022, Alg. 2 (with S_noise > 0).
-_NOISE_HPARAMS = ("eta", "S_churn")
-
-
 def draws_noise(sampler: Sampler, hparams: dict) -> bool:
   """Whether ``sampler`` with ``hparams`` (over its defaults) draws noise after the starting point, i.e.
-  is not an ODE solver: a stochastic sampler, or DDIM with ``eta > 0``, or Euler/Heun with churn."""
+  is not an ODE solver: a stochastic sampler, or DDIM with ``eta > 0`` (Song et al. 2021a, eq. 16), or
+  Euler/Heun with churn (Karras et al. 2022, Alg. 2, ``S_churn > 0`` and ``S_noise != 0``)."""
   if not sampler.deterministic:
     return True
   hp = {**sampler.hparams, **hparams}
