@@ -84,8 +84,9 @@ def tune_malloc() -> bool:
   defaults the large ones are mmap-ed and unmapped, the heap is trimmed, and every step faults its
   pages in again. Measured on the 2-core CI machine, four pairs of 200-step runs of the default model:
   the system time fell in every pair (48-55 s -> 17-34 s), the speed rose 7.5% by the means (noisy:
-  one pair of four went the other way), the losses were identical (bench/README.md, *Default recipe*). Sets the trim threshold to 2 GiB, a 256 MiB top pad, the mmap threshold to its
-  32 MiB maximum and at most 2 arenas. Not done when the user set ``MALLOC_*`` variables or
+  one pair of four went the other way), the losses were identical (bench/README.md, *Default recipe*).
+  Sets the trim threshold to 2 GiB, a 256 MiB top pad, the mmap threshold to its 32 MiB maximum and at
+  most 2 arenas. Not done when the user set ``MALLOC_*`` variables or
   ``GLIBC_TUNABLES`` (theirs win), nor off glibc."""
   if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
     return False
