@@ -163,6 +163,8 @@ def test_ve_only_samplers_are_refused(name):
     sampling.check_sampler_schedule(sampling.get_sampler(name), SCH)
 
 
+@pytest.mark.slow  # ~25 s; default run: the exact velocity tests above, and the flow-matching default
+#                   trained end to end by test_train_cli (and the flow teacher of test_reflow)
 def test_flow_matching_trains_and_samples_the_mixture(tmp_path):
   """End to end on the training path: the toy MLP trained with the velocity loss and logit-normal
   times, sampled with the rectified-flow Euler sampler (N = 2000: the sliced-W1 floor is ~0.03)."""

@@ -202,6 +202,7 @@ def test_non_finite_step_in_the_loop_is_skipped_logged_and_counted(tmp_path, mon
              for p in jax.tree_util.tree_leaves((state.params, state.ema_params, state.opt_state)))
 
 
+@pytest.mark.slow  # ~16 s; default run: test_train_step_lowers_loss and the exact-mixture sampler tests
 def test_trained_toy_model_samples_the_mixture(tmp_path):
   """End to end: train the toy2d config briefly, sample from the EMA parameters with the config's
   sampler and compare with the true mixture (N=2000: the two-sample sliced-W1 floor is ~0.03)."""
