@@ -168,8 +168,47 @@ def test_malloc_keeps_freed_memory_unless_the_user_tuned_it(monkeypatch):
   from jdiff.utils import cli
   for k in [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]:
     monkeypatch.delenv(k)
-  assert cli.tune_malloc() is True   # what the CLIs do at start; harmless in the test process too
+  assert cli.tune_malloc() is True   # what the CLIs do at start
+  import ctypes
+  libc = ctypes.CDLL("libc.so.6")    # give this (long) test process back glibc's mmap and arenas
+  assert libc.mallopt(-4, 65536) == 1 and libc.mallopt(-8, 0) == 1
   for name, value in [("MALLOC_ARENA_MAX", "4"), ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1")]:
     monkeypatch.setenv(name, value)
     assert cli.tune_malloc() is False, name
     monkeypatch.delenv(name)
+
+
+_LARGE_BLOCK = r"""
+import ctypes, sys
+from jdiff.utils import cli
+class Info(ctypes.Structure):  # glibc's struct mallinfo2: ten size_t counters, hblks the 4th
+  _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks fsmblks "
+                                             "uordblks fordblks keepcost").split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "tuned":
+  assert cli.tune_malloc()
+before = libc.mallinfo2().hblks
+p = libc.malloc(126 << 20)  # the default model's per-step temporary buffer, one device
+print(libc.mallinfo2().hblks - before)
+libc.free(p)
+"""
+
+
+def test_malloc_serves_a_step_sized_block_from_the_heap_not_mmap():
+  """The reason for ``tune_malloc``: glibc ``mmap``s a 126 MiB block (and unmaps it on free, so XLA's
+  per-step temporary buffer is faulted in again every step) unless tuned; tuned, it comes from the
+  heap and is reused. ``hblks`` (mallinfo2) counts the mmap-ed blocks; the block adds one, or none."""
+  import platform
+  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    pytest.skip("glibc only")
+  env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
+  def mmapped(mode):
+    out = subprocess.run([sys.executable, "-c", _LARGE_BLOCK, mode], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+  assert mmapped("default") == 1
+  assert mmapped("tuned") == 0

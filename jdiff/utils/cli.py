@@ -73,20 +73,21 @@ def recorded_devices(workdir: Optional[str]) -> Optional[int]:
                      f"choose the device count afresh)") from None
 
 
-# glibc mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX; the
-# values are C ints (2^31 - 1 at most).
-_MALLOPT = ((-1, 2 ** 31 - 1), (-2, 1 << 28), (-3, 1 << 25), (-8, 2))
+# glibc mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX; the values
+# are C ints (2^31 - 1 at most).
+_MALLOPT = ((-1, 2 ** 31 - 1), (-2, 1 << 28), (-4, 0), (-8, 1))
 
 
 def tune_malloc() -> bool:
   """Keep freed memory in the process instead of returning it to the kernel after every step (glibc
-  only; returns whether it was done). XLA:CPU allocates and frees each step's buffers; with glibc's
-  defaults the large ones are mmap-ed and unmapped, the heap is trimmed, and every step faults its
-  pages in again. Measured on the 2-core CI machine, four pairs of 200-step runs of the default model:
-  the system time fell in every pair (48-55 s -> 17-34 s), the speed rose 7.5% by the means (noisy:
-  one pair of four went the other way), the losses were identical (bench/README.md, *Default recipe*).
-  Sets the trim threshold to 2 GiB, a 256 MiB top pad, the mmap threshold to its 32 MiB maximum and at
-  most 2 arenas. Not done when the user set ``MALLOC_*`` variables or
+  only; returns whether it was done). XLA:CPU allocates and frees each step's buffers, among them one
+  temporary buffer per device and step of the whole program (126 MiB for the default model): glibc
+  serves a block that large by ``mmap`` and returns it by ``munmap`` (also above its 32 MiB maximum mmap
+  threshold, and always from a thread's own arena), so every step faults its pages in again, zero-filled.
+  Sets the trim threshold to 2 GiB, a 256 MiB top pad, no mmap-ed blocks, and one arena (the main heap,
+  which can hold any block): the buffers are then reused. Measured on the 2-core CI machine with the
+  default model (bench/README.md, *Default recipe*): page faults 20-38x fewer and system time 3-5x
+  lower over 300 steps, identical losses. Not done when the user set ``MALLOC_*`` variables or
   ``GLIBC_TUNABLES`` (theirs win), nor off glibc."""
   if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
     return False
