@@ -24,4 +24,5 @@ def get_config():
   c.training.conditional = False  # conditioned on the low-resolution image only
   c.training.cond_drop_prob = 0.0  # the low-resolution image is never dropped
   c.sampling.sampler, c.sampling.steps = "unipc", 10  # as measured (README, "Text to image")
+  c.training.num_steps = 1500  # as measured (bench/README.md, text_to_image.py); the default has 2000
   return c
