@@ -171,7 +171,7 @@ def test_malloc_keeps_freed_memory_unless_the_user_tuned_it(monkeypatch):
   assert cli.tune_malloc() is True   # what the CLIs do at start
   import ctypes
   libc = ctypes.CDLL("libc.so.6")    # give this (long) test process back glibc's mmap and arenas
-  assert libc.mallopt(-4, 65536) == 1 and libc.mallopt(-8, 0) == 1
+  assert libc.mallopt(cli.M_MMAP_MAX, 65536) == 1 and libc.mallopt(cli.M_ARENA_MAX, 0) == 1
   for name, value in [("MALLOC_ARENA_MAX", "4"), ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1")]:
     monkeypatch.setenv(name, value)
     assert cli.tune_malloc() is False, name

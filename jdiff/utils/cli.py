@@ -73,9 +73,9 @@ def recorded_devices(workdir: Optional[str]) -> Optional[int]:
                      f"choose the device count afresh)") from None
 
 
-# glibc mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX; the values
-# are C ints (2^31 - 1 at most).
-_MALLOPT = ((-1, 2 ** 31 - 1), (-2, 1 << 28), (-4, 0), (-8, 1))
+# glibc mallopt parameters (malloc.h); the values are C ints (2^31 - 1 at most).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
+_MALLOPT = ((M_TRIM_THRESHOLD, 2 ** 31 - 1), (M_TOP_PAD, 1 << 28), (M_MMAP_MAX, 0), (M_ARENA_MAX, 1))
 
 
 def tune_malloc() -> bool:
