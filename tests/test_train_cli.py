@@ -179,7 +179,7 @@ def test_malloc_keeps_freed_memory_unless_the_user_tuned_it(monkeypatch):
 
 
 _LARGE_BLOCK = r"""
-import ctypes, sys
+import ctypes, sys, threading
 from jdiff.utils import cli
 class Info(ctypes.Structure):  # glibc's struct mallinfo2: ten size_t counters, hblks the 4th
   _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks fsmblks "
@@ -190,17 +190,22 @@ libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 if sys.argv[1] == "tuned":
   assert cli.tune_malloc()
-before = libc.mallinfo2().hblks
-p = libc.malloc(126 << 20)  # the default model's per-step temporary buffer, one device
-print(libc.mallinfo2().hblks - before)
-libc.free(p)
+def step_buffer():  # on another thread, as XLA's device threads allocate (glibc: a thread arena)
+  before = libc.mallinfo2().hblks
+  p = libc.malloc(126 << 20)  # the default model's per-step temporary buffer, one device
+  print(libc.mallinfo2().hblks - before)
+  libc.free(p)
+thread = threading.Thread(target=step_buffer)
+thread.start()
+thread.join()
 """
 
 
 def test_malloc_serves_a_step_sized_block_from_the_heap_not_mmap():
   """The reason for ``tune_malloc``: glibc ``mmap``s a 126 MiB block (and unmaps it on free, so XLA's
   per-step temporary buffer is faulted in again every step) unless tuned; tuned, it comes from the
-  heap and is reused. ``hblks`` (mallinfo2) counts the mmap-ed blocks; the block adds one, or none."""
+  main heap and is reused, also when a thread other than the main one asks (one arena). ``hblks``
+  (mallinfo2) counts the mmap-ed blocks; the block adds one, or none."""
   import platform
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     pytest.skip("glibc only")
